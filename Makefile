@@ -1,0 +1,32 @@
+# EyeTriage: every target bootstraps .venv on a fresh machine (Python 3.11 + pip only).
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: run test bench demo demo-model package lint clean-venv
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "EyeTriage needs Python 3.11 (found %s); set PYTHON=/path/to/python3.11" % sys.version.split()[0]'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/eyetriage demo
+
+test: $(STAMP)
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py
+
+demo: run
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check engine desktop tests benchmarks
+	$(VENV)/bin/ruff format --check engine desktop tests benchmarks
+
+clean-venv:
+	rm -rf $(VENV)

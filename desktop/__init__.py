@@ -1,0 +1,1 @@
+"""EyeTriage desktop application (PySide6)."""

@@ -1,0 +1,245 @@
+"""Find image files and decode them fast into model-ready arrays.
+
+Decoding is the bottleneck of CPU screening (see the performance notes), so JPEGs are
+decoded with DCT scaling ("draft" mode) straight to the smallest size that still leaves
+enough pixels inside the fundus field of view, which is found on that same cheap decode.
+Source files are only ever opened for reading.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from .modelfile import Preprocessing
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
+ASSUMED_MIN_FOV_FRACTION = 0.6  # the FOV spans at least this share of the short side
+ANALYSIS_SIZE = 512  # largest side of the crop kept for the quality gate and thumbnails
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never half an image
+
+
+class ImageError(Exception):
+    """A file that could not be turned into an image, with the reason in words."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+def is_hidden(name: str) -> bool:
+    """Hidden files and folders, and auxiliary folders such as ``_masks``, are skipped."""
+    return name.startswith((".", "_"))
+
+
+def discover_images(root: str | Path, recursive: bool = True) -> list[Path]:
+    """Image files under ``root`` (or ``root`` itself), in a stable, sorted order.
+
+    Hidden entries and folders starting with ``_`` are skipped; symlinked folders are not
+    followed (no loops).
+    """
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such file or folder")
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d)) if recursive else []
+        for name in filenames:
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                found.append(Path(dirpath) / name)
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+@dataclass
+class Decoded:
+    """A model-ready image and what was learnt while decoding it."""
+
+    array: np.ndarray  # (size, size, 3) uint8, preprocessed
+    original_size: tuple[int, int]  # (width, height) after EXIF orientation
+    analysis: np.ndarray | None = None  # the cropped image at <= ANALYSIS_SIZE px, for quality
+    fov_found: bool | None = None  # fundus only
+    fov_coverage: float | None = None
+    quality: dict | None = None  # filled by the screener's quality gate (fundus)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB; transparency is composited over black.
+
+    16-bit and 32-bit greyscale (common for OCT and some fundus cameras) are scaled by their
+    bit depth, not per image, so brightness stays comparable across files.
+    """
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        a = np.asarray(im, dtype=np.float32)
+        top = float(a.max()) if a.size else 0.0
+        depth = 8 if top <= 255 else 12 if top <= 4095 else 16
+        scale = 255.0 / (2**depth - 1)
+        return Image.fromarray(np.clip(a * scale, 0, 255).astype(np.uint8)).convert("RGB")
+    if mode == "F":
+        a = np.asarray(im, dtype=np.float32)
+        lo, hi = (float(np.nanmin(a)), float(np.nanmax(a))) if a.size else (0.0, 1.0)
+        a = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
+        return Image.fromarray(np.nan_to_num(a).astype(np.uint8)).convert("RGB")
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+        mode = im.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, rgba).convert("RGB")
+    if mode == "1":
+        return im.convert("L").convert("RGB")
+    return im.convert("RGB")  # L, CMYK, YCbCr, LAB, HSV
+
+
+def open_image(
+    path: str | Path, min_side: int | None = None
+) -> tuple[Image.Image, tuple[int, int]]:
+    """Open, draft-decode to at least ``min_side`` on the short side, orient by EXIF, load.
+
+    Returns the image and the full-resolution (width, height) after orientation. Raises
+    :class:`ImageError` with a specific reason for every way a file can be bad.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ImageError(path, "file not found") from None
+    except PermissionError:
+        raise ImageError(path, "permission denied") from None
+    except OSError as e:
+        raise ImageError(path, f"cannot be read ({e.strerror or e})") from None
+    if path.is_dir():
+        raise ImageError(path, "is a folder, not an image")
+    if size == 0:
+        raise ImageError(path, "file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path)
+            w, h = im.size
+            orientation = im.getexif().get(0x0112, 1)
+            full = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+            if min_side and im.format == "JPEG":
+                s = min_side / max(1, min(w, h))
+                im.draft("RGB", (math.ceil(w * s), math.ceil(h * s)))
+            im = ImageOps.exif_transpose(im)  # loads the pixel data
+            im.load()
+    except PermissionError:
+        raise ImageError(path, "permission denied") from None
+    except UnidentifiedImageError:
+        raise ImageError(path, "not an image, or a format EyeTriage cannot read") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(
+            path, f"image too large, refused as a possible decompression bomb ({e})"
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        text = str(e)
+        if "truncated" in text or isinstance(e, EOFError):
+            reason = "file is truncated (incomplete download or copy?)"
+        else:
+            reason = f"file is corrupt or unreadable ({text or type(e).__name__})"
+        raise ImageError(path, reason) from None
+    if im.width < 8 or im.height < 8:
+        raise ImageError(path, f"image is too small ({im.width}×{im.height} px)")
+    return im, full
+
+
+def decode_for_model(
+    path: str | Path,
+    size: int,
+    modality: str = "fundus",
+    prep: Preprocessing | None = None,
+    want_analysis: bool = False,
+) -> Decoded:
+    """Decode one file into a (size, size, 3) uint8 array ready for normalisation."""
+    prep = prep or Preprocessing.for_modality(modality)
+    path = Path(path)
+    if modality == "oct" or prep.grayscale:
+        im, orig = open_image(path, min_side=size)
+        rgb = to_rgb(im).convert("L").resize((size, size), Image.BILINEAR, reducing_gap=2.0)
+        arr = np.repeat(np.asarray(rgb)[:, :, None], 3, axis=2)
+        return Decoded(arr, orig, arr if want_analysis else None)
+    return _decode_fundus(path, size, prep, want_analysis)
+
+
+def _decode_fundus(path: Path, size: int, prep: Preprocessing, want_analysis: bool) -> Decoded:
+    from . import fundus
+
+    need = max(size, ANALYSIS_SIZE if want_analysis else size)
+    im, (full_w, full_h) = open_image(path, min_side=math.ceil(need / ASSUMED_MIN_FOV_FRACTION))
+    rgb = to_rgb(im)
+    fov = _find_fov(rgb) if prep.fov_crop else None
+    if fov is not None and fov.found:
+        if 2 * fov.r < need and rgb.width < full_w:  # FOV smaller than assumed: decode larger
+            scale = need / (2 * fov.r)
+            im, _ = open_image(path, min_side=math.ceil(min(rgb.size) * scale))
+            rgb = to_rgb(im)
+            fov = _find_fov(rgb)
+        crop = fundus.crop_square(rgb, fundus.square_crop_box(fov, rgb.width, rgb.height))
+    else:
+        crop = _pad_square(rgb)
+    analysis = np.asarray(_fit(crop, ANALYSIS_SIZE)) if want_analysis else None
+    arr = np.asarray(crop.resize((size, size), Image.BILINEAR, reducing_gap=2.0))
+    if prep.ben_graham or prep.green:
+        inner = None
+        if fov is not None and fov.found:  # the crop is centred on the FOV with a 2% margin
+            r = size / 2 / 1.02
+            inner = fundus.FOV(size / 2, size / 2, r, True, math.pi * r * r / size**2)
+        if prep.ben_graham:
+            arr = fundus.ben_graham(arr, fov=inner)
+        if prep.green:
+            arr = fundus.green_emphasis(arr)
+    return Decoded(
+        np.ascontiguousarray(arr),
+        (full_w, full_h),
+        analysis,
+        None if fov is None else fov.found,
+        None if fov is None else fov.coverage,
+    )
+
+
+def _find_fov(rgb: Image.Image, target: int = 256):  # noqa: ANN202 - fundus.FOV
+    """Locate the field of view on a cheap ~256 px reduction, in ``rgb`` pixel coordinates."""
+    from . import fundus
+
+    factor = max(1, max(rgb.size) // target)
+    small = rgb.reduce(factor) if factor > 1 else rgb
+    return fundus.find_fov(np.asarray(small)).scaled(rgb.width / small.width)
+
+
+def _pad_square(im: Image.Image) -> Image.Image:
+    side = max(im.size)
+    if im.width == im.height:
+        return im
+    canvas = Image.new("RGB", (side, side))
+    canvas.paste(im, ((side - im.width) // 2, (side - im.height) // 2))
+    return canvas
+
+
+def _fit(im: Image.Image, longest: int) -> Image.Image:
+    if max(im.size) <= longest:
+        return im
+    s = longest / max(im.size)
+    return im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))), Image.BILINEAR)
+
+
+def image_stats(paths: Iterable[Path]) -> dict[str, int]:
+    """Counts by extension, for summaries."""
+    counts: dict[str, int] = {}
+    for p in paths:
+        counts[p.suffix.lower()] = counts.get(p.suffix.lower(), 0) + 1
+    return counts

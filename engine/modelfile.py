@@ -1,0 +1,262 @@
+"""One model = one ``.safetensors`` file.
+
+The weights are stored as tensors named ``model.<param>``; optional extra tensors (for example
+the out-of-distribution statistics, ``ood.<name>``) sit beside them. The full description of
+the model (architecture, task, labels, preprocessing, calibration, provenance, metrics) is a
+JSON document in the safetensors metadata under the key ``eyetriage``.
+
+Nothing here ever unpickles anything: safetensors holds raw tensors and a JSON header only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+FORMAT_NAME = "eyetriage-model"
+FORMAT_VERSION = 1
+METADATA_KEY = "eyetriage"
+TASKS = ("multiclass", "binary", "multilabel", "ordinal")
+MODALITIES = ("fundus", "oct")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ModelFileError(Exception):
+    """A model file that EyeTriage cannot use, with the reason in words."""
+
+
+@dataclass
+class Preprocessing:
+    """How an image becomes the model's input; recorded so predictions are reproducible."""
+
+    fov_crop: bool = True  # fundus: crop a square around the circular field of view
+    ben_graham: bool = False  # fundus: local-average colour normalisation
+    green: bool = False  # fundus: green-channel emphasis
+    grayscale: bool = False  # OCT: grey replicated to 3 channels
+
+    @classmethod
+    def for_modality(cls, modality: str, **kw: bool) -> Preprocessing:
+        if modality == "oct":
+            return cls(fov_crop=False, ben_graham=False, green=False, grayscale=True)
+        return cls(**kw)
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to rebuild, run and judge a model; derived settings come from here."""
+
+    arch: str
+    task: str
+    labels: list[str]
+    modality: str = "fundus"
+    display_names: dict[str, str] = field(default_factory=dict)
+    input_size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    name: str = ""
+    head_dropout: float = 0.2
+    temperature: float = 1.0
+    negative_label: str | None = None  # the "no finding" class used for referral sensitivity
+    thresholds: dict[str, Any] = field(default_factory=dict)
+    conformal: dict[str, Any] | None = None
+    referral_curve: list[dict[str, Any]] | None = None
+    ood: dict[str, Any] | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    demo: bool = False  # the bundled demo model: never for clinical use
+
+    def __post_init__(self) -> None:
+        if isinstance(self.preprocessing, dict):
+            self.preprocessing = Preprocessing(**self.preprocessing)
+        self.mean = tuple(float(v) for v in self.mean)  # type: ignore[assignment]
+        self.std = tuple(float(v) for v in self.std)  # type: ignore[assignment]
+        self.validate()
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.labels)
+
+    def display(self, label: str) -> str:
+        return self.display_names.get(label, label.replace("_", " "))
+
+    def validate(self) -> None:
+        if not isinstance(self.arch, str) or not self.arch:
+            raise ModelFileError("model description has no architecture name")
+        if self.task not in TASKS:
+            raise ModelFileError(f"unknown task {self.task!r}; expected one of {', '.join(TASKS)}")
+        if self.modality not in MODALITIES:
+            raise ModelFileError(f"unknown modality {self.modality!r}; expected fundus or oct")
+        if len(self.labels) < 2 and self.task != "multilabel":
+            raise ModelFileError(f"a {self.task} model needs at least two labels")
+        if len(set(self.labels)) != len(self.labels):
+            raise ModelFileError("label names must be unique")
+        if self.task == "binary" and len(self.labels) != 2:
+            raise ModelFileError("a binary model has exactly two labels")
+        if not 16 <= int(self.input_size) <= 4096:
+            raise ModelFileError(f"input size {self.input_size} is out of range")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ModelFileError("normalisation needs three means and three positive stds")
+        if not self.temperature > 0:
+            raise ModelFileError("temperature must be positive")
+        if self.negative_label is not None and self.negative_label not in self.labels:
+            raise ModelFileError(f"negative label {self.negative_label!r} is not a label")
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["format"] = FORMAT_NAME
+        d["format_version"] = FORMAT_VERSION
+        return json.dumps(d, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelSpec:
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ModelFileError(f"model description is not valid JSON ({e.msg})") from None
+        if not isinstance(d, dict) or d.get("format") != FORMAT_NAME:
+            raise ModelFileError("not an EyeTriage model description")
+        version = d.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ModelFileError(
+                f"model format version {version} is newer than this program understands "
+                f"({FORMAT_VERSION}); update EyeTriage"
+            )
+        known = {f.name for f in fields(cls)}
+        missing = {"arch", "task", "labels"} - d.keys()
+        if missing:
+            raise ModelFileError(f"model description lacks {', '.join(sorted(missing))}")
+        try:
+            return cls(**{k: v for k, v in d.items() if k in known})
+        except TypeError as e:
+            raise ModelFileError(f"model description is malformed ({e})") from None
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary name in the same folder, fsync, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def save_model_file(
+    path: str | Path,
+    spec: ModelSpec,
+    state_dict: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+    half: bool = False,
+) -> str:
+    """Write weights and description atomically; returns the file's sha256.
+
+    ``half`` stores floating-point weights as float16 (half the size); they are restored to
+    float32 on load.
+    """
+    import torch
+    from safetensors.torch import save
+
+    spec.validate()
+    tensors: dict[str, torch.Tensor] = {}
+    for k, v in state_dict.items():
+        t = v.detach().cpu().contiguous()
+        if half and t.is_floating_point():
+            t = t.to(torch.float16)
+        tensors[f"model.{k}"] = t
+    for k, v in (extra or {}).items():
+        tensors[k] = v.detach().cpu().contiguous()
+    data = save(tensors, metadata={METADATA_KEY: spec.to_json()})
+    path = Path(path)
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_spec(path: str | Path) -> ModelSpec:
+    """Read only the description (fast: no tensors are loaded)."""
+    path = Path(path)
+    header = _read_header(path)
+    meta = header.get("__metadata__") or {}
+    if METADATA_KEY not in meta:
+        raise ModelFileError(f"{path.name}: a safetensors file, but not an EyeTriage model")
+    try:
+        return ModelSpec.from_json(meta[METADATA_KEY])
+    except ModelFileError as e:
+        raise ModelFileError(f"{path.name}: {e}") from None
+
+
+def _read_header(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise ModelFileError(f"{path}: no such model file")
+    if path.is_dir():
+        raise ModelFileError(f"{path}: is a folder, not a model file")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            if len(raw) < 8:
+                raise ModelFileError(f"{path.name}: too short to be a model file")
+            n = int.from_bytes(raw, "little")
+            size = path.stat().st_size
+            if n <= 1 or n > min(size - 8, 100 << 20):
+                raise ModelFileError(f"{path.name}: not a safetensors model file")
+            header = json.loads(f.read(n))
+    except PermissionError:
+        raise ModelFileError(f"{path}: permission denied") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ModelFileError(f"{path.name}: not a safetensors model file") from None
+    if not isinstance(header, dict):
+        raise ModelFileError(f"{path.name}: not a safetensors model file")
+    return header
+
+
+def load_model_file(path: str | Path) -> tuple[ModelSpec, dict[str, Any], dict[str, Any]]:
+    """Load (spec, weights state_dict in float32, extra tensors); refuses foreign files."""
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    spec = read_spec(path)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelFileError(f"{path.name}: weights could not be read ({e})") from None
+    weights: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for k, t in tensors.items():
+        if k.startswith("model."):
+            weights[k[len("model.") :]] = t.float() if t.dtype == torch.float16 else t
+        else:
+            extra[k] = t
+    if not weights:
+        raise ModelFileError(f"{path.name}: holds no model weights")
+    return spec, weights, extra
