@@ -71,6 +71,9 @@ class Decoded:
     fov_found: bool | None = None  # fundus only
     fov_coverage: float | None = None
     quality: dict | None = None  # filled by the screener's quality gate (fundus)
+    # where the model's input came from, in full-resolution pixel coordinates of the oriented
+    # original (left, top, right, bottom); may extend beyond the image (black padding)
+    crop_box: tuple[float, float, float, float] | None = None
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -148,7 +151,7 @@ def open_image(
         ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         text = str(e)
-        if "truncated" in text or isinstance(e, EOFError):
+        if "truncated" in text.lower() or isinstance(e, EOFError):
             reason = "file is truncated (incomplete download or copy?)"
         else:
             reason = f"file is corrupt or unreadable ({text or type(e).__name__})"
@@ -172,7 +175,8 @@ def decode_for_model(
         im, orig = open_image(path, min_side=size)
         rgb = to_rgb(im).convert("L").resize((size, size), Image.BILINEAR, reducing_gap=2.0)
         arr = np.repeat(np.asarray(rgb)[:, :, None], 3, axis=2)
-        return Decoded(arr, orig, arr if want_analysis else None)
+        box = (0.0, 0.0, float(orig[0]), float(orig[1]))
+        return Decoded(arr, orig, arr if want_analysis else None, crop_box=box)
     return _decode_fundus(path, size, prep, want_analysis)
 
 
@@ -189,9 +193,15 @@ def _decode_fundus(path: Path, size: int, prep: Preprocessing, want_analysis: bo
             im, _ = open_image(path, min_side=math.ceil(min(rgb.size) * scale))
             rgb = to_rgb(im)
             fov = _find_fov(rgb)
-        crop = fundus.crop_square(rgb, fundus.square_crop_box(fov, rgb.width, rgb.height))
+        box = fundus.square_crop_box(fov, rgb.width, rgb.height)
+        crop = fundus.crop_square(rgb, box)
     else:
         crop = _pad_square(rgb)
+        side = max(rgb.size)
+        box = ((rgb.width - side) // 2, (rgb.height - side) // 2, 0, 0)
+        box = (box[0], box[1], box[0] + side, box[1] + side)
+    k = full_w / rgb.width  # drafted pixels -> full-resolution pixels
+    full_box = tuple(float(v) * k for v in box)
     analysis = np.asarray(_fit(crop, ANALYSIS_SIZE)) if want_analysis else None
     arr = np.asarray(crop.resize((size, size), Image.BILINEAR, reducing_gap=2.0))
     if prep.ben_graham or prep.green:
@@ -209,6 +219,7 @@ def _decode_fundus(path: Path, size: int, prep: Preprocessing, want_analysis: bo
         analysis,
         None if fov is None else fov.found,
         None if fov is None else fov.coverage,
+        crop_box=full_box,  # type: ignore[arg-type]
     )
 
 

@@ -56,7 +56,15 @@ def synth_fundus(tmp_path_factory) -> Path:
     from engine.synth import synthesize
 
     out = tmp_path_factory.mktemp("synth_fundus")
-    synthesize(out, "fundus", n=48, seed=3, size=128, classes=("diabetic_retinopathy", "normal"), difficulty=0.2)
+    synthesize(
+        out,
+        "fundus",
+        n=48,
+        seed=3,
+        size=128,
+        classes=("diabetic_retinopathy", "normal"),
+        difficulty=0.2,
+    )
     return out
 
 

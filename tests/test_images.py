@@ -10,7 +10,9 @@ from engine.images import ImageError, decode_for_model, discover_images, open_im
 from engine.modelfile import Preprocessing
 
 
-def fundus_like(size: int = 400, cx: float = 0.5, cy: float = 0.5, r: float = 0.4, w: int | None = None) -> Image.Image:
+def fundus_like(
+    size: int = 400, cx: float = 0.5, cy: float = 0.5, r: float = 0.4, w: int | None = None
+) -> Image.Image:
     """An orange disc on black, slightly textured, like a fundus photograph."""
     w = w or size
     im = Image.new("RGB", (w, size))
@@ -22,7 +24,15 @@ def fundus_like(size: int = 400, cx: float = 0.5, cy: float = 0.5, r: float = 0.
 
 
 def test_discovery_is_recursive_sorted_and_skips_hidden_and_aux(tmp_path):
-    for rel in ["b/2.png", "a/1.JPG", "a/sub/3.tif", ".hidden/4.png", "_masks/5.png", "a/.6.png", "a/notes.txt"]:
+    for rel in [
+        "b/2.png",
+        "a/1.JPG",
+        "a/sub/3.tif",
+        ".hidden/4.png",
+        "_masks/5.png",
+        "a/.6.png",
+        "a/notes.txt",
+    ]:
         p = tmp_path / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(b"x")
@@ -39,7 +49,7 @@ def test_discovery_of_missing_folder_raises(tmp_path):
 def test_every_mode_becomes_rgb(mode):
     base = fundus_like(64)
     if mode == "I;16":
-        a = (np.asarray(base.convert("L")).astype(np.uint16) * 257)
+        a = np.asarray(base.convert("L")).astype(np.uint16) * 257
         im = Image.fromarray(a)
         assert im.mode == "I;16"
     elif mode == "I":
@@ -103,7 +113,9 @@ def test_oct_decode_is_grey_replicated(tmp_path):
     Image.fromarray((np.random.default_rng(0).random((40, 100)) * 255).astype(np.uint8)).save(p)
     d = decode_for_model(p, 32, "oct")
     assert d.array.shape == (32, 32, 3)
-    assert np.array_equal(d.array[..., 0], d.array[..., 1]) and np.array_equal(d.array[..., 1], d.array[..., 2])
+    assert np.array_equal(d.array[..., 0], d.array[..., 1]) and np.array_equal(
+        d.array[..., 1], d.array[..., 2]
+    )
 
 
 def test_ben_graham_and_green_options_change_the_input(tmp_path):

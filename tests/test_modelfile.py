@@ -38,7 +38,10 @@ def test_half_precision_halves_size_and_loads_as_float32(tmp_path):
     sd = {"w": torch.randn(256, 256)}
     save_model_file(tmp_path / "f.safetensors", _spec(), sd)
     save_model_file(tmp_path / "h.safetensors", _spec(), sd, half=True)
-    full, half = (tmp_path / "f.safetensors").stat().st_size, (tmp_path / "h.safetensors").stat().st_size
+    full, half = (
+        (tmp_path / "f.safetensors").stat().st_size,
+        (tmp_path / "h.safetensors").stat().st_size,
+    )
     assert half < 0.6 * full
     _, sd2, _ = load_model_file(tmp_path / "h.safetensors")
     assert sd2["w"].dtype == torch.float32
@@ -51,7 +54,19 @@ def test_description_is_readable_json_in_the_metadata(tmp_path):
     n = struct.unpack("<Q", raw[:8])[0]
     header = json.loads(raw[8 : 8 + n])
     desc = json.loads(header["__metadata__"]["eyetriage"])
-    for key in ("arch", "task", "labels", "modality", "input_size", "mean", "std", "preprocessing", "temperature", "provenance", "metrics"):
+    for key in (
+        "arch",
+        "task",
+        "labels",
+        "modality",
+        "input_size",
+        "mean",
+        "std",
+        "preprocessing",
+        "temperature",
+        "provenance",
+        "metrics",
+    ):
         assert key in desc
 
 

@@ -1,0 +1,817 @@
+"""The ``eyetriage`` command line: everything the desktop does, headless.
+
+Heavy libraries (torch, timm) are imported inside the commands that need them, so the
+store-only commands (review, export, agreement, models, rollback) start in a fraction of a
+second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class CliError(Exception):
+    """A failure the user can act on; printed as one line, exit status 1."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _err(msg: str) -> None:
+    print(f"eyetriage: {msg}", file=sys.stderr)
+
+
+class Progress:
+    """A one-line progress bar on a terminal; sparse plain lines otherwise (logs, CI)."""
+
+    def __init__(self, label: str, quiet: bool = False) -> None:
+        self.label = label
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self.t0 = time.monotonic()
+        self.last_line = 0.0
+
+    def __call__(self, done: int, total: int, message: str = "") -> None:
+        if self.quiet:
+            return
+        elapsed = time.monotonic() - self.t0
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = (total - done) / rate if rate > 0 and total else None
+        from .tasks import format_eta
+
+        msg = message if message and message != self.label else ""
+        text = f"{self.label} {done}/{total} · {rate:.1f}/s · ETA {format_eta(eta)} {msg}".rstrip()
+        if self.tty:
+            width = 30
+            filled = int(width * done / total) if total else width
+            print(
+                f"\r[{'#' * filled}{'.' * (width - filled)}] {text}\033[K", end="", file=sys.stderr
+            )
+            if done >= total:
+                print(file=sys.stderr)
+        elif done >= total or time.monotonic() - self.last_line > 5:
+            self.last_line = time.monotonic()
+            print(text, file=sys.stderr)
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("labelled data (a folder of class folders, or a CSV)")
+    g.add_argument("--labels", help="CSV with one row per image (paths relative to DATA)")
+    g.add_argument("--image-col", default="file", help="CSV column with the image path")
+    g.add_argument("--label-col", action="append", help="label column (repeat for multi-label)")
+    g.add_argument("--filter", action="append", default=[], help="keep rows where col=value")
+    g.add_argument("--group-col", help="keep each value's images in one split (e.g. patient)")
+    g.add_argument("--task", choices=["multiclass", "binary", "multilabel", "ordinal"])
+    g.add_argument(
+        "--label-order", help="comma-separated label order (ordinal grades: low to high)"
+    )
+
+
+def _load_data(args: argparse.Namespace, label_order: list[str] | None = None):  # noqa: ANN202
+    from .data import load_csv_dataset, load_folder_dataset
+
+    order = label_order or (args.label_order.split(",") if args.label_order else None)
+    if args.labels:
+        return load_csv_dataset(
+            args.data,
+            args.labels,
+            image_col=args.image_col,
+            label_cols=args.label_col or ["label"],
+            filters=args.filter,
+            group_col=args.group_col,
+            label_order=order,
+            task=args.task,
+        )
+    return load_folder_dataset(args.data, label_order=order, task=args.task)
+
+
+def _load_models(paths: Sequence[str], device: str):  # noqa: ANN202
+    from .models import load_model
+
+    return [load_model(p, device=device) for p in paths]
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=_json_default, allow_nan=False))
+
+
+def _clean_nan(obj: Any) -> Any:
+    import math
+
+    if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean_nan(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean_nan(v) for v in obj]
+    return obj
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from .synth import synthesize
+
+    classes = args.classes.split(",") if args.classes else None
+    t0 = time.monotonic()
+    items = synthesize(
+        args.out,
+        args.modality,
+        args.n,
+        args.seed,
+        args.size,
+        classes=classes,
+        difficulty=args.difficulty,
+    )
+    dt = time.monotonic() - t0
+    counts: dict[str, int] = {}
+    for it in items:
+        counts[it.label] = counts.get(it.label, 0) + 1
+    print(
+        f"wrote {len(items)} synthetic {args.modality} images to {args.out} in {dt:.1f} s "
+        f"({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}); masks in _masks/, labels.csv"
+    )
+    return EXIT_OK
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .tasks import TaskState
+    from .train import TrainConfig, train_model
+
+    ds = _load_data(args)
+    if ds.skipped_empty:
+        print(f"left out {ds.skipped_empty} rows with an empty label")
+    if ds.missing:
+        print(f"left out {len(ds.missing)} rows whose image file is missing (e.g. {ds.missing[0]})")
+    cfg = TrainConfig(
+        arch=args.arch,
+        img_size=args.img_size,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        patience=args.patience,
+        device=args.device,
+        pretrained=args.pretrained,
+        init_weights=args.init_weights,
+        modality=args.modality,
+        ben_graham=args.ben_graham,
+        green=args.green,
+        fov_crop=not args.no_fov_crop,
+        workers=args.workers,
+        name=args.name or "",
+        strategy=args.strategy,
+        negative_label=args.negative_label,
+        demo=args.demo,
+        max_steps_per_epoch=args.max_steps_per_epoch,
+    )
+    if args.split:
+        parts = [float(x) for x in args.split.split(",")]
+        if len(parts) != 3:
+            raise CliError("--split takes three fractions, e.g. 0.7,0.15,0.15")
+        cfg.fractions = (parts[0], parts[1], parts[2])
+    counts = ", ".join(f"{k} {v}" for k, v in ds.class_counts().items())
+    print(f"training {cfg.arch} ({ds.task}) on {len(ds)} images: {counts}")
+    state = TaskState(Progress("training", quiet=args.quiet), min_interval=0.5)
+    res = train_model(ds, cfg, args.out, state=state, log=print)
+    summary = {
+        "model": str(res.path),
+        "sha256": res.sha256,
+        "seconds": round(res.seconds, 1),
+        "epochs_run": len(res.history),
+        "temperature": res.spec.temperature,
+        "test": res.test_metrics,
+        "warnings": res.warnings,
+        "skipped_unlabelled": ds.skipped_empty,
+    }
+    if args.json:
+        _print_json(_clean_nan(summary))
+    return EXIT_OK
+
+
+def evaluate_model_on(lm, ds, batch_size: int, workers: int | None, quiet: bool, plot: str | None):  # noqa: ANN001, ANN201
+    """Metrics on every image of ``ds`` with this model (no split)."""
+    import numpy as np
+
+    from .calibration import sigmoid, softmax
+    from .inference import predict_logits
+    from .metrics import evaluate_predictions
+    from .referral import referral_curve
+    from .tasks import TaskState
+    from .uncertainty_stats import entropy
+
+    spec = lm.spec
+    paths = [s.path for s in ds.samples]
+    state = TaskState(Progress("evaluating", quiet=quiet))
+    logits, errors, _ = predict_logits(lm, paths, batch_size, workers, state)
+    ok = ~np.isnan(logits).any(1)
+    y = ds.targets()[ok]
+    z = logits[ok]
+    if spec.task == "multilabel":
+        probs = sigmoid(z / spec.temperature)
+        raw = sigmoid(z)
+    else:
+        probs = softmax(z, spec.temperature)
+        raw = softmax(z, 1.0)
+    out = evaluate_predictions(y, probs, spec.task, spec.labels)
+    out["ece_uncalibrated"] = evaluate_predictions(y, raw, spec.task, spec.labels)["ece"]
+    out["temperature"] = spec.temperature
+    out["n_errors"] = int((~ok).sum())
+    out["errors"] = [{"path": str(paths[i]), "error": e} for i, e in sorted(errors.items())][:50]
+    if spec.task != "multilabel" and len(y):
+        neg = (
+            0
+            if spec.task == "binary"
+            else (spec.labels.index(spec.negative_label) if spec.negative_label else None)
+        )
+        out["referral_curve"] = referral_curve(
+            y, probs, entropy(probs), spec.task, negative_index=neg
+        )
+        if plot:
+            from .plots import plot_referral_curve
+
+            plot_referral_curve(
+                out["referral_curve"], plot, title=f"{spec.name}: referral curve (n={len(y)})"
+            )
+    out["model"] = {"name": spec.name, "arch": spec.arch, "task": spec.task, "sha256": lm.sha256}
+    return out
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .modelfile import read_spec
+
+    spec = read_spec(args.model)
+    ds = _load_data(args, label_order=None if spec.task == "multilabel" else list(spec.labels))
+    if spec.task != "multilabel" and ds.labels != spec.labels:
+        raise CliError(f"the data's labels {ds.labels} do not match the model's {spec.labels}")
+    (lm,) = _load_models([args.model], args.device)
+    out = evaluate_model_on(
+        lm, ds, args.batch_size, args.workers, args.quiet or args.json, args.plot
+    )
+    out = _clean_nan(out)
+    if args.json:
+        _print_json(out)
+    else:
+        _print_evaluation(out, spec)
+    return EXIT_OK
+
+
+def _print_evaluation(out: dict, spec) -> None:  # noqa: ANN001
+    print(
+        f"model {spec.name} ({spec.arch}, {spec.task}); {out['n']} images, {out['n_errors']} unusable"
+    )
+    for k in ("accuracy", "balanced_accuracy", "auc", "f1_macro", "qwk", "ece", "ece_uncalibrated"):
+        if out.get(k) is not None:
+            print(f"  {k:<18} {out[k]:.4f}")
+    if out.get("per_class"):
+        print("  per class: sensitivity / specificity / support")
+        for lab, m in out["per_class"].items():
+            sens, spec_ = m.get("sensitivity"), m.get("specificity")
+            fmt = lambda v: "  n/a " if v is None else f"{v:.3f}"  # noqa: E731
+            print(f"    {lab:<22} {fmt(sens)} / {fmt(spec_)} / {m.get('support')}")
+    if out.get("confusion_matrix") and spec.task != "multilabel":
+        print("  confusion matrix (rows = true, columns = predicted):")
+        for lab, row in zip(spec.labels, out["confusion_matrix"], strict=False):
+            print(f"    {lab:<22} " + " ".join(f"{v:5d}" for v in row))
+    if out.get("referral_curve"):
+        print("  referral curve (most uncertain referred first; metrics of the kept images):")
+        print("    referred  kept   accuracy  bal.acc  sensitivity  specificity")
+        for pt in out["referral_curve"]:
+            f = lambda v: "   n/a" if v is None else f"{v:6.3f}"  # noqa: E731
+            print(
+                f"    {pt['referred']:7.0%}  {pt['n_kept']:5d}  {f(pt['accuracy'])}    {f(pt['balanced_accuracy'])}"
+                f"   {f(pt.get('sensitivity'))}       {f(pt.get('specificity'))}"
+            )
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .calibration import fit_temperature, softmax
+    from .inference import predict_logits
+    from .metrics import expected_calibration_error
+    from .modelfile import file_sha256, load_model_file, save_model_file
+    from .tasks import TaskState
+    from .train import calibrate_spec_on
+
+    (lm,) = _load_models([args.model], args.device)
+    spec = lm.spec
+    ds = _load_data(args, label_order=None if spec.task == "multilabel" else list(spec.labels))
+    paths = [s.path for s in ds.samples]
+    logits, errors, _ = predict_logits(
+        lm, paths, args.batch_size, args.workers, TaskState(Progress("calibrating"))
+    )
+    ok = ~np.isnan(logits).any(1)
+    y, z = ds.targets()[ok], logits[ok]
+    before = spec.temperature
+    spec.temperature = float(fit_temperature(z, y, spec.task))
+    warnings: list[str] = []
+    calibrate_spec_on(spec, z, y, args.alpha, print, warnings)
+    if spec.task != "multilabel":
+        for name, t in (("before", before), ("after", spec.temperature)):
+            p = softmax(z, t)
+            ece = expected_calibration_error(p.max(1), p.argmax(1) == y)
+            print(f"ECE {name}: {ece:.4f} (temperature {t:.3f})")
+    _, weights, extra = load_model_file(args.model)
+    spec.provenance = dict(spec.provenance)
+    spec.provenance["calibrated"] = {
+        "data": ds.summary(),
+        "n_used": int(ok.sum()),
+        "parent": file_sha256(args.model),
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    spec.provenance["parent"] = file_sha256(args.model)
+    for w in warnings:
+        print(f"WARNING: {w}")
+    sha = save_model_file(args.out, spec, weights, extra=extra)
+    print(f"wrote {args.out} (sha256 {sha[:12]}); {len(errors)} unusable images skipped")
+    return EXIT_OK
+
+
+SCREEN_FIXED_COLUMNS = [
+    "path",
+    "label",
+    "confidence",
+    "error",
+    "entropy",
+    "mutual_info",
+    "top_std",
+    "conformal_set",
+    "ood_score",
+    "quality_ok",
+    "quality",
+    "triage",
+    "triage_reason",
+]
+
+
+def cmd_screen(args: argparse.Namespace) -> int:
+    from .images import discover_images
+    from .screen import ScreenSettings
+    from .triage import TriagePolicy
+
+    if not args.out and not args.workspace:
+        raise CliError("say where results go: --out results.csv and/or --workspace W")
+    try:
+        paths = discover_images(args.folder)
+    except FileNotFoundError as e:
+        raise CliError(str(e)) from None
+    if not paths:
+        raise CliError(f"{args.folder}: no images found (jpg, jpeg, png, tif, tiff, bmp)")
+    models = _load_models(args.model, args.device)
+    uncertainty = args.uncertainty or ("ensemble" if len(models) > 1 else "none")
+    policy = TriagePolicy(
+        kind=args.policy,
+        threshold=args.threshold,
+        refer_findings=args.refer_findings,
+        use_quality=not args.no_quality,
+    )
+    settings = ScreenSettings(
+        batch_size=args.batch_size,
+        device=args.device,
+        workers=args.workers,
+        uncertainty=uncertainty,
+        k=args.k,
+        quality=not args.no_quality,
+        policy=policy,
+    )
+    if args.workspace:
+        return _screen_workspace(args, paths, models, settings)
+    return _screen_csv(args, paths, models, settings)
+
+
+def _screen_csv(args, paths, models, settings) -> int:  # noqa: ANN001
+    from .screen import screen
+    from .tasks import TaskState
+
+    spec = models[0].spec
+    columns = (
+        SCREEN_FIXED_COLUMNS[:4] + [f"p_{lab}" for lab in spec.labels] + SCREEN_FIXED_COLUMNS[4:]
+    )
+    state = TaskState(Progress("screening", quiet=args.quiet))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial")
+    counts: dict[str, int] = {}
+    written = 0
+    interrupted = False
+    t0 = time.monotonic()
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        try:
+            for chunk in screen(paths, models, settings, state):
+                for r in chunk:
+                    w.writerow(_csv_row(r, spec.labels))
+                    counts[r.triage] = counts.get(r.triage, 0) + 1
+                written += len(chunk)
+                f.flush()
+        except KeyboardInterrupt:
+            interrupted = True
+            state.cancel()
+    os.replace(tmp, out)
+    dt = time.monotonic() - t0
+    _summary(counts, written, len(paths), dt, models[0].device.type, out)
+    if interrupted:
+        _err(f"interrupted: {written} of {len(paths)} rows written to {out}")
+        return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
+def _csv_row(r, labels: Sequence[str]) -> dict[str, Any]:  # noqa: ANN001
+    row = {
+        "path": r.path,
+        "label": r.label or "",
+        "confidence": "" if r.confidence is None else f"{r.confidence:.4f}",
+        "error": r.error or "",
+        "entropy": "" if r.entropy is None else f"{r.entropy:.4f}",
+        "mutual_info": "" if r.mutual_info is None else f"{r.mutual_info:.5f}",
+        "top_std": "" if r.top_std is None else f"{r.top_std:.4f}",
+        "conformal_set": "|".join(r.conformal_set) if r.conformal_set else "",
+        "ood_score": "" if r.ood_score is None else f"{r.ood_score:.3f}",
+        "quality_ok": "" if r.quality_ok is None else int(r.quality_ok),
+        "quality": "; ".join(r.quality.get("reasons", [])) if r.quality else "",
+        "triage": r.triage,
+        "triage_reason": r.triage_reason,
+    }
+    for lab in labels:
+        v = r.probabilities.get(lab)
+        row[f"p_{lab}"] = "" if v is None else f"{v:.4f}"
+    return row
+
+
+def _summary(
+    counts: dict[str, int], written: int, total: int, dt: float, device: str, where: Any
+) -> None:
+    order = ["auto-cleared", "needs-review", "ungradable", "out-of-distribution", "error"]
+    parts = [f"{k} {counts[k]}" for k in order if counts.get(k)]
+    rate = written / dt if dt > 0 else 0.0
+    print(
+        f"screened {written}/{total} images in {dt:.1f} s ({rate:.1f} img/s, {device}): {', '.join(parts)}"
+    )
+    print(f"results: {where}")
+
+
+def _screen_workspace(args, paths, models, settings) -> int:  # noqa: ANN001
+    from .tasks import TaskState
+    from .workspace_screen import screen_into_workspace
+
+    state = TaskState(Progress("screening", quiet=args.quiet))
+    t0 = time.monotonic()
+    try:
+        report = screen_into_workspace(args.workspace, paths, models, settings, state)
+    except KeyboardInterrupt:
+        state.cancel()
+        _err("interrupted: finished images are saved; run the same command again to resume")
+        return EXIT_INTERRUPTED
+    dt = time.monotonic() - t0
+    print(
+        f"{report['skipped']} images already screened with this model and settings were skipped"
+        if report["skipped"]
+        else "screening every image"
+    )
+    _summary(
+        report["counts"], report["screened"], len(paths), dt, models[0].device.type, args.workspace
+    )
+    if args.out:
+        from .store import Workspace
+
+        with Workspace.open(args.workspace, create=False) as ws:
+            n = ws.write_export(args.out, "csv")
+        print(f"exported {n} rows to {args.out}")
+    return EXIT_OK
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .modelfile import file_sha256, read_spec
+
+    spec = read_spec(args.model)
+    if args.json:
+        d = json.loads(spec.to_json())
+        d["sha256"] = file_sha256(args.model)
+        _print_json(d)
+        return EXIT_OK
+    from .modelcard import model_card_text
+
+    print(model_card_text(spec, file_sha256(args.model)))
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(Path(args.out) if args.out else None, quick=args.quick)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .store import Workspace
+
+    with Workspace.open(args.workspace, create=False) as ws:
+        n = ws.write_export(args.out, args.format)
+    print(f"exported {n} rows to {args.out}")
+    return EXIT_OK
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    from .store import Workspace
+
+    with Workspace.open(args.workspace, create=False) as ws:
+        if args.from_csv:
+            n = ws.import_reviews_csv(args.from_csv, default_reviewer=args.reviewer)
+            print(f"recorded {n} reviews from {args.from_csv}")
+            return EXIT_OK
+        if not args.image or not args.reviewer:
+            raise CliError("give IMAGE_PATH, --label and --reviewer (or --from-csv FILE)")
+        if args.action != "ungradable" and not args.label and args.action != "skip":
+            raise CliError("--label is required unless --action is ungradable or skip")
+        labels = [x for x in (args.label or "").split(";") if x]
+        action = args.action or "correct"
+        rid = ws.add_review(
+            str(Path(args.image).resolve()), args.reviewer, labels, action=action, note=args.note
+        )
+        print(
+            f"review {rid} recorded: {args.image} -> {', '.join(labels) or action} by {args.reviewer}"
+        )
+    return EXIT_OK
+
+
+def cmd_agreement(args: argparse.Namespace) -> int:
+    from .store import Workspace
+
+    with Workspace.open(args.workspace, create=False) as ws:
+        out = _clean_nan(ws.agreement())
+    if args.json:
+        _print_json(out)
+        return EXIT_OK
+    if not out.get("pairs") and not out.get("with_ai"):
+        print("no image has been reviewed by two readers (or by a reader and the AI) yet")
+    for p in out.get("pairs", []):
+        k = "n/a" if p["kappa"] is None else f"{p['kappa']:.3f}"
+        print(f"{p['a']} vs {p['b']}: Cohen's kappa {k} on {p['n']} images")
+    for p in out.get("with_ai", []):
+        k = "n/a" if p["kappa"] is None else f"{p['kappa']:.3f}"
+        print(f"{p['reviewer']} vs AI: Cohen's kappa {k} on {p['n']} images")
+    return EXIT_OK
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .store import Workspace
+
+    with Workspace.open(args.workspace, create=False) as ws:
+        rows = ws.models()
+    rows = [
+        {
+            "hash": r["hash"],
+            "name": r.get("name"),
+            "path": r.get("path"),
+            "parent": r.get("parent"),
+            "active": bool(r.get("active")),
+            "created_at": r.get("created_at"),
+            "metrics": r.get("metrics"),
+        }
+        for r in rows
+    ]
+    if args.json:
+        _print_json(rows)
+    else:
+        for r in rows:
+            mark = "*" if r["active"] else " "
+            print(
+                f"{mark} {r['hash'][:12]}  {r['created_at'] or '':<25} {r['name']}  (parent {str(r['parent'])[:12]})"
+            )
+    return EXIT_OK
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from .store import Workspace
+
+    with Workspace.open(args.workspace, create=False) as ws:
+        matches = [m for m in ws.models() if m["hash"].startswith(args.hash)]
+        if len(matches) != 1:
+            raise CliError(
+                f"{args.hash}: {'no' if not matches else 'more than one'} model version matches"
+            )
+        ws.set_active_model(matches[0]["hash"], actor=args.actor)
+    print(f"active model is now {matches[0]['hash'][:12]} ({matches[0].get('name')})")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(
+        prog="eyetriage",
+        description="EyeTriage: screening and annotation of retinal images. Not a medical device.",
+    )
+    p.add_argument("--version", action="version", version=f"eyetriage {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("synth", help="write a labelled folder of synthetic fundus or OCT images")
+    s.add_argument("out")
+    s.add_argument("--modality", choices=["fundus", "oct"], default="fundus")
+    s.add_argument("--n", type=int, default=100)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--size", type=int, default=512)
+    s.add_argument("--difficulty", type=float, default=0.5)
+    s.add_argument("--classes", help="comma-separated subset of the classes")
+    s.set_defaults(func=cmd_synth)
+
+    t = sub.add_parser("train", help="train a model on labelled images")
+    t.add_argument(
+        "data", help="folder of class folders, or the root the CSV paths are relative to"
+    )
+    _add_data_options(t)
+    t.add_argument("--arch", default="efficientnet_b0", help="any timm architecture name")
+    t.add_argument("--img-size", type=int, default=224)
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--patience", type=int, default=3, help="early stopping patience (epochs)")
+    t.add_argument("--seed", type=int, default=42)
+    t.add_argument("--split", help="train,validation,test fractions (default 0.7,0.15,0.15)")
+    t.add_argument("--modality", choices=["fundus", "oct"], default="fundus")
+    t.add_argument("--ben-graham", action="store_true", help="local-average colour normalisation")
+    t.add_argument("--green", action="store_true", help="green-channel emphasis")
+    t.add_argument("--no-fov-crop", action="store_true", help="do not crop to the field of view")
+    t.add_argument("--init-weights", help="start from a local .safetensors checkpoint")
+    t.add_argument(
+        "--pretrained", action="store_true", help="download timm's ImageNet weights (online)"
+    )
+    t.add_argument("--strategy", choices=["full", "head"], default="full")
+    t.add_argument("--negative-label", help="the 'no finding' class (default: normal/0 if present)")
+    t.add_argument("--name", help="a name for the model")
+    t.add_argument("--device", default="auto")
+    t.add_argument("--workers", type=int)
+    t.add_argument("--max-steps-per-epoch", type=int, help=argparse.SUPPRESS)
+    t.add_argument(
+        "--demo", action="store_true", help="mark the model as a demo (not for clinical use)"
+    )
+    t.add_argument("--json", action="store_true", help="print a JSON summary at the end")
+    t.add_argument("--quiet", action="store_true")
+    t.add_argument("--out", required=True, help="model file to write (.safetensors)")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="measure a model on every image of a labelled set")
+    e.add_argument("model")
+    e.add_argument("data")
+    _add_data_options(e)
+    e.add_argument("--json", action="store_true")
+    e.add_argument("--plot", help="write the referral curve as a PNG")
+    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--workers", type=int)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_evaluate)
+
+    c = sub.add_parser("calibrate", help="fit temperature, conformal threshold and referral curve")
+    c.add_argument("model")
+    c.add_argument("data")
+    _add_data_options(c)
+    c.add_argument(
+        "--alpha", type=float, default=0.1, help="conformal miss rate (0.1 = 90%% coverage)"
+    )
+    c.add_argument("--batch-size", type=int, default=32)
+    c.add_argument("--workers", type=int)
+    c.add_argument("--device", default="auto")
+    c.add_argument("--out", required=True)
+    c.set_defaults(func=cmd_calibrate)
+
+    sc = sub.add_parser("screen", help="screen a folder of images")
+    sc.add_argument("folder")
+    sc.add_argument(
+        "--model", action="append", required=True, help="model file (repeat for an ensemble)"
+    )
+    sc.add_argument("--out", help="CSV of results")
+    sc.add_argument("--workspace", help="workspace folder to record the run in")
+    sc.add_argument("--uncertainty", choices=["none", "mc", "mc-full", "tta", "ensemble"])
+    sc.add_argument("--k", type=int, help="stochastic passes (default: mc 20, tta 8)")
+    sc.add_argument("--policy", choices=["threshold", "conformal"], default="threshold")
+    sc.add_argument("--threshold", type=float, default=0.85)
+    sc.add_argument(
+        "--refer-findings", action="store_true", help="every non-normal answer goes to review"
+    )
+    sc.add_argument("--no-quality", action="store_true", help="skip the image-quality gate")
+    sc.add_argument("--batch-size", type=int, default=32)
+    sc.add_argument("--workers", type=int)
+    sc.add_argument("--device", default="auto")
+    sc.add_argument("--quiet", action="store_true")
+    sc.set_defaults(func=cmd_screen)
+
+    i = sub.add_parser("info", help="show a model file's description (model card)")
+    i.add_argument("model")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_info)
+
+    d = sub.add_parser("demo", help="headless demo: synthesise, train, evaluate, screen")
+    d.add_argument("--out", help="folder for the demo (default: a temporary folder)")
+    d.add_argument("--quick", action="store_true", help="smaller and faster")
+    d.set_defaults(func=cmd_demo)
+
+    x = sub.add_parser("export", help="write a workspace's results and reviews")
+    x.add_argument("workspace")
+    x.add_argument("--format", choices=["csv", "json"], default="csv")
+    x.add_argument("--out", required=True)
+    x.set_defaults(func=cmd_export)
+
+    r = sub.add_parser("review", help="record a review (or many, --from-csv)")
+    r.add_argument("workspace")
+    r.add_argument("image", nargs="?")
+    r.add_argument("--label", help="label (several separated by ';' for multi-label)")
+    r.add_argument("--reviewer")
+    r.add_argument("--action", choices=["confirm", "correct", "ungradable", "skip"])
+    r.add_argument("--note")
+    r.add_argument("--from-csv", help="CSV with columns path,label,reviewer[,action,note]")
+    r.set_defaults(func=cmd_review)
+
+    a = sub.add_parser("agreement", help="Cohen's kappa between reviewers and with the AI")
+    a.add_argument("workspace")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=cmd_agreement)
+
+    m = sub.add_parser("models", help="list a workspace's model versions")
+    m.add_argument("workspace")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=cmd_models)
+
+    rb = sub.add_parser("rollback", help="make an earlier model version active")
+    rb.add_argument("workspace")
+    rb.add_argument("hash")
+    rb.add_argument("--actor", default=os.environ.get("USER", "cli"))
+    rb.set_defaults(func=cmd_rollback)
+
+    _add_optional_commands(sub)
+    return p
+
+
+def _add_optional_commands(sub: Any) -> None:
+    """Commands whose modules live beside this one (attribution)."""
+    try:
+        from .cli_explain import add_explain_commands
+    except ImportError:
+        return
+    add_explain_commands(sub)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv:
+        parser.print_help()
+        return EXIT_OK
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return EXIT_INTERRUPTED
+    except CliError as e:
+        _err(str(e))
+        return EXIT_FAIL
+    except Exception as e:  # noqa: BLE001 - every known failure type gets one readable line
+        known = _known_error(e)
+        if known is None:
+            raise
+        _err(known)
+        return EXIT_FAIL
+
+
+def _known_error(e: Exception) -> str | None:
+    names = {c.__name__ for c in type(e).__mro__}
+    if names & {"ModelFileError", "DatasetError", "StoreError", "ImageError", "CliError"}:
+        return str(e)
+    if isinstance(e, ValueError | FileNotFoundError | PermissionError):
+        return str(e)
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

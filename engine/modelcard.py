@@ -1,0 +1,82 @@
+"""A model's description in words: what it does, what it was trained on, how good it is."""
+
+from __future__ import annotations
+
+from .modelfile import ModelSpec
+
+NOT_A_DEVICE = (
+    "EyeTriage is a research and workflow tool, not a medical device: it triages images for a "
+    "clinician's review and does not diagnose."
+)
+DEMO_NOTICE = "Demo model — not for clinical use (trained on synthetic images only)."
+
+
+def _fmt(v: object) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def model_card_text(spec: ModelSpec, sha256: str = "") -> str:
+    lines = []
+    title = spec.name or spec.arch
+    lines.append(f"{title}{'  [DEMO — not for clinical use]' if spec.demo else ''}")
+    if sha256:
+        lines.append(f"  file sha256   {sha256[:16]}…")
+    lines.append(
+        f"  architecture  {spec.arch} ({spec.task}, {spec.modality}, {spec.input_size} px)"
+    )
+    lines.append("  labels        " + ", ".join(spec.display(x) for x in spec.labels))
+    prep = spec.preprocessing
+    steps = [
+        n
+        for n, on in (
+            ("field-of-view crop", prep.fov_crop),
+            ("Ben Graham colour normalisation", prep.ben_graham),
+            ("green-channel emphasis", prep.green),
+            ("greyscale", prep.grayscale),
+        )
+        if on
+    ]
+    lines.append("  preprocessing " + (", ".join(steps) or "resize only"))
+    lines.append(
+        f"  temperature   {spec.temperature:.3f}"
+        + ("" if spec.temperature != 1.0 else " (not calibrated)")
+    )
+    if spec.conformal:
+        cov = 1 - float(spec.conformal.get("alpha", 0.1))
+        lines.append(f"  conformal     {cov:.0%} prediction sets ({spec.conformal.get('method')})")
+    if spec.ood:
+        lines.append(
+            f"  OOD check     {spec.ood.get('method')} (threshold {spec.ood.get('threshold', 0):.2f})"
+        )
+    prov = spec.provenance or {}
+    data = prov.get("training_data") or {}
+    if data:
+        counts = ", ".join(f"{k} {v}" for k, v in (data.get("counts") or {}).items())
+        lines.append(f"  trained on    {data.get('n')} images ({data.get('source')}): {counts}")
+    split = prov.get("split") or {}
+    if split:
+        c = split.get("counts", {})
+        lines.append(
+            f"  split         train {c.get('train')} / validation {c.get('validation')} / "
+            f"test {c.get('test')} (seed {split.get('seed')}, {split.get('method')})"
+        )
+    if prov.get("created_at"):
+        lines.append(f"  created       {prov['created_at']} (engine {prov.get('engine_version')})")
+    if prov.get("parent"):
+        lines.append(f"  parent model  {str(prov['parent'])[:16]}…")
+    test = (spec.metrics or {}).get("test") or {}
+    if test.get("n"):
+        keys = [
+            k
+            for k in ("accuracy", "balanced_accuracy", "auc", "qwk", "ece")
+            if test.get(k) is not None
+        ]
+        lines.append(
+            f"  test metrics  n={test['n']}  " + "  ".join(f"{k} {_fmt(test[k])}" for k in keys)
+        )
+    for w in prov.get("warnings") or []:
+        lines.append(f"  WARNING       {w}")
+    if spec.demo:
+        lines.append(f"  {DEMO_NOTICE}")
+    lines.append(f"  {NOT_A_DEVICE}")
+    return "\n".join(lines)

@@ -1,0 +1,279 @@
+"""Screen a pile of images: probabilities, uncertainty, conformal set, OOD, quality, triage.
+
+:func:`screen` is a generator of result chunks, so the command line writes rows as they come
+and the desktop fills its worklist without waiting for the whole run; it takes a
+:class:`TaskState` for progress and cancellation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .images import Decoded
+from .inference import model_decoder
+from .models import LoadedModel
+from .pipeline import iter_decoded_batches
+from .tasks import TaskState
+from .triage import TriagePolicy, decide
+from .uncertainty import METHODS, sample
+
+DEFAULT_K = {"none": 1, "mc": 20, "mc-full": 10, "tta": 8, "ensemble": 1}
+
+
+@dataclass
+class ScreenSettings:
+    batch_size: int = 32
+    device: str = "auto"
+    workers: int | None = None
+    uncertainty: str = "none"
+    k: int | None = None
+    amp: bool = True
+    quality: bool = True
+    policy: TriagePolicy = field(default_factory=TriagePolicy)
+
+    def __post_init__(self) -> None:
+        if self.uncertainty not in METHODS:
+            raise ValueError(
+                f"unknown uncertainty method {self.uncertainty!r}; choose from {', '.join(METHODS)}"
+            )
+        if self.k is None:
+            self.k = DEFAULT_K[self.uncertainty]
+        if self.k < 1:
+            raise ValueError("k must be at least 1")
+        if self.batch_size < 1:
+            raise ValueError("batch size must be at least 1")
+
+    def prediction_key(self) -> dict[str, Any]:
+        """The settings that change predictions (used to skip already-screened images)."""
+        return {
+            "uncertainty": self.uncertainty,
+            "k": self.k,
+            "quality": self.quality,
+            "policy": self.policy.to_dict(),
+        }
+
+
+@dataclass
+class ScreenResult:
+    index: int
+    path: str
+    error: str | None = None
+    label: str | None = None
+    display_label: str | None = None
+    confidence: float | None = None
+    probabilities: dict[str, float] = field(default_factory=dict)
+    entropy: float | None = None
+    mutual_info: float | None = None
+    top_std: float | None = None
+    uncertainty_words: str | None = None
+    conformal_set: list[str] | None = None
+    ood_score: float | None = None
+    ood: bool = False
+    quality: dict[str, Any] | None = None
+    quality_ok: bool | None = None
+    triage: str = "error"
+    triage_reason: str = ""
+    uncertainty_method: str = "none"
+    width: int | None = None
+    height: int | None = None
+    prediction_id: int | None = None  # set once stored in a workspace
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_ensemble(models: Sequence[LoadedModel]) -> None:
+    """Models averaged together must agree on task, labels and input."""
+    first = models[0].spec
+    for m in models[1:]:
+        s = m.spec
+        if (s.task, s.labels, s.modality) != (first.task, first.labels, first.modality):
+            raise ValueError(
+                f"{m.path.name if m.path else 'model'} has a different task or labels "
+                f"({s.task}: {', '.join(s.labels)}) than {first.task}: {', '.join(first.labels)}"
+            )
+        if (s.input_size, s.preprocessing, s.mean, s.std) != (
+            first.input_size,
+            first.preprocessing,
+            first.mean,
+            first.std,
+        ):
+            raise ValueError(
+                "ensemble members must share input size, preprocessing and normalisation"
+            )
+
+
+def screen(
+    paths: Sequence[Path],
+    models: Sequence[LoadedModel],
+    settings: ScreenSettings | None = None,
+    state: TaskState | None = None,
+) -> Iterator[list[ScreenResult]]:
+    """Yield one list of results per batch, in input order; bad files give error rows."""
+    from .conformal import ConformalCalibrator, prediction_sets
+    from .ood import ood_scores
+    from .uncertainty_stats import describe_uncertainty, normalised_entropy, summarise_samples
+
+    settings = settings or ScreenSettings()
+    state = state or TaskState()
+    models = list(models)
+    if not models:
+        raise ValueError("no model given")
+    check_ensemble(models)
+    lm = models[0]
+    spec = lm.spec
+    multilabel = spec.task == "multilabel"
+    cal = ConformalCalibrator.from_dict(spec.conformal) if spec.conformal else None
+    want_quality = settings.quality and spec.modality == "fundus"
+    decode = model_decoder(
+        lm, want_analysis=want_quality, post=_quality_gate if want_quality else None
+    )
+    total = len(paths)
+    state.progress(0, total, "screening")
+    for batch in iter_decoded_batches(paths, decode, settings.batch_size, settings.workers, state):
+        results: dict[int, ScreenResult] = {}
+        for i, reason in batch.errors:
+            results[i] = ScreenResult(
+                i, str(paths[i]), error=reason, triage="error", triage_reason=reason
+            )
+        if batch.arrays is not None:
+            x = lm.normalise(torch.from_numpy(batch.arrays))
+            samples, feats = sample(models, x, settings.uncertainty, settings.k or 1, settings.amp)
+            stats = summarise_samples(samples.float().cpu().numpy(), multilabel=multilabel)
+            mean = stats["mean"]
+            ood = ood_scores(feats.cpu().numpy(), spec.ood, lm.extra) if spec.ood else None
+            sets = prediction_sets(mean, cal) if cal is not None and not multilabel else None
+            norm_ent = normalised_entropy(mean) if not multilabel else None
+            for j, i in enumerate(batch.indices):
+                results[i] = _result(
+                    i,
+                    paths[i],
+                    batch.decoded[j],
+                    spec,
+                    mean[j],
+                    stats,
+                    j,
+                    None if ood is None else float(ood[j]),
+                    None if sets is None else sets[j],
+                    None if norm_ent is None else float(norm_ent[j]),
+                    settings,
+                    describe_uncertainty,
+                )
+        yield [results[i] for i in range(batch.start, batch.stop)]
+        state.progress(batch.stop, total, "screening")
+
+
+def _quality_gate(d: Decoded) -> None:
+    """Runs in the decode thread: the quality gate costs no time on the model's thread."""
+    from .quality import assess_quality
+
+    if d.analysis is not None:
+        d.quality = assess_quality(d.analysis).to_dict()
+
+
+def _result(
+    i: int,
+    path: Path,
+    dec: Decoded,
+    spec,  # noqa: ANN001 - ModelSpec
+    probs: np.ndarray,
+    stats: dict[str, np.ndarray],
+    j: int,
+    ood_score: float | None,
+    set_row: np.ndarray | None,
+    norm_ent: float | None,
+    settings: ScreenSettings,
+    describe,  # noqa: ANN001
+) -> ScreenResult:
+    labels = spec.labels
+    p = {lab: round(float(v), 6) for lab, v in zip(labels, probs, strict=True)}
+    multilabel = spec.task == "multilabel"
+    thresholds = spec.thresholds.get("labels", {}) if spec.thresholds else {}
+    uncertain: list[str] | None = None
+    if multilabel:
+        present = [lab for lab in labels if p[lab] >= thresholds.get(lab, 0.5)]
+        label = ";".join(present) if present else (spec.negative_label or "none")
+        confidence = float(np.min(np.maximum(probs, 1 - probs)))
+        uncertain = [
+            spec.display(lab) for lab, v in p.items() if max(v, 1 - v) < settings.policy.threshold
+        ]
+        display = ", ".join(spec.display(x) for x in present) or "no finding"
+    else:
+        top = int(np.argmax(probs))
+        if spec.task == "ordinal":  # median grade of the predicted distribution
+            top = int(np.searchsorted(np.cumsum(probs), 0.5))
+            top = min(top, len(labels) - 1)
+        label = labels[top]
+        confidence = float(probs[top])
+        display = spec.display(label)
+    cset = [labels[c] for c in np.flatnonzero(set_row)] if set_row is not None else None
+    ood_thr = spec.ood.get("threshold") if spec.ood else None
+    is_ood = ood_score is not None and ood_thr is not None and ood_score > ood_thr
+    q = dec.quality
+    q_ok = None if q is None else bool(q.get("ok", True))
+    state, reason = decide(
+        error=None,
+        label=label,
+        display=display,
+        confidence=confidence,
+        conformal_set=cset,
+        set_display=[spec.display(c) for c in cset] if cset else None,
+        quality_ok=q_ok,
+        quality_reasons=None if q is None else q.get("reasons"),
+        ood=is_ood,
+        ood_score=ood_score,
+        ood_threshold=ood_thr,
+        negative_label=spec.negative_label,
+        multilabel_uncertain=uncertain if multilabel else None,
+        policy=settings.policy,
+    )
+    ent = float(stats["entropy"][j])
+    mi = float(stats["mutual_info"][j])
+    words = describe(
+        confidence, len(cset) if cset else None, norm_ent if norm_ent is not None else 0.0, mi
+    )
+    return ScreenResult(
+        index=i,
+        path=str(path),
+        label=label,
+        display_label=display,
+        confidence=round(confidence, 6),
+        probabilities=p,
+        entropy=round(ent, 6),
+        mutual_info=round(mi, 6),
+        top_std=round(float(stats["top_std"][j]), 6),
+        uncertainty_words=words,
+        conformal_set=cset,
+        ood_score=None if ood_score is None else round(ood_score, 4),
+        ood=is_ood,
+        quality=q,
+        quality_ok=q_ok,
+        triage=state,
+        triage_reason=reason,
+        uncertainty_method=settings.uncertainty,
+        width=dec.original_size[0],
+        height=dec.original_size[1],
+    )
+
+
+def screen_all(
+    paths: Sequence[Path],
+    models: Sequence[LoadedModel],
+    settings: ScreenSettings | None = None,
+    state: TaskState | None = None,
+) -> list[ScreenResult]:
+    """Convenience: the whole run as one list."""
+    out: list[ScreenResult] = []
+    for chunk in screen(paths, models, settings, state):
+        out.extend(chunk)
+    return out
+
+
+def rate_line(state: TaskState, device: str) -> str:
+    return f"{state.done}/{state.total} · {state.rate():.1f} img/s · {device}"

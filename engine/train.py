@@ -1,0 +1,566 @@
+"""Train a timm network on a labelled set and write a calibrated EyeTriage model file.
+
+Images are decoded once (in threads, with the model's own preprocessing) into memory;
+augmentation then runs batch-wise on tensors, which is far cheaper than decoding every epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import __version__
+from .data import DatasetError, LabelledSet, split_indices
+from .images import decode_for_model
+from .modelfile import ModelSpec, Preprocessing, save_model_file
+from .models import autocast_for, create_network, load_init_weights, pick_device
+from .pipeline import iter_decoded_batches
+from .tasks import Cancelled, TaskState, format_eta
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class TrainConfig:
+    arch: str = "efficientnet_b0"
+    img_size: int = 224
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 42
+    patience: int = 3
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    device: str = "auto"
+    pretrained: bool = False
+    init_weights: str | None = None
+    head_dropout: float = 0.2
+    modality: str = "fundus"
+    ben_graham: bool = False
+    green: bool = False
+    fov_crop: bool = True
+    amp: bool = True
+    workers: int | None = None
+    name: str = ""
+    strategy: str = "full"  # "full" or "head" (frozen backbone)
+    ordinal_weight: float = 0.5
+    conformal_alpha: float = 0.1
+    max_steps_per_epoch: int | None = None
+    demo: bool = False
+    negative_label: str | None = None
+
+
+@dataclass
+class TrainResult:
+    spec: ModelSpec
+    path: Path
+    sha256: str
+    history: list[dict[str, float]] = field(default_factory=list)
+    test_metrics: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def guess_negative_label(labels: list[str]) -> str | None:
+    """The "no finding" class, used for referral sensitivity: normal, no_dr, 0, ..."""
+    for lab in labels:
+        if lab.lower() in ("normal", "no_dr", "no dr", "none", "healthy", "0", "negative"):
+            return lab
+    return None
+
+
+def decode_set(
+    ds: LabelledSet, cfg: TrainConfig, state: TaskState | None, log: Log
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """All images of ``ds`` as (N,H,W,3) uint8 plus targets; unusable files are reported."""
+    prep = Preprocessing.for_modality(
+        cfg.modality, fov_crop=cfg.fov_crop, ben_graham=cfg.ben_graham, green=cfg.green
+    )
+    paths = [s.path for s in ds.samples]
+
+    def decode(p: Path):  # noqa: ANN202
+        return decode_for_model(p, cfg.img_size, cfg.modality, prep)
+
+    arrays = np.zeros((len(paths), cfg.img_size, cfg.img_size, 3), dtype=np.uint8)
+    ok = np.zeros(len(paths), dtype=bool)
+    problems: list[str] = []
+    for b in iter_decoded_batches(paths, decode, 64, cfg.workers, state):
+        if b.arrays is not None:
+            arrays[b.indices] = b.arrays
+            ok[b.indices] = True
+        problems += [f"{paths[i]}: {reason}" for i, reason in b.errors]
+        if state is not None:
+            state.progress(b.stop, len(paths), "decoding images")
+    if state is not None and state.cancelled():
+        raise Cancelled()
+    for p in problems[:10]:
+        log(f"skipped {p}")
+    if len(problems) > 10:
+        log(f"... and {len(problems) - 10} more unusable files")
+    targets = ds.targets()
+    return arrays[ok], targets[ok], problems
+
+
+class Augmenter:
+    """Training-only augmentation on uint8 NHWC batches, done as one affine warp per image.
+
+    Random resized crop (scale 0.75–1), small rotation (±15°), horizontal flip (and vertical
+    flip for fundus), brightness/contrast/saturation jitter.
+    """
+
+    def __init__(self, modality: str, generator: torch.Generator) -> None:
+        self.modality = modality
+        self.g = generator
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(N,3,H,W) float in [0,255] -> augmented, same shape."""
+        n = x.shape[0]
+        g = self.g
+
+        def u(lo: float, hi: float) -> torch.Tensor:
+            return lo + (hi - lo) * torch.rand(n, generator=g)
+
+        angle = (
+            u(-15, 15) * math.pi / 180 if self.modality == "fundus" else u(-5, 5) * math.pi / 180
+        )
+        scale = torch.sqrt(u(0.75, 1.0))
+        flip_h = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
+        flip_v = (
+            torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
+            if self.modality == "fundus"
+            else torch.ones(n)
+        )
+        max_shift = 1 - scale
+        tx, ty = u(-1, 1) * max_shift, u(-1, 1) * max_shift
+        cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+        theta = torch.stack(
+            [
+                torch.stack([cos * flip_h, -sin, tx], 1),
+                torch.stack([sin * flip_h * flip_v, cos * flip_v, ty], 1),
+            ],
+            1,
+        ).to(x)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        b = u(0.8, 1.2).view(n, 1, 1, 1).to(x)
+        c = u(0.8, 1.2).view(n, 1, 1, 1).to(x)
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * c + mean * b
+        if self.modality == "fundus":
+            s = u(0.9, 1.1).view(n, 1, 1, 1).to(x)
+            grey = x.mean(dim=1, keepdim=True)
+            x = (x - grey) * s + grey
+        return x.clamp(0, 255)
+
+
+def make_loss(task: str, targets: np.ndarray, n_out: int, ordinal_weight: float) -> nn.Module:
+    """Class-balanced loss: weighted CE, ordinal CE + expected squared grade error, or BCE."""
+    if task == "multilabel":
+        t = targets.reshape(len(targets), -1).astype(np.float64)
+        pos = t.sum(0)
+        pos_weight = torch.tensor(np.clip((len(t) - pos) / np.maximum(pos, 1), 0.1, 10.0)).float()
+        return nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    counts = np.bincount(targets.astype(int), minlength=n_out).astype(np.float64)
+    w = np.where(counts > 0, len(targets) / (n_out * np.maximum(counts, 1)), 0.0)
+    weight = torch.tensor(w / w[counts > 0].mean()).float()
+    if task == "ordinal":
+        return OrdinalLoss(weight, ordinal_weight)
+    return nn.CrossEntropyLoss(weight=weight)
+
+
+class OrdinalLoss(nn.Module):
+    """Cross-entropy plus the expected squared distance between predicted and true grade.
+
+    The second term punishes "PDR called none" far more than "PDR called NPDR", which is
+    what quadratic weighted kappa measures; the output stays a class distribution, so
+    calibration, conformal sets and attribution work unchanged.
+    """
+
+    def __init__(self, weight: torch.Tensor, lam: float) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.lam = lam
+
+    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        ce = F.cross_entropy(logits, y, weight=self.weight)
+        p = torch.softmax(logits.float(), dim=1)
+        grades = torch.arange(logits.shape[1], device=logits.device).float()
+        dist = (grades.view(1, -1) - y.float().view(-1, 1)) ** 2
+        w = self.weight[y]
+        return ce + self.lam * ((p * dist).sum(1) * w).sum() / w.sum()
+
+
+def _batches(n: int, bs: int, g: torch.Generator | None) -> list[torch.Tensor]:
+    order = torch.randperm(n, generator=g) if g is not None else torch.arange(n)
+    return [order[i : i + bs] for i in range(0, n, bs)]
+
+
+def _to_input(x_uint8: torch.Tensor, spec: ModelSpec, device: torch.device) -> torch.Tensor:
+    x = x_uint8.permute(0, 3, 1, 2).float()
+    return x.to(device)
+
+
+def _normalise(x: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
+    mean = torch.tensor(spec.mean, device=x.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(spec.std, device=x.device).view(1, 3, 1, 1) * 255
+    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+def predict_arrays(
+    net: nn.Module,
+    spec: ModelSpec,
+    arrays: np.ndarray,
+    device: torch.device,
+    amp: bool,
+    bs: int = 64,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and penultimate features for in-memory uint8 images (eval mode)."""
+    from .models import penultimate_and_logits
+
+    net.eval()
+    logits, feats = [], []
+    with torch.inference_mode(), autocast_for(device, amp):
+        for i in range(0, len(arrays), bs):
+            x = _normalise(_to_input(torch.from_numpy(arrays[i : i + bs]), spec, device), spec)
+            f, z = penultimate_and_logits(net, x)
+            logits.append(z.float().cpu().numpy())
+            feats.append(f.float().cpu().numpy())
+    if not logits:
+        return np.zeros((0, spec.num_outputs), np.float32), np.zeros((0, 0), np.float32)
+    return np.concatenate(logits), np.concatenate(feats)
+
+
+def _freeze_backbone(net: nn.Module) -> None:
+    head = net.get_classifier()
+    head_params = {id(p) for p in head.parameters()}
+    for p in net.parameters():
+        p.requires_grad = id(p) in head_params
+
+
+def train_model(
+    ds: LabelledSet,
+    cfg: TrainConfig,
+    out: str | Path,
+    state: TaskState | None = None,
+    log: Log = print,
+    split: tuple[list[int], list[int], list[int]] | None = None,
+    parent: str | None = None,
+) -> TrainResult:
+    """Split, train with early stopping, calibrate on validation, test, and save."""
+    t0 = time.monotonic()
+    state = state or TaskState()
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.device)
+    warnings: list[str] = []
+    if cfg.negative_label is None and ds.task != "multilabel":
+        cfg.negative_label = guess_negative_label(ds.labels)
+    train_idx, val_idx, test_idx = split or split_indices(ds, cfg.fractions, cfg.seed)
+    if not train_idx or not val_idx:
+        raise DatasetError(
+            f"too few images to split ({len(ds)}): need images for training and validation"
+        )
+    spec = ModelSpec(
+        arch=cfg.arch,
+        task=ds.task,
+        labels=list(ds.labels),
+        modality=cfg.modality,
+        input_size=cfg.img_size,
+        preprocessing=Preprocessing.for_modality(
+            cfg.modality, fov_crop=cfg.fov_crop, ben_graham=cfg.ben_graham, green=cfg.green
+        ),
+        name=cfg.name or f"{cfg.arch}-{ds.task}",
+        head_dropout=cfg.head_dropout,
+        negative_label=cfg.negative_label,
+        demo=cfg.demo,
+    )
+    log(
+        f"data: {len(ds)} images ({ds.source}); split train {len(train_idx)} / "
+        f"val {len(val_idx)} / test {len(test_idx)} (seed {cfg.seed}, grouped by patient)"
+    )
+    arrays, targets, problems = decode_set(ds, cfg, state, log)
+    ok_index = _surviving_index(ds, problems)
+    tr = [ok_index[i] for i in train_idx if i in ok_index]
+    va = [ok_index[i] for i in val_idx if i in ok_index]
+    te = [ok_index[i] for i in test_idx if i in ok_index]
+
+    net = create_network(spec, pretrained=cfg.pretrained)
+    if cfg.init_weights:
+        skipped = load_init_weights(net, cfg.init_weights)
+        log(f"initial weights from {Path(cfg.init_weights).name} ({len(skipped)} tensors left new)")
+    if cfg.strategy == "head":
+        _freeze_backbone(net)
+    elif cfg.strategy != "full":
+        raise ValueError(f"unknown strategy {cfg.strategy!r} (full or head)")
+    net = net.to(device).to(memory_format=torch.channels_last)
+    loss_fn = make_loss(ds.task, targets[tr], spec.num_outputs, cfg.ordinal_weight).to(device)
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    g = torch.Generator().manual_seed(cfg.seed)
+    aug = Augmenter(cfg.modality, g)
+    steps_per_epoch = math.ceil(len(tr) / cfg.batch_size)
+    if cfg.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+    total_steps = max(1, steps_per_epoch * cfg.epochs)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.15
+    )
+    x_train = torch.from_numpy(arrays[tr])
+    y_all = torch.from_numpy(targets)
+    y_train = y_all[tr]
+    best = (math.inf, None, -1)
+    history: list[dict[str, float]] = []
+    step = 0
+    bad_epochs = 0
+    for epoch in range(cfg.epochs):
+        net.train()
+        if cfg.strategy == "head":
+            net.eval()
+            net.get_classifier().train()
+        running, seen = 0.0, 0
+        for bi, idx in enumerate(_batches(len(tr), cfg.batch_size, g)):
+            if bi >= steps_per_epoch:
+                break
+            state.check()
+            x = _to_input(x_train[idx], spec, device)
+            x = _normalise(aug(x), spec)
+            y = y_train[idx].to(device)
+            if ds.task == "multilabel":
+                y = y.float()
+            with autocast_for(device, cfg.amp):
+                logits = net(x)
+            loss = loss_fn(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            running += float(loss.detach()) * len(idx)
+            seen += len(idx)
+            eta = (time.monotonic() - t0) / step * (total_steps - step)
+            state.progress(
+                step,
+                total_steps,
+                f"epoch {epoch + 1}/{cfg.epochs} loss {running / seen:.4f} ETA {format_eta(eta)}",
+            )
+        val_logits, _ = predict_arrays(net, spec, arrays[va], device, cfg.amp)
+        val_loss = float(loss_fn(torch.from_numpy(val_logits), _target_tensor(y_all[va], ds.task)))
+        val_acc = _quick_accuracy(val_logits, targets[va], ds.task)
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": running / max(1, seen),
+                "val_loss": val_loss,
+                "val_accuracy": val_acc,
+            }
+        )
+        log(
+            f"epoch {epoch + 1}/{cfg.epochs}: train loss {running / max(1, seen):.4f}  "
+            f"val loss {val_loss:.4f}  val acc {val_acc:.3f}"
+        )
+        if val_loss < best[0] - 1e-4:
+            best = (val_loss, copy.deepcopy(net.state_dict()), epoch + 1)
+            bad_epochs = 0
+        else:
+            bad_epochs += 1
+            if bad_epochs >= cfg.patience:
+                log(f"early stop: no validation improvement for {cfg.patience} epochs")
+                break
+    if best[1] is not None:
+        net.load_state_dict(best[1])
+        log(f"restored the best weights (epoch {best[2]}, val loss {best[0]:.4f})")
+    for p in net.parameters():
+        p.requires_grad = True
+
+    extra = finalise_spec(spec, net, arrays, targets, tr, va, device, cfg, log, warnings)
+    test_metrics: dict[str, Any] = {}
+    if te:
+        test_metrics = evaluate_arrays(spec, net, arrays[te], targets[te], device, cfg.amp)
+        log(_metrics_line("test", test_metrics))
+    val_metrics = evaluate_arrays(spec, net, arrays[va], targets[va], device, cfg.amp)
+    spec.metrics = {"validation": val_metrics, "test": test_metrics}
+    spec.provenance = {
+        "training_data": ds.summary(),
+        "split": {
+            "method": "stratified, grouped by patient",
+            "fractions": list(cfg.fractions),
+            "seed": cfg.seed,
+            "counts": {"train": len(tr), "validation": len(va), "test": len(te)},
+        },
+        "epochs_run": len(history),
+        "best_epoch": best[2],
+        "history": history,
+        "config": {k: v for k, v in asdict(cfg).items() if k not in ("workers",)},
+        "engine_version": __version__,
+        "torch_version": torch.__version__.split("+")[0],
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "parent": parent,
+        "unusable_files": len(problems),
+    }
+    warnings += collapse_warnings(spec, val_metrics)
+    for w in warnings:
+        log(f"WARNING: {w}")
+    spec.provenance["warnings"] = warnings
+    out = Path(out)
+    sha = save_model_file(out, spec, net.state_dict(), extra=extra)
+    log(f"saved {out} (sha256 {sha[:12]})")
+    return TrainResult(spec, out, sha, history, test_metrics, warnings, time.monotonic() - t0)
+
+
+def _target_tensor(y: torch.Tensor, task: str) -> torch.Tensor:
+    return y.float() if task == "multilabel" else y.long()
+
+
+def _surviving_index(ds: LabelledSet, problems: list[str]) -> dict[int, int]:
+    bad = {p.split(": ", 1)[0] for p in problems}
+    out: dict[int, int] = {}
+    k = 0
+    for i, s in enumerate(ds.samples):
+        if str(s.path) in bad:
+            continue
+        out[i] = k
+        k += 1
+    return out
+
+
+def _quick_accuracy(logits: np.ndarray, y: np.ndarray, task: str) -> float:
+    if len(y) == 0:
+        return float("nan")
+    if task == "multilabel":
+        return float(((logits > 0) == (y > 0)).all(1).mean())
+    return float((logits.argmax(1) == y).mean())
+
+
+def finalise_spec(
+    spec: ModelSpec,
+    net: nn.Module,
+    arrays: np.ndarray,
+    targets: np.ndarray,
+    tr: list[int],
+    va: list[int],
+    device: torch.device,
+    cfg: TrainConfig,
+    log: Log,
+    warnings: list[str],
+) -> dict[str, torch.Tensor]:
+    """Fit temperature, conformal threshold, referral curve (validation) and OOD stats (train)."""
+    from . import ood
+    from .calibration import fit_temperature
+
+    val_logits, _ = predict_arrays(net, spec, arrays[va], device, cfg.amp)
+    y_val = targets[va]
+    spec.temperature = float(fit_temperature(val_logits, y_val, spec.task)) if len(va) else 1.0
+    log(f"temperature fitted on validation: {spec.temperature:.3f}")
+    calibrate_spec_on(spec, val_logits, y_val, cfg.conformal_alpha, log, warnings)
+    train_sample = tr if len(tr) <= 2000 else sorted(random.Random(cfg.seed).sample(tr, 2000))
+    _, train_feats = predict_arrays(net, spec, arrays[train_sample], device, cfg.amp)
+    _, val_feats = predict_arrays(net, spec, arrays[va], device, cfg.amp)
+    info, tensors = ood.fit_ood(train_feats, val_feats)
+    spec.ood = info
+    return tensors
+
+
+def calibrate_spec_on(
+    spec: ModelSpec,
+    logits: np.ndarray,
+    y: np.ndarray,
+    alpha: float,
+    log: Log,
+    warnings: list[str],
+) -> None:
+    """Conformal threshold and referral curve from labelled logits (temperature already set)."""
+    from .calibration import softmax
+    from .conformal import fit_conformal
+    from .referral import referral_curve
+    from .uncertainty_stats import entropy
+
+    if spec.task == "multilabel" or len(y) == 0:
+        spec.conformal = None
+        spec.referral_curve = None
+        return
+    probs = softmax(logits, spec.temperature)
+    try:
+        cal = fit_conformal(probs, y, alpha=alpha)
+    except ValueError as e:
+        spec.conformal = None
+        warnings.append(f"no conformal sets: {e}")
+    else:
+        spec.conformal = cal.to_dict()
+        log(
+            f"conformal threshold fitted for {100 * (1 - alpha):.0f}% coverage (qhat {cal.qhat:.3f})"
+        )
+        if len(y) < 50:
+            warnings.append(f"only {len(y)} calibration images: conformal sets are approximate")
+    neg = spec.labels.index(spec.negative_label) if spec.negative_label else None
+    if spec.task == "binary":
+        neg = 0
+    spec.referral_curve = referral_curve(y, probs, entropy(probs), spec.task, negative_index=neg)
+
+
+def evaluate_arrays(
+    spec: ModelSpec,
+    net: nn.Module,
+    arrays: np.ndarray,
+    y: np.ndarray,
+    device: torch.device,
+    amp: bool,
+) -> dict[str, Any]:
+    from .calibration import sigmoid, softmax
+    from .metrics import evaluate_predictions
+
+    logits, _ = predict_arrays(net, spec, arrays, device, amp)
+    if len(y) == 0:
+        return {"n": 0}
+    probs = (
+        sigmoid(logits / spec.temperature)
+        if spec.task == "multilabel"
+        else softmax(logits, spec.temperature)
+    )
+    return evaluate_predictions(y, probs, spec.task, spec.labels)
+
+
+def collapse_warnings(spec: ModelSpec, metrics: dict[str, Any]) -> list[str]:
+    """Warn when the model predicts (nearly) one class only: it has learnt the prevalence."""
+    cm = metrics.get("confusion_matrix")
+    if spec.task == "multilabel" or not cm:
+        return []
+    cm = np.asarray(cm)
+    pred_counts = cm.sum(0)
+    true_counts = cm.sum(1)
+    n = cm.sum()
+    if n == 0:
+        return []
+    top = int(pred_counts.argmax())
+    if pred_counts[top] / n >= 0.95 and true_counts[top] / n < 0.9:
+        return [
+            f"the model predicts '{spec.labels[top]}' for {100 * pred_counts[top] / n:.0f}% of "
+            f"validation images (true share {100 * true_counts[top] / n:.0f}%): it has collapsed "
+            "to the majority class; train longer, balance the data or start from pretrained weights"
+        ]
+    return []
+
+
+def _metrics_line(name: str, m: dict[str, Any]) -> str:
+    parts = [f"{name}: n={m.get('n')}"]
+    for k in ("accuracy", "balanced_accuracy", "auc", "qwk", "ece"):
+        v = m.get(k)
+        if isinstance(v, float):
+            parts.append(f"{k} {v:.3f}")
+    return "  ".join(parts)

@@ -1,0 +1,150 @@
+"""Stochastic passes for per-image uncertainty: MC dropout (fast and full), TTA, ensembles.
+
+Every function returns probability samples shaped (K, N, C) (calibrated with each model's
+temperature) plus the pooled features of the plain pass for the OOD score; the statistics
+(entropy, mutual information, spread) come from :mod:`engine.uncertainty_stats`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .models import LoadedModel, autocast_for, penultimate_and_logits, probabilities
+
+METHODS = ("none", "mc", "mc-full", "tta", "ensemble")
+
+
+@contextlib.contextmanager
+def dropout_only(net: nn.Module) -> Iterator[None]:
+    """Enable dropout modules only (never BatchNorm), and restore every module's mode."""
+    modes = {m: m.training for m in net.modules()}
+    try:
+        net.eval()
+        for m in net.modules():
+            if isinstance(m, nn.Dropout | nn.Dropout2d | nn.AlphaDropout) or type(m).__name__ in (
+                "DropPath",
+            ):
+                m.train()
+        yield
+    finally:
+        for m, was in modes.items():
+            m.train(was)
+
+
+def plain(lm: LoadedModel, x: torch.Tensor, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One deterministic pass: samples (1, N, C) and features (N, D)."""
+    with torch.inference_mode(), autocast_for(lm.device, amp):
+        feats, logits = penultimate_and_logits(lm.net, x)
+    return probabilities(lm.spec, logits).unsqueeze(0), feats.float()
+
+
+def mc_fast(
+    lm: LoadedModel, x: torch.Tensor, k: int, amp: bool, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backbone once, dropout on the pooled features K times before the classifier.
+
+    Costs one forward pass plus K tiny matrix products, so uncertainty is nearly free.
+    """
+    p = lm.spec.head_dropout if lm.spec.head_dropout > 0 else 0.2
+    head = lm.net.get_classifier()
+    with torch.inference_mode(), autocast_for(lm.device, amp):
+        feats, _ = penultimate_and_logits(lm.net, x)
+        pre = feats.float()
+        rep = pre.unsqueeze(0).expand(k, *pre.shape)
+        if generator is not None:
+            keep = torch.rand(rep.shape, generator=generator, device="cpu").to(rep.device) >= p
+            dropped = rep * keep / (1 - p)
+        else:
+            dropped = F.dropout(rep, p=p, training=True)
+        logits = head.float()(dropped.reshape(-1, pre.shape[1])).reshape(k, pre.shape[0], -1)
+    return probabilities(lm.spec, logits.reshape(-1, logits.shape[-1])).reshape(logits.shape), pre
+
+
+def mc_full(
+    lm: LoadedModel, x: torch.Tensor, k: int, amp: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """K full passes with every dropout module active (BatchNorm stays in eval mode)."""
+    _, feats = plain(lm, x, amp)
+    outs = []
+    with dropout_only(lm.net), torch.inference_mode(), autocast_for(lm.device, amp):
+        for _ in range(k):
+            outs.append(probabilities(lm.spec, lm.net(x)))
+    return torch.stack(outs), feats
+
+
+def tta_views(
+    x: torch.Tensor, k: int, spec_mean: tuple, spec_std: tuple, modality: str
+) -> list[torch.Tensor]:
+    """K transformed copies: identity, flips, small rotations, brightness changes."""
+    mean = torch.tensor(spec_mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(spec_std, device=x.device).view(1, 3, 1, 1)
+
+    def bright(t: torch.Tensor, f: float) -> torch.Tensor:
+        return ((t * std + mean) * f - mean) / std
+
+    def rot(t: torch.Tensor, deg: float) -> torch.Tensor:
+        a = math.radians(deg)
+        theta = torch.tensor(
+            [[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]],
+            device=t.device,
+            dtype=t.dtype,
+        )
+        grid = F.affine_grid(theta.expand(t.shape[0], 2, 3), list(t.shape), align_corners=False)
+        black = -mean / std
+        out = F.grid_sample(t - black, grid, align_corners=False) + black
+        return out.contiguous(memory_format=torch.channels_last)
+
+    ops = [
+        lambda t: t,
+        lambda t: t.flip(3),
+        lambda t: rot(t, 8) if modality == "fundus" else bright(t, 1.1),
+        lambda t: rot(t, -8) if modality == "fundus" else bright(t, 0.9),
+        lambda t: bright(t, 1.1),
+        lambda t: bright(t, 0.9),
+        lambda t: t.flip(2) if modality == "fundus" else rot(t, 3),
+        lambda t: rot(t.flip(3), 8) if modality == "fundus" else rot(t, -3),
+    ]
+    while len(ops) < k:  # more views: compose flips with random-ish small rotations
+        j = len(ops)
+        ops.append(lambda t, j=j: rot(t.flip(3) if j % 2 else t, ((j * 37) % 21) - 10))
+    return [op(x).contiguous(memory_format=torch.channels_last) for op in ops[:k]]
+
+
+def tta(lm: LoadedModel, x: torch.Tensor, k: int, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    _, feats = plain(lm, x, amp)
+    outs = []
+    with torch.inference_mode(), autocast_for(lm.device, amp):
+        for v in tta_views(x, k, lm.spec.mean, lm.spec.std, lm.spec.modality):
+            outs.append(probabilities(lm.spec, lm.net(v)))
+    return torch.stack(outs), feats
+
+
+def sample(
+    models: list[LoadedModel], x: torch.Tensor, method: str, k: int, amp: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dispatch on the method; ``ensemble`` averages the models' plain passes."""
+    lm = models[0]
+    if method == "none":
+        return plain(lm, x, amp)
+    if method == "mc":
+        return mc_fast(lm, x, k, amp)
+    if method == "mc-full":
+        return mc_full(lm, x, k, amp)
+    if method == "tta":
+        return tta(lm, x, k, amp)
+    if method == "ensemble":
+        if len(models) < 2:
+            raise ValueError("an ensemble needs at least two model files (--model A --model B)")
+        outs, feats = [], None
+        for m in models:
+            s, f = plain(m, x.to(m.device), amp)
+            outs.append(s[0].to(lm.device))
+            feats = f if feats is None else feats
+        return torch.stack(outs), feats
+    raise ValueError(f"unknown uncertainty method {method!r}; choose from {', '.join(METHODS)}")

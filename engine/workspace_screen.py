@@ -1,0 +1,166 @@
+"""Screen into a workspace: incremental, resumable, one transaction per chunk.
+
+Images already screened by the same model with the same settings (matched by file hash)
+are skipped, so re-running a folder only does the new or changed files, and a run that was
+interrupted (Ctrl+C, a crash, ``kill -9``) resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from .models import LoadedModel
+from .screen import ScreenResult, ScreenSettings, screen
+from .tasks import TaskState
+
+
+def model_description(lm: LoadedModel) -> dict[str, Any]:
+    import json
+
+    return json.loads(lm.spec.to_json())
+
+
+def register(ws, lm: LoadedModel, activate_if_none: bool = True) -> None:  # noqa: ANN001
+    """Record the model version in the workspace (idempotent)."""
+    spec = lm.spec
+    ws.register_model(
+        lm.sha256,
+        lm.path,
+        spec.name or spec.arch,
+        parent=spec.provenance.get("parent"),
+        created_at=spec.provenance.get("created_at"),
+        metrics=spec.metrics,
+        description=model_description(lm),
+        activate=activate_if_none and ws.active_model() is None,
+    )
+
+
+def _file_facts(path: Path) -> dict[str, Any]:
+    from .naming import parse_patient_eye
+    from .store import sha256_file
+
+    try:
+        st = path.stat()
+        sha = sha256_file(path)
+    except OSError as e:
+        return {"path": str(path.resolve()), "error": f"cannot be read ({e.strerror or e})"}
+    patient, eye = parse_patient_eye(path.name)
+    return {
+        "path": str(path.resolve()),
+        "sha256": sha,
+        "size_bytes": st.st_size,
+        "patient": patient,
+        "eye": eye,
+    }
+
+
+def screen_into_workspace(
+    workspace: str | Path,
+    paths: Sequence[Path],
+    models: Sequence[LoadedModel],
+    settings: ScreenSettings,
+    state: TaskState | None = None,
+    on_chunk: Any = None,
+) -> dict[str, Any]:
+    """Run the screen and record it; returns counts, the run id and what was skipped."""
+    report: dict[str, Any] = {}
+    for event in iter_screen_into_workspace(workspace, paths, models, settings, state):
+        if event["kind"] == "chunk" and on_chunk is not None:
+            on_chunk(event["results"])
+        if event["kind"] == "done":
+            report = event
+    return report
+
+
+def iter_screen_into_workspace(
+    workspace: str | Path,
+    paths: Sequence[Path],
+    models: Sequence[LoadedModel],
+    settings: ScreenSettings,
+    state: TaskState | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Generator form for the desktop: yields ``chunk`` events and a final ``done`` event."""
+    from .store import Workspace, settings_key
+
+    state = state or TaskState()
+    lm = models[0]
+    run_settings = settings.prediction_key()
+    run_settings["models"] = [m.sha256 for m in models]
+    key = settings_key(run_settings)
+    with Workspace.open(workspace) as ws:
+        for m in models:
+            register(ws, m)
+        state.progress(0, len(paths), "hashing files")
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2)) as pool:
+            facts = list(pool.map(_file_facts, paths))
+        readable = [f for f in facts if "error" not in f]
+        ids = ws.add_images([{**f, "modality": lm.spec.modality} for f in readable])
+        id_by_path = {f["path"]: i for f, i in zip(readable, ids, strict=True)}
+        done = ws.done_image_hashes(lm.sha256, key)
+        todo = [Path(f["path"]) for f in readable if f["sha256"] not in done]
+        skipped = len(readable) - len(todo)
+        unreadable = [f for f in facts if "error" in f]
+        run_id = ws.start_run(lm.sha256, run_settings)  # the store derives the same key
+        counts: dict[str, int] = {}
+        status = "failed"
+        screened = 0
+        try:
+            for chunk in screen(todo, models, settings, state):
+                rows = [_row(r, id_by_path) for r in chunk]
+                pred_ids = ws.add_predictions(run_id, rows)
+                for r, pid in zip(chunk, pred_ids, strict=True):
+                    counts[r.triage] = counts.get(r.triage, 0) + 1
+                    r.prediction_id = pid  # type: ignore[attr-defined]
+                screened += len(chunk)
+                yield {"kind": "chunk", "results": chunk, "run_id": run_id}
+            status = "cancelled" if state.cancelled() else "finished"
+        except GeneratorExit:
+            status = "cancelled"
+            raise
+        except KeyboardInterrupt:
+            status = "cancelled"
+            raise
+        finally:
+            counts_all = {
+                **counts,
+                "to_screen": len(todo),
+                "skipped": skipped,
+                "unreadable": len(unreadable),
+            }
+            ws.finish_run(run_id, status, counts_all)
+        if unreadable:
+            counts["error"] = counts.get("error", 0) + len(unreadable)
+        yield {
+            "kind": "done",
+            "run_id": run_id,
+            "status": status,
+            "counts": counts,
+            "screened": screened,
+            "skipped": skipped,
+            "unreadable": [(f["path"], f["error"]) for f in unreadable],
+        }
+
+
+def _row(r: ScreenResult, id_by_path: dict[str, int]) -> dict[str, Any]:
+    return {
+        "image_id": id_by_path[str(Path(r.path).resolve())],
+        "probabilities": r.probabilities,
+        "label": r.label,
+        "confidence": r.confidence,
+        "entropy": r.entropy,
+        "mutual_info": r.mutual_info,
+        "top_std": r.top_std,
+        "conformal_set": r.conformal_set,
+        "ood_score": r.ood_score,
+        "ood": r.ood,
+        "quality": r.quality,
+        "quality_ok": r.quality_ok,
+        "triage": r.triage,
+        "triage_reason": r.triage_reason,
+        "error": r.error,
+        "uncertainty_method": r.uncertainty_method,
+    }
