@@ -24,6 +24,10 @@ bench: $(STAMP)
 
 demo: run
 
+# The bundled demo model: trained on synthetic fundus images only (about 10 minutes on 2 cores).
+demo-model: $(STAMP)
+	$(PY) -c "from engine.demo import build_demo_model; build_demo_model('resources/demo-model.safetensors')"
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check engine desktop tests benchmarks
 	$(VENV)/bin/ruff format --check engine desktop tests benchmarks

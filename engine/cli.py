@@ -187,6 +187,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         negative_label=args.negative_label,
         demo=args.demo,
         max_steps_per_epoch=args.max_steps_per_epoch,
+        half=args.half,
     )
     if args.split:
         parts = [float(x) for x in args.split.split(",")]
@@ -672,6 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--demo", action="store_true", help="mark the model as a demo (not for clinical use)"
     )
+    t.add_argument("--half", action="store_true", help="store weights as float16 (half the size)")
     t.add_argument("--json", action="store_true", help="print a JSON summary at the end")
     t.add_argument("--quiet", action="store_true")
     t.add_argument("--out", required=True, help="model file to write (.safetensors)")

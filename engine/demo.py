@@ -81,13 +81,14 @@ def build_demo_model(
 
     tmp = Path(work) if work else Path(tempfile.mkdtemp(prefix="eyetriage-demo-"))
     data = tmp / "train"
-    n = 160 if quick else 480
-    synthesize(data, "fundus", n=n, seed=DEMO_SEED, size=384 if not quick else 256, difficulty=0.5)
+    n = 160 if quick else 400
+    synthesize(data, "fundus", n=n, seed=DEMO_SEED, size=256, difficulty=0.5)
     ds = load_folder_dataset(data)
     cfg = TrainConfig(
-        arch="efficientnet_b0" if not quick else "resnet10t",
-        img_size=192 if not quick else 96,
+        arch="resnet10t",
+        img_size=128 if not quick else 96,
         epochs=12 if not quick else 4,
+        half=True,
         batch_size=32,
         lr=2e-3,
         seed=DEMO_SEED,

@@ -22,7 +22,7 @@ from .modelfile import Preprocessing
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
 ASSUMED_MIN_FOV_FRACTION = 0.6  # the FOV spans at least this share of the short side
-ANALYSIS_SIZE = 512  # largest side of the crop kept for the quality gate and thumbnails
+ANALYSIS_SIZE = 384  # crop size kept for the quality gate (its analysis diameter)
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never half an image
 

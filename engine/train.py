@@ -60,6 +60,7 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None
     demo: bool = False
     negative_label: str | None = None
+    half: bool = False  # store weights as float16 (half the file size)
 
 
 @dataclass
@@ -419,7 +420,7 @@ def train_model(
         log(f"WARNING: {w}")
     spec.provenance["warnings"] = warnings
     out = Path(out)
-    sha = save_model_file(out, spec, net.state_dict(), extra=extra)
+    sha = save_model_file(out, spec, net.state_dict(), extra=extra, half=cfg.half)
     log(f"saved {out} (sha256 {sha[:12]})")
     return TrainResult(spec, out, sha, history, test_metrics, warnings, time.monotonic() - t0)
 
