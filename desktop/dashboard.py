@@ -1,0 +1,797 @@
+"""The dashboard tab: how the screening went and how far the AI can be trusted.
+
+Five panels, each with words beside every number and a friendly empty state:
+
+1. triage counts (bar chart) and how many screened images have been reviewed;
+2. the active model's referral curve (from its file) with one sentence explaining it;
+3. a reliability diagram of the AI's confidence against reviewed labels;
+4. Cohen's kappa between reviewers and with the AI;
+5. a confusion matrix of reviewed label against AI label (counts plus shading).
+
+Everything shown comes from :func:`load_dashboard_data`, which only reads the store with a
+few light SQL queries (no image is opened, no model is run), so :meth:`DashboardPage.refresh`
+is cheap enough for the GUI thread.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCharts import (
+    QBarCategoryAxis,
+    QBarSet,
+    QChart,
+    QChartView,
+    QHorizontalBarSeries,
+    QLineSeries,
+    QScatterSeries,
+    QValueAxis,
+)
+from PySide6.QtCore import QEvent, QMargins, QPointF, Qt
+from PySide6.QtGui import QBrush, QColor, QFont, QKeySequence, QPainter, QPalette, QPen
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPushButton,
+    QScrollArea,
+    QSizePolicy,
+    QStackedLayout,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from engine.modelfile import ModelSpec
+from engine.store import DB_NAME, TRIAGE_STATES, StoreError, Workspace
+
+__all__ = [
+    "MIN_CALIBRATION_N",
+    "TRIAGE_WORDS",
+    "DashboardData",
+    "DashboardPage",
+    "kappa_words",
+    "load_dashboard_data",
+    "referral_sentence",
+]
+
+# Below this many reviewed images a reliability diagram is mostly noise.
+MIN_CALIBRATION_N = 20
+CALIBRATION_BINS = 10
+TRIAGE_WORDS = {
+    "auto-cleared": "Auto-cleared",
+    "needs-review": "Needs review",
+    "ungradable": "Ungradable",
+    "out-of-distribution": "Out of distribution",
+    "error": "Error",
+}
+UNGRADABLE = "ungradable"
+_LABELLING_ACTIONS = ("confirm", "correct", "ungradable")
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class DashboardData:
+    """Everything the dashboard shows, read from one workspace (plain data, no Qt)."""
+
+    ok: bool = False
+    message: str = ""  # why there is nothing to show (no workspace, unreadable store...)
+    n_images: int = 0
+    n_screened: int = 0
+    n_reviewed: int = 0  # screened images with a current review
+    triage_counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TRIAGE_STATES, 0))
+    model_name: str | None = None
+    model_hash: str | None = None
+    row_labels: list[str] = field(default_factory=list)  # reviewed label (confusion rows)
+    col_labels: list[str] = field(default_factory=list)  # AI label (confusion columns)
+    confusion: list[list[int]] = field(default_factory=list)
+    confidence: list[float] = field(default_factory=list)  # AI top probability, graded reviews
+    correct: list[bool] = field(default_factory=list)  # AI label == reviewed label
+    left_out: int = 0  # reviewed images not comparable (multi-label review or AI error)
+    agreement: dict[str, Any] = field(
+        default_factory=lambda: {"reviewers": [], "pairs": [], "with_ai": []}
+    )
+
+
+def _current_reviews_sql(conn: Any) -> list[tuple[int, list[str], str]]:
+    """(image id, labels, action) of each image's latest labelling review not undone."""
+    rows = conn.execute(
+        "SELECT r.image_id, r.labels, r.action FROM reviews r WHERE r.id IN ("
+        " SELECT max(x.id) FROM reviews x"
+        " WHERE x.action IN ('confirm', 'correct', 'ungradable')"
+        " AND NOT EXISTS (SELECT 1 FROM reviews u WHERE u.undoes = x.id)"
+        " GROUP BY x.image_id)"
+    ).fetchall()
+    return [(int(r[0]), json.loads(r[1] or "[]"), str(r[2])) for r in rows]
+
+
+def _single(labels: list[str], action: str) -> str | None:
+    if len(labels) == 1:
+        return labels[0]
+    if not labels and action == "ungradable":
+        return UNGRADABLE
+    return None
+
+
+def load_dashboard_data(ws_folder: Path | None, spec: ModelSpec | None = None) -> DashboardData:
+    """Read the dashboard's numbers from the workspace store; never raises.
+
+    Predictions are each image's latest one from the active model (any model when none
+    is active), the reviewed label is the image's current review, and ``spec`` only
+    orders the labels.
+    """
+    if ws_folder is None:
+        return DashboardData(message="Open a workspace to see its dashboard.")
+    folder = Path(ws_folder)
+    if not (folder / DB_NAME).is_file():
+        return DashboardData(
+            message=f"{folder.name} is not a workspace yet: screen a folder first."
+        )
+    try:
+        with Workspace.open(folder, create=False) as ws:
+            return _read(ws, spec)
+    except (StoreError, OSError, ValueError) as exc:  # sqlite3.Error is not an OSError
+        return DashboardData(message=f"The workspace could not be read: {exc}")
+    except Exception as exc:  # noqa: BLE001 - a dashboard must never take the window down
+        return DashboardData(
+            message=f"The workspace could not be read ({type(exc).__name__}: {exc})"
+        )
+
+
+def _read(ws: Workspace, spec: ModelSpec | None) -> DashboardData:
+    conn = ws.conn
+    data = DashboardData(ok=True)
+    data.n_images = int(conn.execute("SELECT count(*) FROM images").fetchone()[0])
+    active = conn.execute("SELECT hash, name FROM models WHERE active = 1").fetchone()
+    if active is not None:
+        data.model_hash, data.model_name = active[0], active[1]
+    where, params = ("WHERE model_hash = ?", (data.model_hash,)) if data.model_hash else ("", ())
+    latest = conn.execute(
+        "SELECT image_id, label, confidence, triage FROM predictions"
+        f" WHERE id IN (SELECT max(id) FROM predictions {where} GROUP BY image_id)",
+        params,
+    ).fetchall()
+    predictions = {int(r[0]): (r[1], r[2], r[3]) for r in latest}
+    data.n_screened = len(predictions)
+    for _, _, triage in predictions.values():
+        data.triage_counts[triage] = data.triage_counts.get(triage, 0) + 1
+
+    pairs: list[tuple[str, str, float | None]] = []  # (reviewed, AI, confidence)
+    for image_id, labels, action in _current_reviews_sql(conn):
+        if image_id not in predictions:
+            continue
+        data.n_reviewed += 1
+        ai_label, confidence, _ = predictions[image_id]
+        reviewed = _single(labels, action)
+        if reviewed is None or ai_label is None:
+            data.left_out += 1
+            continue
+        pairs.append((reviewed, ai_label, confidence))
+
+    known = list(spec.labels) if spec is not None else []
+    ai_labels = known + sorted({a for _, a, _ in pairs} - set(known))
+    reviewed_labels = list(ai_labels) + sorted({r for r, _, _ in pairs} - set(ai_labels))
+    data.row_labels, data.col_labels = reviewed_labels, ai_labels
+    data.confusion = [[0] * len(ai_labels) for _ in reviewed_labels]
+    for reviewed, ai_label, confidence in pairs:
+        data.confusion[reviewed_labels.index(reviewed)][ai_labels.index(ai_label)] += 1
+        if reviewed in ai_labels and confidence is not None and math.isfinite(confidence):
+            data.confidence.append(min(1.0, max(0.0, float(confidence))))
+            data.correct.append(reviewed == ai_label)
+    data.agreement = ws.agreement(labels=known or None)
+    return data
+
+
+# --------------------------------------------------------------------------- words
+
+
+def kappa_words(kappa: float | None) -> str:
+    """Landis & Koch's words for a Cohen's kappa."""
+    if kappa is None or not math.isfinite(kappa):
+        return "not defined (too few images or one label only)"
+    if kappa < 0:
+        return "worse than chance"
+    if kappa < 0.01:
+        return "no better than chance"
+    for limit, words in ((0.2, "slight"), (0.4, "fair"), (0.6, "moderate"), (0.8, "substantial")):
+        if kappa <= limit:
+            return f"{words} agreement"
+    return "almost perfect agreement"
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.0f}%"
+
+
+def referral_sentence(curve: list[dict] | None, target: float = 0.2) -> str:
+    """One sentence reading the referral curve at about ``target`` referred."""
+    points = [p for p in curve or [] if p.get("accuracy") is not None]
+    if not points:
+        return "This model has no referral curve (it was made without labelled validation images)."
+    point = min(points, key=lambda p: (abs(float(p["referred"]) - target), -float(p["referred"])))
+    kept = 1.0 - float(point["referred"])
+    n = int(point.get("n_referred", 0)) + int(point.get("n_kept", 0))
+    if point["referred"] <= 0:
+        text = f"Referring no image, the AI is right on {_pct(point['accuracy'])} of images"
+    else:
+        text = (
+            f"Refer the {_pct(point['referred'])} most uncertain images to a clinician and "
+            f"the AI is right on {_pct(point['accuracy'])} of the other {_pct(kept)}"
+        )
+    if point.get("sensitivity") is not None:
+        text += f" (finds {_pct(point['sensitivity'])} of the disease among them)"
+    text += "."
+    if n:
+        text += f" Measured on {n} labelled validation images when the model was made."
+    return text
+
+
+# --------------------------------------------------------------------------- widgets
+
+
+def _is_dark(widget: QWidget) -> bool:
+    return widget.palette().color(QPalette.ColorRole.Window).lightness() < 128
+
+
+class _Panel(QGroupBox):
+    """A titled panel that shows either its content or a plain-words empty state."""
+
+    def __init__(self, title: str, content: QWidget, parent: QWidget | None = None) -> None:
+        super().__init__(title, parent)
+        self._stack = QStackedLayout()
+        self.content = content
+        self.empty_label = QLabel()
+        self.empty_label.setWordWrap(True)
+        self.empty_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.empty_label.setMargin(12)
+        self._stack.addWidget(content)
+        self._stack.addWidget(self.empty_label)
+        self.setLayout(self._stack)
+
+    def show_content(self) -> None:
+        self._stack.setCurrentWidget(self.content)
+
+    def show_empty(self, message: str) -> None:
+        self.empty_label.setText(message)
+        self._stack.setCurrentWidget(self.empty_label)
+
+    def is_empty(self) -> bool:
+        return self._stack.currentWidget() is self.empty_label
+
+
+def _chart_view(chart: QChart) -> QChartView:
+    view = QChartView(chart)
+    view.setRenderHint(QPainter.RenderHint.Antialiasing)
+    view.setMinimumHeight(210)
+    view.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+    return view
+
+
+def _new_chart() -> QChart:
+    chart = QChart()
+    chart.setMargins(QMargins(4, 4, 4, 4))
+    chart.setBackgroundRoundness(0)
+    chart.legend().setAlignment(Qt.AlignmentFlag.AlignBottom)
+    return chart
+
+
+def _axis(title: str, lo: float, hi: float, fmt: str = "%d%%") -> QValueAxis:
+    axis = QValueAxis()
+    axis.setRange(lo, hi)
+    axis.setTitleText(title)
+    axis.setLabelFormat(fmt)
+    axis.setTickCount(6)
+    return axis
+
+
+def _caption() -> QLabel:
+    label = QLabel()
+    label.setWordWrap(True)
+    label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    return label
+
+
+class DashboardPage(QWidget):
+    """The dashboard tab of one workspace; call :meth:`set_workspace`, then :meth:`refresh`."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._ws_folder: Path | None = None
+        self._spec: ModelSpec | None = None
+        self.data = DashboardData(message="Open a workspace to see its dashboard.")
+
+        self.title_label = QLabel("Dashboard")
+        font = self.title_label.font()
+        font.setPointSizeF(font.pointSizeF() * 1.3)
+        font.setBold(True)
+        self.title_label.setFont(font)
+        self.model_label = QLabel()
+        self.model_label.setWordWrap(True)
+        self.demo_label = QLabel("⚠ Demo — not for clinical use")
+        self.demo_label.setStyleSheet(
+            "QLabel { background: #fde7c4; color: #6b3d00; border: 1px solid #c77c00;"
+            " border-radius: 3px; padding: 2px 8px; font-weight: bold; }"
+        )
+        self.demo_label.hide()
+        self.refresh_button = QPushButton("Refresh (F5)")
+        self.refresh_button.setShortcut(QKeySequence(Qt.Key.Key_F5))
+        self.refresh_button.setToolTip("Read the workspace again")
+        self.refresh_button.clicked.connect(self.refresh)
+        header = QHBoxLayout()
+        header.addWidget(self.title_label)
+        header.addSpacing(12)
+        header.addWidget(self.model_label, 1)
+        header.addWidget(self.demo_label)
+        header.addWidget(self.refresh_button)
+
+        self.triage_panel = self._build_triage()
+        self.referral_panel = self._build_referral()
+        self.calibration_panel = self._build_calibration()
+        self.agreement_panel = self._build_agreement()
+        self.confusion_panel = self._build_confusion()
+
+        grid = QGridLayout()
+        grid.setSpacing(8)
+        grid.addWidget(self.triage_panel, 0, 0)
+        grid.addWidget(self.referral_panel, 0, 1)
+        grid.addWidget(self.calibration_panel, 0, 2)
+        grid.addWidget(self.agreement_panel, 1, 0)
+        grid.addWidget(self.confusion_panel, 1, 1, 1, 2)
+        for column in range(3):
+            grid.setColumnStretch(column, 1)
+        grid.setRowStretch(0, 5)
+        grid.setRowStretch(1, 2)
+        body = QWidget()
+        body.setLayout(grid)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        scroll.setWidget(body)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(8, 8, 8, 8)
+        layout.addLayout(header)
+        layout.addWidget(scroll, 1)
+        self._style_charts()
+        self._apply(self.data)
+
+    # ------------------------------------------------------------------ public API
+
+    def set_workspace(self, ws_folder: Path | None, spec: ModelSpec | None) -> None:
+        """Show ``ws_folder`` (``None`` clears) with ``spec`` as the active model, and refresh."""
+        self._ws_folder = None if ws_folder is None else Path(ws_folder)
+        self._spec = spec
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read the store and redraw every panel (light: a few SQL queries)."""
+        self.data = load_dashboard_data(self._ws_folder, self._spec)
+        self._apply(self.data)
+
+    # ------------------------------------------------------------------ building
+
+    def _build_triage(self) -> _Panel:
+        self.triage_set = QBarSet("Images")
+        self.triage_series = QHorizontalBarSeries()
+        self.triage_series.append(self.triage_set)
+        self.triage_series.setBarWidth(0.6)
+        chart = _new_chart()
+        chart.addSeries(self.triage_series)
+        chart.legend().hide()
+        self.triage_axis = QBarCategoryAxis()
+        self.triage_count_axis = QValueAxis()
+        self.triage_count_axis.setTitleText("Images")
+        self.triage_count_axis.setLabelFormat("%d")
+        chart.addAxis(self.triage_axis, Qt.AlignmentFlag.AlignLeft)
+        chart.addAxis(self.triage_count_axis, Qt.AlignmentFlag.AlignBottom)
+        self.triage_series.attachAxis(self.triage_axis)
+        self.triage_series.attachAxis(self.triage_count_axis)
+        self.triage_chart = chart
+        self.reviewed_label = _caption()
+        box = QWidget()
+        lay = QVBoxLayout(box)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(_chart_view(chart), 1)
+        lay.addWidget(self.reviewed_label)
+        return _Panel("Triage of screened images", box)
+
+    def _build_referral(self) -> _Panel:
+        chart = _new_chart()
+        self.referral_accuracy = QLineSeries()
+        self.referral_accuracy.setName("Accuracy")
+        self.referral_sensitivity = QLineSeries()
+        self.referral_sensitivity.setName("Sensitivity")
+        self.referral_marker = QScatterSeries()
+        self.referral_marker.setName("Read out below")
+        self.referral_marker.setMarkerSize(9)
+        for series in (self.referral_accuracy, self.referral_sensitivity, self.referral_marker):
+            chart.addSeries(series)
+        x = _axis("Most uncertain images referred to a clinician", 0, 100)
+        self.referral_y = y = _axis("Of the kept images", 0, 100)
+        chart.addAxis(x, Qt.AlignmentFlag.AlignBottom)
+        chart.addAxis(y, Qt.AlignmentFlag.AlignLeft)
+        for series in (self.referral_accuracy, self.referral_sensitivity, self.referral_marker):
+            series.attachAxis(x)
+            series.attachAxis(y)
+        self.referral_chart = chart
+        self.referral_text = _caption()
+        box = QWidget()
+        lay = QVBoxLayout(box)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(_chart_view(chart), 1)
+        lay.addWidget(self.referral_text)
+        return _Panel("Referral curve of the model", box)
+
+    def _build_calibration(self) -> _Panel:
+        chart = _new_chart()
+        self.calibration_ideal = QLineSeries()
+        self.calibration_ideal.setName("Ideal")
+        self.calibration_ideal.append([QPointF(0, 0), QPointF(100, 100)])
+        self.calibration_series = QLineSeries()
+        self.calibration_series.setName("AI, reviewed images")
+        self.calibration_series.setPointsVisible(True)
+        chart.addSeries(self.calibration_ideal)
+        chart.addSeries(self.calibration_series)
+        x = _axis("AI confidence", 0, 100)
+        y = _axis("Right (per reviewers)", 0, 100)
+        chart.addAxis(x, Qt.AlignmentFlag.AlignBottom)
+        chart.addAxis(y, Qt.AlignmentFlag.AlignLeft)
+        for series in (self.calibration_ideal, self.calibration_series):
+            series.attachAxis(x)
+            series.attachAxis(y)
+        self.calibration_chart = chart
+        self.calibration_text = _caption()
+        box = QWidget()
+        lay = QVBoxLayout(box)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(_chart_view(chart), 1)
+        lay.addWidget(self.calibration_text)
+        return _Panel("Calibration: does the AI's confidence hold?", box)
+
+    def _build_agreement(self) -> _Panel:
+        self.agreement_table = QTableWidget(0, 4)
+        self.agreement_table.setHorizontalHeaderLabels(
+            ["Compared", "Images (n)", "Cohen's kappa", "In words"]
+        )
+        self._setup_table(self.agreement_table)
+        self.agreement_table.verticalHeader().hide()
+        header = self.agreement_table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(3, QHeaderView.ResizeMode.Stretch)
+        self.agreement_text = _caption()
+        self.agreement_text.setText(
+            "Kappa is 1 for full agreement and 0 for agreement no better than chance; "
+            "images both sides graded are compared."
+        )
+        box = QWidget()
+        lay = QVBoxLayout(box)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.agreement_table)
+        lay.addWidget(self.agreement_text)
+        lay.addStretch(1)
+        return _Panel("Agreement between reviewers and with the AI", box)
+
+    def _build_confusion(self) -> _Panel:
+        self.confusion_table = QTableWidget(0, 0)
+        self._setup_table(self.confusion_table)
+        self.confusion_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.confusion_text = _caption()
+        box = QWidget()
+        lay = QVBoxLayout(box)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.confusion_table)
+        lay.addWidget(self.confusion_text)
+        lay.addStretch(1)
+        return _Panel("Confusion matrix: reviewed label against AI label", box)
+
+    @staticmethod
+    def _setup_table(table: QTableWidget) -> None:
+        table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        table.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
+        table.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        table.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+        table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        table.setWordWrap(False)
+        table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
+        table.verticalHeader().setDefaultSectionSize(table.fontMetrics().height() + 14)
+
+    @staticmethod
+    def _fit_height(table: QTableWidget, max_rows: int = 8) -> None:
+        """Make the table exactly as tall as its rows (up to ``max_rows``, then scroll)."""
+        rows = min(table.rowCount(), max_rows)
+        height = table.horizontalHeader().height() + 2 * table.frameWidth()
+        height += sum(table.rowHeight(i) for i in range(rows))
+        table.setFixedHeight(height + 2)
+
+    # ------------------------------------------------------------------ filling
+
+    def _display(self, label: str) -> str:
+        if label == UNGRADABLE:
+            return "ungradable"
+        return self._spec.display(label) if self._spec is not None else label.replace("_", " ")
+
+    def changeEvent(self, event: QEvent) -> None:  # noqa: N802 - Qt override
+        super().changeEvent(event)
+        if event.type() == QEvent.Type.PaletteChange:
+            self._style_charts()
+            self._apply(self.data)
+
+    def _style_charts(self) -> None:
+        """Chart theme from the palette (light or dark), then the dashed reference lines."""
+        dark = _is_dark(self)
+        theme = QChart.ChartTheme.ChartThemeDark if dark else QChart.ChartTheme.ChartThemeLight
+        for chart in (self.triage_chart, self.referral_chart, self.calibration_chart):
+            chart.setTheme(theme)
+            chart.setBackgroundBrush(self.palette().brush(QPalette.ColorRole.Base))
+            chart.setBackgroundRoundness(0)
+        pen = QPen(self.referral_sensitivity.pen())
+        pen.setStyle(Qt.PenStyle.DashLine)
+        pen.setWidthF(2.5)
+        self.referral_sensitivity.setPen(pen)
+        pen = QPen(QColor("#a8a8a8" if dark else "#7a7a7a"))
+        pen.setStyle(Qt.PenStyle.DashLine)
+        pen.setWidthF(1.5)
+        self.calibration_ideal.setPen(pen)
+
+    def _apply(self, data: DashboardData) -> None:
+        self._apply_header(data)
+        self._apply_triage(data)
+        self._apply_referral()
+        self._apply_calibration(data)
+        self._apply_agreement(data)
+        self._apply_confusion(data)
+
+    def _apply_header(self, data: DashboardData) -> None:
+        spec = self._spec
+        if data.ok and data.model_name:
+            name = spec.name if spec is not None and spec.name else data.model_name
+            self.model_label.setText(
+                f"Workspace {self._ws_folder.name if self._ws_folder else ''} · "
+                f"active model: {name} (version {str(data.model_hash)[:12]})"
+            )
+        elif data.ok:
+            self.model_label.setText(
+                f"Workspace {self._ws_folder.name if self._ws_folder else ''} · no model yet"
+            )
+        else:
+            self.model_label.setText(data.message)
+        self.demo_label.setVisible(bool(spec is not None and spec.demo))
+
+    def _apply_triage(self, data: DashboardData) -> None:
+        if not data.ok or data.n_screened == 0:
+            self.triage_panel.show_empty(
+                data.message if not data.ok else "No screened images yet: run a screening first."
+            )
+            self.reviewed_label.setText("")
+            return
+        self.triage_panel.show_content()
+        states = list(TRIAGE_STATES) + sorted(set(data.triage_counts) - set(TRIAGE_STATES))
+        ordered = list(reversed(states))  # horizontal bars are drawn bottom-up
+        self.triage_set.remove(0, self.triage_set.count())
+        self.triage_axis.clear()
+        self.triage_axis.append(
+            [f"{TRIAGE_WORDS.get(s, s)}: {data.triage_counts.get(s, 0)}" for s in ordered]
+        )
+        self.triage_set.append([float(data.triage_counts.get(s, 0)) for s in ordered])
+        top = max(data.triage_counts.values()) if data.triage_counts else 0
+        self.triage_count_axis.setRange(0, max(4, math.ceil(top * 1.15)))
+        self.triage_count_axis.applyNiceNumbers()
+        text = (
+            f"Reviewed {data.n_reviewed} of {data.n_screened} screened images "
+            f"({_pct(data.n_reviewed / data.n_screened)})."
+        )
+        needs = data.triage_counts.get("needs-review", 0)
+        if needs:
+            text += f" {needs} need a clinician's review."
+        unscreened = data.n_images - data.n_screened
+        if unscreened > 0:
+            text += f" {unscreened} images are not screened yet."
+        self.reviewed_label.setText(text)
+
+    def triage_counts_shown(self) -> dict[str, int]:
+        """The bar chart's counts by their words (what the user reads off the chart)."""
+        return {
+            self.triage_axis.at(i).rsplit(": ", 1)[0]: round(self.triage_set.at(i))
+            for i in range(self.triage_set.count())
+        }
+
+    def _apply_referral(self) -> None:
+        spec = self._spec
+        self.referral_accuracy.clear()
+        self.referral_sensitivity.clear()
+        self.referral_marker.clear()
+        if spec is None:
+            self.referral_panel.show_empty("No model is active, so there is no referral curve.")
+            self.referral_text.setText("")
+            return
+        curve = [p for p in spec.referral_curve or [] if p.get("accuracy") is not None]
+        if not curve:
+            self.referral_panel.show_empty(referral_sentence(None))
+            self.referral_text.setText("")
+            return
+        self.referral_panel.show_content()
+        for p in curve:
+            x = 100 * float(p["referred"])
+            self.referral_accuracy.append(x, 100 * float(p["accuracy"]))
+            if p.get("sensitivity") is not None:
+                self.referral_sensitivity.append(x, 100 * float(p["sensitivity"]))
+        self.referral_sensitivity.setVisible(self.referral_sensitivity.count() > 0)
+        values = [100 * float(p["accuracy"]) for p in curve] + [
+            100 * float(p["sensitivity"]) for p in curve if p.get("sensitivity") is not None
+        ]
+        low = max(0.0, math.floor((min(values) - 5) / 10) * 10)
+        step = 10.0 if low <= 50 else 5.0 if low <= 80 else 2.0
+        self.referral_y.setTickType(QValueAxis.TickType.TicksDynamic)
+        self.referral_y.setTickAnchor(low)
+        self.referral_y.setTickInterval(step)
+        self.referral_y.setRange(low, 100 + step / 3)  # headroom: lines at 100% stay visible
+        marked = min(curve, key=lambda p: (abs(float(p["referred"]) - 0.2), -float(p["referred"])))
+        self.referral_marker.append(
+            100 * float(marked["referred"]), 100 * float(marked["accuracy"])
+        )
+        self.referral_text.setText(referral_sentence(spec.referral_curve))
+
+    def _apply_calibration(self, data: DashboardData) -> None:
+        from engine.metrics import expected_calibration_error, reliability_bins
+
+        self.calibration_series.clear()
+        n = len(data.confidence)
+        if not data.ok:
+            self.calibration_panel.show_empty(data.message)
+            self.calibration_text.setText("")
+            return
+        if n < MIN_CALIBRATION_N:
+            self.calibration_panel.show_empty(
+                f"Not enough reviewed images yet (n = {n}; at least {MIN_CALIBRATION_N} "
+                "graded reviews are needed to compare the AI's confidence with the reviewers)."
+            )
+            self.calibration_text.setText("")
+            return
+        self.calibration_panel.show_content()
+        bins = reliability_bins(data.confidence, data.correct, n_bins=CALIBRATION_BINS)
+        for b in bins:
+            if b["count"]:
+                self.calibration_series.append(100 * b["confidence"], 100 * b["accuracy"])
+        ece = expected_calibration_error(data.confidence, data.correct, n_bins=CALIBRATION_BINS)
+        mean_conf = sum(data.confidence) / n
+        accuracy = sum(data.correct) / n
+        if abs(mean_conf - accuracy) < 0.02:
+            tendency = "its confidence matches how often it is right"
+        elif mean_conf > accuracy:
+            tendency = "it is over-confident"
+        else:
+            tendency = "it is under-confident"
+        self.calibration_text.setText(
+            f"On {n} reviewed images the AI's mean confidence is {_pct(mean_conf)} and it was "
+            f"right on {_pct(accuracy)}: {tendency} (expected calibration error "
+            f"{100 * ece:.0f} percentage points). Points below the dashed line mean "
+            "over-confidence."
+        )
+
+    def _apply_agreement(self, data: DashboardData) -> None:
+        table = self.agreement_table
+        table.setRowCount(0)
+        if not data.ok:
+            self.agreement_panel.show_empty(data.message)
+            return
+        rows: list[tuple[str, int, float | None]] = []
+        for p in data.agreement.get("pairs", []):
+            rows.append((f"{p['a']} vs {p['b']}", int(p["n"]), p["kappa"]))
+        for p in data.agreement.get("with_ai", []):
+            rows.append((f"{p['reviewer']} vs AI", int(p["n"]), p["kappa"]))
+        if not rows:
+            self.agreement_panel.show_empty(
+                "No reviews yet: agreement appears once images are reviewed."
+            )
+            return
+        self.agreement_panel.show_content()
+        table.setRowCount(len(rows))
+        for i, (who, n, kappa) in enumerate(rows):
+            kappa_text = "—" if kappa is None else f"{kappa:.2f}"
+            items = [who, str(n), kappa_text, kappa_words(kappa)]
+            for j, text in enumerate(items):
+                item = QTableWidgetItem(text)
+                if j in (1, 2):
+                    item.setTextAlignment(
+                        Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
+                    )
+                table.setItem(i, j, item)
+        self._fit_height(table)
+        if len(data.agreement.get("reviewers", [])) < 2:
+            self.agreement_text.setText(
+                "Only one reviewer so far: reviewer-to-reviewer agreement needs a second reader. "
+                "Kappa is 1 for full agreement and 0 for chance."
+            )
+        else:
+            self.agreement_text.setText(
+                "Kappa is 1 for full agreement and 0 for agreement no better than chance; "
+                "each pair is compared on the images both graded."
+            )
+
+    def _apply_confusion(self, data: DashboardData) -> None:
+        table = self.confusion_table
+        table.clear()
+        total = sum(sum(row) for row in data.confusion)
+        if not data.ok:
+            self.confusion_panel.show_empty(data.message)
+            return
+        if total == 0:
+            self.confusion_panel.show_empty(
+                "No reviewed images yet: the matrix fills in as images are reviewed."
+            )
+            self.confusion_text.setText("")
+            return
+        self.confusion_panel.show_content()
+        table.setRowCount(len(data.row_labels))
+        table.setColumnCount(len(data.col_labels))
+        table.setHorizontalHeaderLabels([f"AI: {self._display(c)}" for c in data.col_labels])
+        table.setVerticalHeaderLabels([f"Reviewed: {self._display(r)}" for r in data.row_labels])
+        dark = _is_dark(self)
+        base = self.palette().color(QPalette.ColorRole.Base)
+        accent = QColor("#3b7dd8")
+        for i, row in enumerate(data.confusion):
+            row_total = sum(row)
+            for j, count in enumerate(row):
+                share = count / row_total if row_total else 0.0
+                text = f"{count}  ({_pct(share)})" if row_total else "0"
+                item = QTableWidgetItem(text)
+                item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
+                colour = _mix(base, accent, 0.75 * share)
+                item.setBackground(QBrush(colour))
+                light_text = colour.lightness() < 140 or (dark and share < 0.5)
+                item.setForeground(QBrush(QColor("#ffffff" if light_text else "#111111")))
+                agree = data.row_labels[i] == data.col_labels[j]
+                if agree:
+                    font = QFont(item.font())
+                    font.setBold(True)
+                    item.setFont(font)
+                item.setToolTip(
+                    f"{count} of {row_total} images reviewed as {self._display(data.row_labels[i])} "
+                    f"were labelled {self._display(data.col_labels[j])} by the AI"
+                    + (" (agreement)" if agree else "")
+                )
+                table.setItem(i, j, item)
+        self._fit_height(table)
+        agree_n = sum(
+            data.confusion[i][j]
+            for i, r in enumerate(data.row_labels)
+            for j, c in enumerate(data.col_labels)
+            if r == c
+        )
+        text = (
+            f"{total} reviewed images: the AI agreed with the reviewer on {agree_n} "
+            f"({_pct(agree_n / total)}; bold cells). Numbers are images, with the share of each "
+            "row in brackets; darker shading means a larger share."
+        )
+        if data.left_out:
+            text += (
+                f" {data.left_out} reviewed images are left out (multi-label review or AI error)."
+            )
+        self.confusion_text.setText(text)
+
+    def confusion_counts(self) -> list[list[int]]:
+        """The counts shown in the confusion table, row by row."""
+        table = self.confusion_table
+        return [
+            [int(table.item(i, j).text().split()[0]) for j in range(table.columnCount())]
+            for i in range(table.rowCount())
+        ]
+
+
+def _mix(a: QColor, b: QColor, t: float) -> QColor:
+    t = max(0.0, min(1.0, t))
+    return QColor(
+        round(a.red() + (b.red() - a.red()) * t),
+        round(a.green() + (b.green() - a.green()) * t),
+        round(a.blue() + (b.blue() - a.blue()) * t),
+    )
