@@ -280,6 +280,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _split_part(ds, spec, part: str):  # noqa: ANN001, ANN202
+    """The model's own train/validation/test split of ``ds``, recomputed from its provenance."""
+    from .data import split_indices
+
+    split = (spec.provenance or {}).get("split") or {}
+    if "seed" not in split:
+        raise CliError("the model file does not record its split; evaluate on a separate folder instead")
+    parts = split_indices(ds, tuple(split["fractions"]), int(split["seed"]))
+    idx = parts[("train", "validation", "test").index(part)]
+    return ds.subset(idx)
+
+
 def _print_evaluation(out: dict, spec) -> None:  # noqa: ANN001
     print(
         f"model {spec.name} ({spec.arch}, {spec.task}); {out['n']} images, {out['n_errors']} unusable"
@@ -685,6 +697,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(e)
     e.add_argument("--json", action="store_true")
     e.add_argument("--plot", help="write the referral curve as a PNG")
+    e.add_argument(
+        "--part",
+        choices=["train", "validation", "test"],
+        help="only this part of the model's own split (same data options as training)",
+    )
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--workers", type=int)
     e.add_argument("--device", default="auto")
