@@ -1,0 +1,979 @@
+"""The worklist: one row per image, sortable, filterable, fast at 100 000 rows.
+
+* :class:`WorklistModel` holds plain row dicts (no per-row widgets); ``data()`` only reads a
+  dict. Rows arrive in chunks (one ``beginInsertRows`` per chunk) and a review updates a
+  single row (one ``dataChanged``). Sorting happens here, with a precomputed key per row,
+  because a Python ``lessThan`` is far too slow for 100 000 rows.
+* :class:`WorklistFilter` filters only (quick filter + text); it forwards sort requests to
+  the source model so the view's header clicks still sort.
+* :class:`ThumbnailCache` makes 96 px thumbnails in a background worker, caches them as
+  small JPEG files in the workspace cache (keyed by the image's sha256) and hands them to
+  the model, which shows them with ``DecorationRole`` once ready.
+* :class:`QuickFilterBar` (tab-like buttons with live counts) and :class:`WorklistPanel`
+  (search, sort order, table) are the widgets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import threading
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import (
+    QAbstractTableModel,
+    QModelIndex,
+    QObject,
+    QPersistentModelIndex,
+    QSize,
+    QSortFilterProxyModel,
+    Qt,
+    QTimer,
+    Signal,
+)
+from PySide6.QtGui import QBrush, QIcon, QKeySequence, QPixmap, QShortcut
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QButtonGroup,
+    QComboBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QTableView,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .style import current_is_dark, triage_style
+
+THUMB_SIDE = 96  # stored thumbnail size (crisp at 200% scaling of a 48 px cell)
+ICON_SIDE = 44  # shown size in logical pixels
+
+ImageIdRole = Qt.ItemDataRole.UserRole + 1
+RowRole = Qt.ItemDataRole.UserRole + 2
+
+COL_IMAGE, COL_LABEL, COL_CONFIDENCE, COL_TRIAGE, COL_UNCERTAINTY, COL_REVIEW, COL_PATIENT = range(
+    7
+)
+HEADERS = ("Image", "AI label", "Confidence", "Triage", "Uncertainty", "Review", "Patient / eye")
+HEADER_TIPS = (
+    "File name (thumbnail appears once made)",
+    "The model's answer",
+    "Calibrated confidence of the AI label (0–1)",
+    "What the triage decided, with the reason in the tooltip",
+    "Mutual information (model disagreement) when available, else predictive entropy; higher = less sure",
+    "Current reviewed label and reviewer",
+    "Patient identifier and eye (from the file name)",
+)
+
+# Quick filters: key, short button text, full name.
+QUICK_FILTERS: tuple[tuple[str, str, str], ...] = (
+    ("needs-review", "Needs review", "Needs review"),
+    ("auto-cleared", "Cleared", "Auto-cleared"),
+    ("ungradable", "Ungradable", "Ungradable"),
+    ("out-of-distribution", "OOD", "Out-of-distribution"),
+    ("error", "Errors", "Errors"),
+    ("reviewed", "Reviewed", "Reviewed"),
+    ("disagrees", "Disagrees", "Disagrees with AI"),
+    ("all", "All", "All"),
+)
+QUICK_FILTER_KEYS = tuple(k for k, _, _ in QUICK_FILTERS)
+
+SORTS: tuple[tuple[str, int, Qt.SortOrder], ...] = (
+    ("Most informative first", COL_UNCERTAINTY, Qt.SortOrder.DescendingOrder),
+    ("Least confident first", COL_CONFIDENCE, Qt.SortOrder.AscendingOrder),
+    ("Triage state", COL_TRIAGE, Qt.SortOrder.AscendingOrder),
+    ("Patient", COL_PATIENT, Qt.SortOrder.AscendingOrder),
+    ("File name", COL_IMAGE, Qt.SortOrder.AscendingOrder),
+    ("Not yet reviewed first", COL_REVIEW, Qt.SortOrder.AscendingOrder),
+)
+
+_NEG_INF = float("-inf")
+_TRIAGE_ORDER = {
+    "needs-review": 0,
+    "ungradable": 1,
+    "out-of-distribution": 2,
+    "error": 3,
+    "auto-cleared": 4,
+}
+
+
+def group_thousands(n: int) -> str:
+    """``1604`` -> ``1 604`` (narrow no-break space, as in the clinic's style)."""
+    return f"{n:,}".replace(",", "\u202f")
+
+
+# --------------------------------------------------------------------------- plain rows
+
+
+def review_fields(review: dict | None, ai_label: str | None, triage: str | None) -> dict[str, Any]:
+    """The review part of a row: reviewed label, reviewer, action and the disagree flag."""
+    if not review:
+        return {"reviewed_label": None, "reviewer": None, "review_action": None, "disagrees": False}
+    labels = list(review.get("labels") or [])
+    action = review.get("action")
+    if labels:
+        reviewed = ";".join(labels)
+        disagrees = ai_label is not None and set(labels) != set(ai_label.split(";"))
+    else:
+        reviewed = "ungradable" if action == "ungradable" else None
+        disagrees = action == "ungradable" and triage != "ungradable"
+    return {
+        "reviewed_label": reviewed,
+        "reviewer": review.get("reviewer"),
+        "review_action": action,
+        "disagrees": bool(disagrees),
+    }
+
+
+def make_row(
+    *,
+    image_id: int,
+    path: str,
+    sha256: str | None,
+    patient: str | None,
+    eye: str | None,
+    label: str | None,
+    display_label: str | None,
+    confidence: float | None,
+    entropy: float | None,
+    mutual_info: float | None,
+    triage: str | None,
+    triage_reason: str | None,
+    error: str | None = None,
+    prediction_id: int | None = None,
+    review: dict | None = None,
+    stale: bool = False,
+) -> dict[str, Any]:
+    """One worklist row as a plain dict (safe to build in a worker thread)."""
+    row: dict[str, Any] = {
+        "image_id": int(image_id),
+        "path": str(path),
+        "name": Path(path).name,
+        "sha256": sha256,
+        "patient": patient,
+        "eye": eye,
+        "label": label,
+        "display_label": display_label or label,
+        "confidence": confidence,
+        "entropy": entropy,
+        "mutual_info": mutual_info,
+        "triage": triage,
+        "triage_reason": triage_reason or "",
+        "error": error,
+        "prediction_id": prediction_id,
+        "stale": stale,
+    }
+    row.update(review_fields(review, label, triage))
+    return row
+
+
+def row_from_prediction(pred: dict, display: Callable[[str], str] | None = None) -> dict[str, Any]:
+    """A row from one :meth:`engine.store.Workspace.latest_predictions` entry."""
+    label = pred.get("label")
+    shown = None
+    if label:
+        shown = ";".join((display or str)(x) for x in label.split(";"))
+    return make_row(
+        image_id=pred["image_id"],
+        path=pred["path"],
+        sha256=pred.get("image_sha256"),
+        patient=pred.get("patient"),
+        eye=pred.get("eye"),
+        label=label,
+        display_label=shown,
+        confidence=pred.get("confidence"),
+        entropy=pred.get("entropy"),
+        mutual_info=pred.get("mutual_info"),
+        triage=pred.get("triage"),
+        triage_reason=pred.get("triage_reason"),
+        error=pred.get("error"),
+        prediction_id=pred.get("id"),
+        review=pred.get("review"),
+        stale=bool(pred.get("stale")),
+    )
+
+
+def uncertainty_value(row: dict) -> float | None:
+    """Mutual information when the run measured it, otherwise the predictive entropy."""
+    mi = row.get("mutual_info")
+    return mi if mi is not None else row.get("entropy")
+
+
+def informative_key(row: dict) -> tuple[float, float, float]:
+    """Ascending key of "how informative to review": mutual info, entropy, low confidence."""
+    mi, ent, conf = row.get("mutual_info"), row.get("entropy"), row.get("confidence")
+    return (
+        _NEG_INF if mi is None else float(mi),
+        _NEG_INF if ent is None else float(ent),
+        _NEG_INF if conf is None else -float(conf),
+    )
+
+
+def _column_key(column: int) -> Callable[[dict], Any]:
+    if column == COL_UNCERTAINTY:
+        return informative_key
+    if column == COL_CONFIDENCE:
+        return lambda r: (r["confidence"] is None, r["confidence"] or 0.0)
+    if column == COL_TRIAGE:
+        return lambda r: (_TRIAGE_ORDER.get(r["triage"] or "", 9), informative_key(r))
+    if column == COL_PATIENT:
+        return lambda r: (r["patient"] or "\uffff", r["eye"] or "", r["name"])
+    if column == COL_LABEL:
+        return lambda r: (r["display_label"] or "\uffff", r["name"])
+    if column == COL_REVIEW:
+        return lambda r: (r["reviewed_label"] is not None, r["reviewed_label"] or "", r["name"])
+    return lambda r: r["name"].lower()
+
+
+def row_categories(row: dict) -> tuple[str, ...]:
+    """The quick filters a row belongs to."""
+    cats = ["all"]
+    if row.get("triage"):
+        cats.append(row["triage"])
+    if row.get("reviewed_label"):
+        cats.append("reviewed")
+    if row.get("disagrees"):
+        cats.append("disagrees")
+    return tuple(cats)
+
+
+def _eye_text(eye: str | None) -> str:
+    return {"right": "OD (right)", "left": "OS (left)"}.get(eye or "", "")
+
+
+# --------------------------------------------------------------------------- model
+
+
+class WorklistModel(QAbstractTableModel):
+    """Rows of plain dicts, one per image. Emits ``counts_changed`` with per-filter counts."""
+
+    counts_changed = Signal(dict)
+    sorted_changed = Signal()
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._rows: list[dict] = []
+        self._index: dict[int, int] = {}  # image_id -> row (rebuilt lazily when dirty)
+        self._index_dirty = False
+        self._ids: set[int] = set()
+        self._counts: Counter[str] = Counter()
+        self._sort: tuple[int, Qt.SortOrder] | None = (
+            COL_UNCERTAINTY,
+            Qt.SortOrder.DescendingOrder,
+        )
+        self.thumbnails: ThumbnailCache | None = None
+
+    # ---- reading
+    def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self._rows)
+
+    def columnCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(HEADERS)
+
+    def headerData(
+        self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
+    ) -> Any:
+        if orientation != Qt.Orientation.Horizontal:
+            return None
+        if role == Qt.ItemDataRole.DisplayRole:
+            return HEADERS[section]
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return HEADER_TIPS[section]
+        return None
+
+    def data(
+        self, index: QModelIndex | QPersistentModelIndex, role: int = Qt.ItemDataRole.DisplayRole
+    ) -> Any:
+        if not index.isValid():
+            return None
+        r = self._rows[index.row()]
+        col = index.column()
+        if role == Qt.ItemDataRole.DisplayRole:
+            return self._display(r, col)
+        if role == ImageIdRole:
+            return r["image_id"]
+        if role == RowRole:
+            return r
+        if role == Qt.ItemDataRole.DecorationRole and col == COL_IMAGE:
+            pm = self.thumbnails.get(r) if self.thumbnails is not None else None
+            return QIcon(pm) if pm is not None else None
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return self._tooltip(r, col)
+        if role == Qt.ItemDataRole.ForegroundRole and col == COL_TRIAGE:
+            return QBrush(triage_style(r["triage"]).color(current_is_dark()))
+        if role == Qt.ItemDataRole.TextAlignmentRole and col in (COL_CONFIDENCE, COL_UNCERTAINTY):
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        return None
+
+    @staticmethod
+    def _display(r: dict, col: int) -> str:
+        if col == COL_IMAGE:
+            return r["name"]
+        if col == COL_PATIENT:
+            eye = {"right": "OD", "left": "OS"}.get(r["eye"] or "", "")
+            return " · ".join(x for x in (r["patient"], eye) if x)
+        if col == COL_LABEL:
+            return r["display_label"] or ("—" if r["error"] else "")
+        if col == COL_CONFIDENCE:
+            c = r["confidence"]
+            return "" if c is None else f"{c:.2f}"
+        if col == COL_UNCERTAINTY:
+            u = uncertainty_value(r)
+            return "" if u is None else f"{u:.3f}"
+        if col == COL_TRIAGE:
+            return triage_style(r["triage"]).text
+        if col == COL_REVIEW:
+            if not r["reviewed_label"]:
+                return "not reviewed"
+            flag = "≠ AI " if r["disagrees"] else "✓ "
+            return f"{flag}{r['reviewed_label']} ({r['reviewer']})"
+        return ""
+
+    @staticmethod
+    def _tooltip(r: dict, col: int) -> str | None:
+        if col == COL_TRIAGE:
+            reason = r["triage_reason"] or r["error"] or ""
+            return (
+                f"{triage_style(r['triage']).word}: {reason}"
+                if reason
+                else triage_style(r["triage"]).word
+            )
+        if col == COL_IMAGE:
+            extra = "\nThe file changed since it was screened." if r["stale"] else ""
+            return r["path"] + extra
+        if col == COL_PATIENT:
+            return (
+                " · ".join(
+                    x
+                    for x in (r["patient"] and f"patient {r['patient']}", _eye_text(r["eye"]))
+                    if x
+                )
+                or None
+            )
+        if col == COL_UNCERTAINTY:
+            parts = []
+            if r["mutual_info"] is not None:
+                parts.append(f"mutual information {r['mutual_info']:.3f} (model disagreement)")
+            if r["entropy"] is not None:
+                parts.append(f"entropy {r['entropy']:.3f} (spread of the answer)")
+            return "; ".join(parts) or None
+        if col == COL_REVIEW and r["disagrees"]:
+            return (
+                f"The reviewer ({r['reviewer']}) disagrees with the AI label {r['display_label']}"
+            )
+        return None
+
+    # ---- access
+    def row(self, i: int) -> dict:
+        return self._rows[i]
+
+    def rows(self) -> list[dict]:
+        return list(self._rows)
+
+    def row_of(self, image_id: int) -> int | None:
+        return self._pos(image_id)
+
+    def counts(self) -> dict[str, int]:
+        return {k: self._counts.get(k, 0) for k in QUICK_FILTER_KEYS}
+
+    # ---- writing
+    def clear(self) -> None:
+        self.set_rows([])
+
+    def set_rows(self, rows: Iterable[dict]) -> None:
+        """Replace all rows (a model reset) and sort them."""
+        self.beginResetModel()
+        self._rows = list(rows)
+        if self._sort is not None:
+            self._rows.sort(
+                key=_column_key(self._sort[0]),
+                reverse=self._sort[1] == Qt.SortOrder.DescendingOrder,
+            )
+        self._reindex()
+        self._recount()
+        self.endResetModel()
+        self.counts_changed.emit(self.counts())
+
+    def upsert_rows(self, rows: Iterable[dict]) -> None:
+        """Add a chunk of rows (one insert) and update rows already present (by image id)."""
+        new: list[dict] = []
+        changed: list[int] = []
+        for r in rows:
+            if r["image_id"] not in self._ids:
+                new.append(r)
+                self._ids.add(r["image_id"])
+                continue
+            i = self._pos(r["image_id"])
+            if i is None:
+                new.append(r)
+            else:
+                self._replace(i, r)
+                changed.append(i)
+        if changed:
+            self.dataChanged.emit(
+                self.index(min(changed), 0), self.index(max(changed), len(HEADERS) - 1)
+            )
+        if new:
+            if self._sort is None or not self._rows:
+                self._append(new)
+                if self._sort is not None:
+                    self._resort()
+            else:
+                self._insert_sorted(new)
+        if new or changed:
+            self.counts_changed.emit(self.counts())
+
+    def _append(self, new: list[dict]) -> None:
+        start = len(self._rows)
+        self.beginInsertRows(QModelIndex(), start, start + len(new) - 1)
+        self._rows.extend(new)
+        for k, r in enumerate(new, start):
+            self._index[r["image_id"]] = k
+            self._counts.update(row_categories(r))
+        self.endInsertRows()
+
+    def _insert_sorted(self, new: list[dict]) -> None:
+        """Insert each new row at its place in the current order (no full re-sort, so the
+        proxy only filters the new rows; adjacent rows are inserted together)."""
+        column, order = self._sort  # type: ignore[misc]
+        key = _column_key(column)
+        desc = order == Qt.SortOrder.DescendingOrder
+        rows = self._rows
+        placed: list[tuple[int, int, dict]] = []  # (position in old list, tie order, row)
+        for n, r in enumerate(new):
+            k = key(r)
+            lo, hi = 0, len(rows)
+            while lo < hi:  # first position whose key sorts after k (stable: after equals)
+                mid = (lo + hi) // 2
+                km = key(rows[mid])
+                if (km < k) if desc else (k < km):
+                    hi = mid
+                else:
+                    lo = mid + 1
+            placed.append((lo, n, r))
+        groups: dict[int, list[dict]] = {}
+        for pos, _, r in placed:
+            groups.setdefault(pos, []).append(r)
+        ordered = [(pos, sorted(rs, key=key, reverse=desc)) for pos, rs in groups.items()]
+        shift = 0
+        for pos, rs in sorted(ordered, key=lambda t: t[0]):
+            at = pos + shift
+            self.beginInsertRows(QModelIndex(), at, at + len(rs) - 1)
+            self._rows[at:at] = rs
+            self.endInsertRows()
+            shift += len(rs)
+            for r in rs:
+                self._counts.update(row_categories(r))
+        self._index_dirty = True
+        self.sorted_changed.emit()
+
+    def update_row(self, image_id: int, **fields: Any) -> bool:
+        """Change some fields of one row (e.g. after a review); one ``dataChanged``."""
+        i = self._pos(image_id)
+        if i is None:
+            return False
+        self._replace(i, {**self._rows[i], **fields})
+        self.dataChanged.emit(self.index(i, 0), self.index(i, len(HEADERS) - 1))
+        self.counts_changed.emit(self.counts())
+        return True
+
+    def set_review(self, image_id: int, review: dict | None) -> bool:
+        """Refresh one row's review columns from the store's current review."""
+        i = self._pos(image_id)
+        if i is None:
+            return False
+        r = self._rows[i]
+        return self.update_row(image_id, **review_fields(review, r["label"], r["triage"]))
+
+    def thumbnail_ready(self, image_id: int) -> None:
+        i = self._pos(image_id)
+        if i is not None:
+            idx = self.index(i, COL_IMAGE)
+            self.dataChanged.emit(idx, idx, [Qt.ItemDataRole.DecorationRole])
+
+    def _replace(self, i: int, r: dict) -> None:
+        self._counts.subtract(row_categories(self._rows[i]))
+        self._rows[i] = r
+        self._counts.update(row_categories(r))
+
+    def _reindex(self) -> None:
+        self._index = {r["image_id"]: i for i, r in enumerate(self._rows)}
+        self._ids = set(self._index)
+        self._index_dirty = False
+
+    def _pos(self, image_id: int) -> int | None:
+        if self._index_dirty:
+            self._reindex()
+        return self._index.get(image_id)
+
+    def _recount(self) -> None:
+        self._counts = Counter()
+        for r in self._rows:
+            self._counts.update(row_categories(r))
+
+    # ---- sorting
+    def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:
+        """Sort by a column (precomputed keys; keeps selections via persistent indexes)."""
+        self._sort = (column, order) if column >= 0 else None
+        self._resort()
+
+    def sort_state(self) -> tuple[int, Qt.SortOrder] | None:
+        return self._sort
+
+    def _resort(self) -> None:
+        if self._sort is None or len(self._rows) < 2:
+            return
+        column, order = self._sort
+        self.layoutAboutToBeChanged.emit()
+        old_ids = [r["image_id"] for r in self._rows]
+        self._rows.sort(key=_column_key(column), reverse=order == Qt.SortOrder.DescendingOrder)
+        self._reindex()
+        persistent = self.persistentIndexList()
+        if persistent:
+            new_list = []
+            for p in persistent:
+                new_row = self._index[old_ids[p.row()]]
+                new_list.append(self.index(new_row, p.column()))
+            self.changePersistentIndexList(persistent, new_list)
+        self.layoutChanged.emit()
+        self.sorted_changed.emit()
+
+
+class WorklistFilter(QSortFilterProxyModel):
+    """Quick filter + text filter over :class:`WorklistModel`; sorting is the source's job."""
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._quick = "needs-review"
+        self._text = ""
+        self.setDynamicSortFilter(False)
+
+    def quick_filter(self) -> str:
+        return self._quick
+
+    def set_quick_filter(self, key: str) -> None:
+        if key not in QUICK_FILTER_KEYS:
+            raise ValueError(f"unknown quick filter {key!r}")
+        if key != self._quick:
+            self.beginFilterChange()
+            self._quick = key
+            self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
+
+    def set_text(self, text: str) -> None:
+        text = text.strip().lower()
+        if text != self._text:
+            self.beginFilterChange()
+            self._text = text
+            self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
+
+    def filterAcceptsRow(
+        self, source_row: int, source_parent: QModelIndex | QPersistentModelIndex
+    ) -> bool:
+        src = self.sourceModel()
+        r = src.row(source_row)  # type: ignore[attr-defined]
+        q = self._quick
+        if q != "all":
+            if q == "reviewed":
+                if not r["reviewed_label"]:
+                    return False
+            elif q == "disagrees":
+                if not r["disagrees"]:
+                    return False
+            elif r["triage"] != q:
+                return False
+        if self._text:
+            hay = " ".join(
+                str(x)
+                for x in (
+                    r["name"],
+                    r["patient"],
+                    r["display_label"],
+                    r["reviewer"],
+                    r["reviewed_label"],
+                    r["triage"],
+                )
+                if x
+            ).lower()
+            return self._text in hay
+        return True
+
+    def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:
+        """Forward to the source model (fast key sort); this proxy keeps source order."""
+        src = self.sourceModel()
+        if isinstance(src, WorklistModel):
+            src.sort(column, order)
+
+    def visible_ids(self) -> list[int]:
+        """Image ids of the rows shown, in display order."""
+        src = self.sourceModel()
+        return [
+            src.row(self.mapToSource(self.index(i, 0)).row())["image_id"]
+            for i in range(self.rowCount())
+        ]  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------- thumbnails
+
+
+def make_thumbnail(path: str | Path, out: Path, side: int = THUMB_SIDE) -> Path:
+    """Decode ``path`` small (JPEG draft) and write a ``side`` px JPEG to ``out`` atomically."""
+    from engine.images import open_image, to_rgb
+
+    im, _ = open_image(path, min_side=side)
+    im = to_rgb(im)
+    im.thumbnail((side, side))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".thumb.", suffix=".jpg", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            im.save(f, "JPEG", quality=85)
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return out
+
+
+class ThumbnailCache(QObject):
+    """Thumbnails made on demand in one background worker; LRU of pixmaps on the GUI side.
+
+    ``get(row)`` returns a pixmap if ready, else queues the image and returns None;
+    ``ready(image_id)`` is emitted when a thumbnail file exists.
+    """
+
+    ready = Signal(int)
+
+    def __init__(
+        self, cache_dir: Path, parent: QObject | None = None, max_pixmaps: int = 3000
+    ) -> None:
+        super().__init__(parent)
+        self.cache_dir = Path(cache_dir)
+        self._pixmaps: OrderedDict[int, QPixmap] = OrderedDict()
+        self._max = max_pixmaps
+        self._queue: deque[tuple[int, str, str]] = deque()
+        self._queued: set[int] = set()
+        self._failed: set[int] = set()
+        self._lock = threading.Lock()
+        self._running = False
+        self._stop = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._worker: Any = None
+
+    def file_for(self, sha256: str) -> Path:
+        return self.cache_dir / f"{sha256}.jpg"
+
+    def get(self, row: dict) -> QPixmap | None:
+        image_id = row["image_id"]
+        pm = self._pixmaps.get(image_id)
+        if pm is not None:
+            self._pixmaps.move_to_end(image_id)
+            return pm
+        sha = row.get("sha256")
+        if not sha or image_id in self._failed:
+            return None
+        f = self.file_for(sha)
+        if f.is_file():
+            pm = QPixmap(str(f))
+            if not pm.isNull():
+                self._remember(image_id, pm)
+                return pm
+        self._request(image_id, row["path"], sha)
+        return None
+
+    def _remember(self, image_id: int, pm: QPixmap) -> None:
+        self._pixmaps[image_id] = pm
+        while len(self._pixmaps) > self._max:
+            self._pixmaps.popitem(last=False)
+
+    def _request(self, image_id: int, path: str, sha: str) -> None:
+        if self._stop.is_set():
+            return
+        with self._lock:
+            if image_id in self._queued:
+                return
+            self._queued.add(image_id)
+            self._queue.append((image_id, path, sha))
+            start = not self._running
+            if start:
+                self._running = True
+                self._idle.clear()
+        if start:
+            self._start_worker()
+
+    def _start_worker(self) -> None:
+        from superqt.utils import create_worker
+
+        worker = create_worker(
+            self._work, _start_thread=False, _connect={"errored": self._on_error}
+        )
+        worker.yielded.connect(self._on_made)
+        self._worker = worker
+        worker.start()
+
+    def _work(self):  # noqa: ANN202 - generator run in the worker thread
+        try:
+            batch: list[tuple[int, bool]] = []
+            while not self._stop.is_set():
+                with self._lock:
+                    if not self._queue:
+                        self._running = False
+                        break
+                    image_id, path, sha = self._queue.popleft()
+                out = self.file_for(sha)
+                ok = True
+                if not out.is_file():
+                    try:
+                        make_thumbnail(path, out)
+                    except Exception:  # noqa: BLE001 - a bad file just has no thumbnail
+                        ok = False
+                batch.append((image_id, ok))
+                if len(batch) >= 8:
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
+        finally:
+            with self._lock:
+                self._running = False
+            self._idle.set()
+
+    def _on_made(self, batch: list[tuple[int, bool]]) -> None:
+        for image_id, ok in batch:
+            self._queued.discard(image_id)
+            if ok:
+                self.ready.emit(image_id)
+            else:
+                self._failed.add(image_id)
+
+    def _on_error(self, exc: Exception) -> None:  # pragma: no cover - defensive
+        from .crash import log
+
+        log.warning("thumbnail worker failed: %s", exc)
+
+    def shutdown(self, timeout_s: float = 10.0) -> bool:
+        """Stop making thumbnails and wait for the worker; True when it has stopped."""
+        self._stop.set()
+        with self._lock:
+            self._queue.clear()
+        return self._idle.wait(timeout_s)
+
+
+# --------------------------------------------------------------------------- widgets
+
+
+class QuickFilterBar(QWidget):
+    """Tab-like, mutually exclusive filter buttons with live counts (Alt+1…Alt+8)."""
+
+    changed = Signal(str)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(6, 4, 6, 4)
+        layout.setSpacing(4)
+        self._group = QButtonGroup(self)
+        self._group.setExclusive(True)
+        self.buttons: dict[str, QPushButton] = {}
+        self._names = {k: (short, full) for k, short, full in QUICK_FILTERS}
+        for n, (key, short, full) in enumerate(QUICK_FILTERS, 1):
+            b = QPushButton(short)
+            b.setObjectName("filterButton")
+            b.setCheckable(True)
+            b.setFocusPolicy(Qt.FocusPolicy.TabFocus)
+            b.setToolTip(f"Show: {full}  (Alt+{n})")
+            b.setProperty("filter_key", key)
+            b.clicked.connect(lambda _=False, k=key: self._pick(k))
+            sc = QShortcut(QKeySequence(f"Alt+{n}"), self)
+            sc.setContext(Qt.ShortcutContext.WindowShortcut)
+            sc.activated.connect(lambda k=key: self._pick(k))
+            self._group.addButton(b)
+            self.buttons[key] = b
+            layout.addWidget(b)
+        hint = QLabel("Alt+1…8")
+        hint.setObjectName("notice")
+        hint.setToolTip("Alt+1 … Alt+8 switch between these filters")
+        layout.addWidget(hint)
+        layout.addStretch(1)
+        self.buttons["needs-review"].setChecked(True)
+        self.set_counts({})
+
+    def _pick(self, key: str) -> None:
+        self.buttons[key].setChecked(True)
+        self.changed.emit(key)
+
+    def current(self) -> str:
+        b = self._group.checkedButton()
+        return b.property("filter_key") if b is not None else "all"
+
+    def set_current(self, key: str) -> None:
+        self._pick(key)
+
+    def set_counts(self, counts: dict[str, int]) -> None:
+        for key, b in self.buttons.items():
+            short, full = self._names[key]
+            n = counts.get(key, 0)
+            glyph = triage_style(key).glyph + " " if key in _TRIAGE_ORDER else ""
+            b.setText(f"{glyph}{short} {group_thousands(n)}")
+            b.setAccessibleName(f"{full}: {n}")
+
+
+class WorklistPanel(QWidget):
+    """Search box, sort order and the table; emits the selected image and the visible queue."""
+
+    image_selected = Signal(int)
+    queue_changed = Signal(list)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.model = WorklistModel(self)
+        self.proxy = WorklistFilter(self)
+        self.proxy.setSourceModel(self.model)
+
+        self.search = QLineEdit()
+        self.search.setPlaceholderText("Search file, patient, label, reviewer…  (Ctrl+F)")
+        self.search.setClearButtonEnabled(True)
+        self.search.textChanged.connect(self._on_text)
+        QShortcut(QKeySequence.StandardKey.Find, self, activated=self.search.setFocus)
+
+        self.sort_box = QComboBox()
+        for text, _, _ in SORTS:
+            self.sort_box.addItem(f"sorted: {text.lower()}")
+        self.sort_box.setToolTip("Order of the worklist (or click a column header)")
+        self.sort_box.activated.connect(self._on_sort_box)
+
+        self.view = QTableView()
+        self.view.setModel(self.proxy)
+        self.view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.view.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.view.setAlternatingRowColors(True)
+        self.view.setShowGrid(False)
+        self.view.setWordWrap(False)
+        self.view.setSortingEnabled(True)
+        self.view.setIconSize(QSize(ICON_SIDE, ICON_SIDE))
+        self.view.verticalHeader().setVisible(False)
+        self.view.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
+        self.view.verticalHeader().setDefaultSectionSize(ICON_SIDE + 6)
+        self.view.setHorizontalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
+        header = self.view.horizontalHeader()
+        header.setStretchLastSection(True)
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        for col, width in (
+            (COL_IMAGE, 170),
+            (COL_LABEL, 120),
+            (COL_CONFIDENCE, 80),
+            (COL_TRIAGE, 135),
+            (COL_UNCERTAINTY, 90),
+            (COL_REVIEW, 150),
+        ):
+            header.resizeSection(col, width)
+        header.setSortIndicator(COL_UNCERTAINTY, Qt.SortOrder.DescendingOrder)
+        self.view.selectionModel().currentRowChanged.connect(self._on_current)
+
+        self.empty = QLabel("No images here yet.")
+        self.empty.setObjectName("notice")
+        self.empty.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.empty.hide()
+
+        top = QHBoxLayout()
+        top.setContentsMargins(0, 0, 0, 0)
+        top.addWidget(self.search, 1)
+        top.addWidget(self.sort_box)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addLayout(top)
+        layout.addWidget(self.view, 1)
+        layout.addWidget(self.empty)
+
+        # the queue is sent at most every 150 ms (a chunk of rows is one update, not 32)
+        self._queue_timer = QTimer(self)
+        self._queue_timer.setSingleShot(True)
+        self._queue_timer.setInterval(150)
+        self._queue_timer.timeout.connect(self._emit_queue)
+        for sig in (self.model.sorted_changed, self.model.rowsInserted, self.model.modelReset):
+            sig.connect(lambda *_: self._queue_timer.start())
+        self.proxy.layoutChanged.connect(self._update_empty)
+        self.proxy.rowsInserted.connect(self._update_empty)
+        self.proxy.modelReset.connect(self._update_empty)
+
+    # ---- thumbnails
+    def set_thumbnail_dir(self, folder: Path | None) -> None:
+        """Use (or stop using) a thumbnail cache in ``folder``."""
+        old = self.model.thumbnails
+        if old is not None:
+            old.shutdown()
+            old.ready.disconnect(self.model.thumbnail_ready)
+        self.model.thumbnails = None
+        if folder is not None:
+            cache = ThumbnailCache(folder, self)
+            cache.ready.connect(self.model.thumbnail_ready)
+            self.model.thumbnails = cache
+
+    def shutdown(self) -> None:
+        if self.model.thumbnails is not None:
+            self.model.thumbnails.shutdown()
+
+    # ---- filters / order
+    def set_quick_filter(self, key: str) -> None:
+        self.proxy.set_quick_filter(key)
+        self._after_filter()
+
+    def _on_text(self, text: str) -> None:
+        self.proxy.set_text(text)
+        self._after_filter()
+
+    def _on_sort_box(self, i: int) -> None:
+        _, col, order = SORTS[i]
+        self.view.sortByColumn(col, order)
+
+    def _after_filter(self) -> None:
+        self._update_empty()
+        self._emit_queue()
+
+    def _update_empty(self, *args: object) -> None:
+        n = self.proxy.rowCount()
+        self.empty.setVisible(n == 0)
+        if n == 0:
+            total = self.model.rowCount()
+            self.empty.setText(
+                "No images screened yet — press F5 to screen."
+                if total == 0
+                else "No images match this filter."
+            )
+
+    def _emit_queue(self, *args: object) -> None:
+        self.queue_changed.emit(self.proxy.visible_ids())
+
+    # ---- selection
+    def _on_current(self, current: QModelIndex, _previous: QModelIndex) -> None:
+        if current.isValid():
+            self.image_selected.emit(int(current.data(ImageIdRole)))
+
+    def current_image(self) -> int | None:
+        idx = self.view.currentIndex()
+        return int(idx.data(ImageIdRole)) if idx.isValid() else None
+
+    def select_image(self, image_id: int) -> bool:
+        """Make ``image_id`` the current row if it is visible; True when done."""
+        src_row = self.model.row_of(image_id)
+        if src_row is None:
+            return False
+        idx = self.proxy.mapFromSource(self.model.index(src_row, 0))
+        if not idx.isValid():
+            return False
+        if self.view.currentIndex().row() != idx.row():
+            self.view.setCurrentIndex(idx)
+        self.view.scrollTo(idx)
+        return True
+
+    def select_first(self) -> None:
+        if self.proxy.rowCount() and not self.view.currentIndex().isValid():
+            self.view.setCurrentIndex(self.proxy.index(0, 0))

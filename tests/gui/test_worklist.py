@@ -1,0 +1,259 @@
+"""The worklist model, filter and thumbnails, driven directly (no screening needed)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QIcon, QPixmap
+
+from desktop.worklist import (
+    COL_IMAGE,
+    COL_REVIEW,
+    COL_TRIAGE,
+    COL_UNCERTAINTY,
+    ImageIdRole,
+    QuickFilterBar,
+    WorklistFilter,
+    WorklistModel,
+    WorklistPanel,
+    informative_key,
+    make_row,
+    uncertainty_value,
+)
+
+STATES = ("auto-cleared", "needs-review", "ungradable", "out-of-distribution", "error")
+
+
+def synthetic_rows(n: int, seed: int = 0, start_id: int = 1) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for k in range(n):
+        i = start_id + k
+        state = STATES[rng.randrange(len(STATES))]
+        err = state == "error"
+        label = None if err else rng.choice(("diabetic_retinopathy", "normal"))
+        review = None
+        if rng.random() < 0.1:
+            review = {
+                "labels": [rng.choice(("diabetic_retinopathy", "normal"))],
+                "action": "correct",
+                "reviewer": "ana",
+            }
+        rows.append(
+            make_row(
+                image_id=i,
+                path=f"/data/img_{i:06d}.jpg",
+                sha256=None,
+                patient=f"P{i // 2:05d}",
+                eye=("right", "left")[i % 2],
+                label=label,
+                display_label=None if label is None else label.replace("_", " "),
+                confidence=None if err else round(rng.uniform(0.5, 1.0), 4),
+                entropy=None if err else round(rng.uniform(0, 0.7), 4),
+                mutual_info=None if err or rng.random() < 0.3 else round(rng.uniform(0, 0.2), 4),
+                triage=state,
+                triage_reason="decoder said no" if err else "confidence below threshold",
+                error="file is truncated" if err else None,
+                review=review,
+            )
+        )
+    return rows
+
+
+def visible_rows(proxy: WorklistFilter) -> list[dict]:
+    src = proxy.sourceModel()
+    return [src.row(proxy.mapToSource(proxy.index(i, 0)).row()) for i in range(proxy.rowCount())]
+
+
+def test_100k_rows_filter_and_sort_correctly(qtbot):
+    rows = synthetic_rows(100_000, seed=1)
+    model = WorklistModel()
+    proxy = WorklistFilter()
+    proxy.setSourceModel(model)
+    model.set_rows(rows)
+    assert model.rowCount() == 100_000
+
+    expected = {s: sum(r["triage"] == s for r in rows) for s in STATES}
+    counts = model.counts()
+    for s in STATES:
+        assert counts[s] == expected[s]
+    assert counts["all"] == 100_000
+    assert counts["reviewed"] == sum(bool(r["reviewed_label"]) for r in rows)
+
+    # default filter: needs review only; default order: most informative first
+    assert proxy.quick_filter() == "needs-review"
+    shown = visible_rows(proxy)
+    assert len(shown) == expected["needs-review"]
+    assert {r["triage"] for r in shown} == {"needs-review"}
+    keys = [informative_key(r) for r in shown]
+    assert keys == sorted(keys, reverse=True)
+
+    proxy.set_quick_filter("error")
+    assert proxy.rowCount() == expected["error"]
+    proxy.set_quick_filter("disagrees")
+    assert proxy.rowCount() == counts["disagrees"] > 0
+    assert all(r["disagrees"] for r in visible_rows(proxy))
+
+    proxy.set_quick_filter("all")
+    proxy.set_text("img_000123")
+    assert [r["name"] for r in visible_rows(proxy)] == ["img_000123.jpg"]
+    proxy.set_text("")
+
+    # header-click sort is forwarded to the source (a fast key sort)
+    proxy.sort(COL_TRIAGE, Qt.SortOrder.AscendingOrder)
+    first = visible_rows(proxy)[0]
+    assert first["triage"] == "needs-review"
+    proxy.sort(COL_UNCERTAINTY, Qt.SortOrder.DescendingOrder)
+    vals = [
+        uncertainty_value(r) for r in visible_rows(proxy)[:1000] if r["mutual_info"] is not None
+    ]
+    assert vals == sorted(vals, reverse=True)
+
+
+def test_chunks_insert_once_and_reviews_update_one_row(qtbot):
+    model = WorklistModel()
+    inserts: list[tuple[int, int]] = []
+    model.rowsInserted.connect(lambda _p, a, b: inserts.append((a, b)))
+    model.upsert_rows(synthetic_rows(32, seed=2, start_id=1))
+    assert inserts == [(0, 31)]  # the first chunk: one insert
+    model.upsert_rows(synthetic_rows(32, seed=3, start_id=33))
+    assert model.rowCount() == 64
+    assert sum(b - a + 1 for a, b in inserts) == 64
+    # later chunks go straight to their place in "most informative first" order
+    keys = [informative_key(r) for r in model.rows()]
+    assert keys == sorted(keys, reverse=True)
+
+    # the same image screened again updates its row, no new row
+    again = synthetic_rows(1, seed=4, start_id=5)
+    model.upsert_rows(again)
+    assert model.rowCount() == 64
+    assert model.row(model.row_of(5))["confidence"] == again[0]["confidence"]
+
+    target = next(r for r in model.rows() if r["label"] == "normal" and not r["reviewed_label"])
+    before = model.counts()
+    changed: list[int] = []
+    model.dataChanged.connect(lambda a, b, roles=(): changed.append(a.row()))
+    assert model.set_review(
+        target["image_id"],
+        {"labels": ["diabetic_retinopathy"], "action": "correct", "reviewer": "bo"},
+    )
+    assert changed == [model.row_of(target["image_id"])]
+    row = model.row(model.row_of(target["image_id"]))
+    assert row["reviewed_label"] == "diabetic_retinopathy" and row["disagrees"]
+    after = model.counts()
+    assert after["reviewed"] == before["reviewed"] + 1
+    assert after["disagrees"] == before["disagrees"] + 1
+    idx = model.index(model.row_of(target["image_id"]), COL_REVIEW)
+    assert "≠ AI" in idx.data() and "bo" in idx.data()
+
+
+def test_triage_column_has_icon_word_and_reason(qtbot):
+    model = WorklistModel()
+    model.set_rows(synthetic_rows(20, seed=5))
+    for i in range(model.rowCount()):
+        r = model.row(i)
+        idx = model.index(i, COL_TRIAGE)
+        text = idx.data()
+        assert text.split(" ", 1)[0] in "✓⚠⊘?✕" and len(text) > 2
+        assert r["triage_reason"] in idx.data(Qt.ItemDataRole.ToolTipRole)
+
+
+def test_filter_bar_shows_live_counts_and_switches_with_keys(qtbot):
+    bar = QuickFilterBar()
+    qtbot.addWidget(bar)
+    bar.show()
+    bar.set_counts({"needs-review": 1604, "all": 2000})
+    assert bar.buttons["needs-review"].text().endswith("1\u202f604")
+    assert bar.buttons["all"].text() == "All 2\u202f000"
+    seen: list[str] = []
+    bar.changed.connect(seen.append)
+    qtbot.mouseClick(bar.buttons["error"], Qt.MouseButton.LeftButton)
+    assert bar.current() == "error" and seen == ["error"]
+
+
+def test_thumbnails_are_made_in_background_and_cached(qtbot, synth_fundus, tmp_path):
+    from engine.images import discover_images
+    from engine.store import sha256_file
+
+    paths = discover_images(synth_fundus)[:5]
+    rows = [
+        make_row(
+            image_id=i,
+            path=str(p),
+            sha256=sha256_file(p),
+            patient=None,
+            eye=None,
+            label="normal",
+            display_label="normal",
+            confidence=0.9,
+            entropy=0.1,
+            mutual_info=None,
+            triage="needs-review",
+            triage_reason="",
+        )
+        for i, p in enumerate(paths, 1)
+    ]
+    panel = WorklistPanel()
+    qtbot.addWidget(panel)
+    panel.set_thumbnail_dir(tmp_path / "thumbs")
+    panel.model.set_rows(rows)
+    panel.resize(800, 600)
+    panel.show()
+
+    def all_ready() -> bool:
+        return all(
+            isinstance(panel.model.index(i, COL_IMAGE).data(Qt.ItemDataRole.DecorationRole), QIcon)
+            for i in range(len(rows))
+        )
+
+    qtbot.waitUntil(all_ready, timeout=20_000)
+    files = sorted(f.name for f in (tmp_path / "thumbs").glob("*.jpg"))
+    assert files == sorted(f"{r['sha256']}.jpg" for r in rows)
+    pm = panel.model.thumbnails.get(rows[0])
+    assert isinstance(pm, QPixmap) and max(pm.width(), pm.height()) <= 96
+    panel.shutdown()
+
+
+def test_selection_emits_image_and_queue_follows_filter(qtbot):
+    panel = WorklistPanel()
+    qtbot.addWidget(panel)
+    rows = synthetic_rows(50, seed=6)
+    panel.model.set_rows(rows)
+    queues: list[list[int]] = []
+    panel.queue_changed.connect(queues.append)
+    panel.set_quick_filter("auto-cleared")
+    assert queues[-1] == [
+        panel.proxy.index(i, 0).data(ImageIdRole) for i in range(panel.proxy.rowCount())
+    ]
+    assert {panel.model.row(panel.model.row_of(i))["triage"] for i in queues[-1]} == {
+        "auto-cleared"
+    }
+    with qtbot.waitSignal(panel.image_selected) as sig:
+        assert panel.select_image(queues[-1][2])
+    assert sig.args == [queues[-1][2]]
+    assert panel.current_image() == queues[-1][2]
+    # an image hidden by the filter cannot be selected
+    hidden = next(r["image_id"] for r in rows if r["triage"] == "error")
+    assert not panel.select_image(hidden)
+
+
+@pytest.mark.parametrize(
+    "review,ai,triage,disagrees",
+    [
+        (
+            {"labels": ["normal"], "action": "confirm", "reviewer": "a"},
+            "normal",
+            "needs-review",
+            False,
+        ),
+        ({"labels": ["dr"], "action": "correct", "reviewer": "a"}, "normal", "needs-review", True),
+        ({"labels": [], "action": "ungradable", "reviewer": "a"}, "normal", "auto-cleared", True),
+        ({"labels": [], "action": "ungradable", "reviewer": "a"}, None, "ungradable", False),
+    ],
+)
+def test_disagreement_flag(review, ai, triage, disagrees):
+    from desktop.worklist import review_fields
+
+    assert review_fields(review, ai, triage)["disagrees"] is disagrees
