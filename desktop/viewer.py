@@ -1,0 +1,460 @@
+"""The image viewer: a zoomable, pannable image with an attribution overlay on top.
+
+``ImageViewer`` shows one image (the largest thing on the review page) and, above it, an
+overlay pixmap of the same geometry whose opacity the reader chooses. ``OverlayBar`` is
+the slim control strip under the viewer (overlay method, opacity, legend, key hints).
+Helpers here turn PIL images into ``QImage`` objects; they are safe to call in a worker
+thread (``QImage`` is plain data; only ``QPixmap`` is tied to the GUI thread).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from PySide6.QtCore import QRectF, Qt, Signal
+from PySide6.QtGui import (
+    QColor,
+    QImage,
+    QKeyEvent,
+    QLinearGradient,
+    QPainter,
+    QPixmap,
+    QResizeEvent,
+    QTransform,
+    QWheelEvent,
+)
+from PySide6.QtWidgets import (
+    QButtonGroup,
+    QFrame,
+    QGraphicsPixmapItem,
+    QGraphicsScene,
+    QGraphicsView,
+    QHBoxLayout,
+    QLabel,
+    QSizePolicy,
+    QSlider,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+ZOOM_STEP = 1.25
+MIN_SCALE = 0.02
+MAX_SCALE = 40.0
+SIDE_GAP = 16  # scene pixels between the original and the overlay in side-by-side mode
+
+OVERLAY_METHODS = ("none", "gradcam", "ig")
+OVERLAY_NAMES = {"none": "None", "gradcam": "Grad-CAM", "ig": "Integrated Gradients"}
+OVERLAY_KEYS = {"none": "O", "gradcam": "G", "ig": "I"}
+
+
+def pil_to_qimage(image: Image.Image) -> QImage:
+    """A deep-copied ``QImage`` (RGB32, the format a pixmap takes without conversion)."""
+    rgb = image.convert("RGB")
+    data = rgb.tobytes("raw", "RGB")
+    qimage = QImage(data, rgb.width, rgb.height, 3 * rgb.width, QImage.Format.Format_RGB888)
+    return qimage.convertToFormat(QImage.Format.Format_RGB32)  # owns its pixels
+
+
+def pil_to_qimage_rgba(image: Image.Image) -> QImage:
+    """A deep-copied premultiplied ARGB ``QImage`` of an RGB or RGBA PIL image."""
+    rgba = image.convert("RGBA")
+    data = rgba.tobytes("raw", "RGBA")
+    qimage = QImage(data, rgba.width, rgba.height, 4 * rgba.width, QImage.Format.Format_RGBA8888)
+    return qimage.convertToFormat(QImage.Format.Format_ARGB32_Premultiplied)
+
+
+def _legend_colour(t: float) -> QColor:
+    """The colour ``engine.overlay`` draws for a signed strength ``t`` in [-1, 1] at full
+    opacity over its legend grey (warm: supports, cool: against)."""
+    grey = 64.0
+    if t >= 0:
+        r, g, b = 255.0, 255.0 * t, 0.0
+    else:
+        r, g, b = 0.0, 255.0 * -t, 255.0
+    a = abs(t)
+    return QColor(*(round(grey * (1 - a) + c * a) for c in (r, g, b)))
+
+
+def legend_pixmap(width: int, height: int) -> QPixmap:
+    """The overlay colour ramp, cool (against) on the left to warm (supports) on the right.
+
+    Same colours as ``engine.overlay.colour_legend``, drawn with Qt so that showing the
+    bar does not import the attribution stack (torch) on the GUI thread.
+    """
+    pixmap = QPixmap(width, height)
+    gradient = QLinearGradient(0, 0, width, 0)
+    steps = 16
+    for i in range(steps + 1):
+        t = -1.0 + 2.0 * i / steps
+        gradient.setColorAt(i / steps, _legend_colour(t))
+    painter = QPainter(pixmap)
+    painter.fillRect(pixmap.rect(), gradient)
+    painter.end()
+    return pixmap
+
+
+class ImageViewer(QGraphicsView):
+    """Zoom (wheel, +/-), fit (F or 0), 1:1 (= key), pan by dragging; optional overlay.
+
+    The overlay item sits above the image with the same geometry; its opacity is
+    :meth:`set_overlay_opacity` and Space toggles it (show the original). A message (for
+    errors or loading) replaces the image until the next :meth:`set_image`.
+    """
+
+    zoom_changed = Signal(float)
+    overlay_toggled = Signal(bool)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("imageViewer")
+        self._scene = QGraphicsScene(self)
+        self.setScene(self._scene)
+        self._base = QGraphicsPixmapItem()
+        self._twin = QGraphicsPixmapItem()  # the original again, under the overlay, side by side
+        self._overlay = QGraphicsPixmapItem()
+        for z, item in enumerate((self._base, self._twin, self._overlay)):
+            item.setTransformationMode(Qt.TransformationMode.SmoothTransformation)
+            item.setZValue(z)
+            self._scene.addItem(item)
+        self._twin.setVisible(False)
+        self._overlay.setOpacity(0.4)
+        self._overlay_visible = True
+        self._side_by_side = False
+        self._fit_mode = True
+        self.setRenderHints(
+            QPainter.RenderHint.SmoothPixmapTransform | QPainter.RenderHint.Antialiasing
+        )
+        self.setDragMode(QGraphicsView.DragMode.ScrollHandDrag)
+        self.setTransformationAnchor(QGraphicsView.ViewportAnchor.AnchorUnderMouse)
+        self.setResizeAnchor(QGraphicsView.ViewportAnchor.AnchorViewCenter)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setBackgroundBrush(Qt.GlobalColor.black)
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self.setMinimumSize(240, 200)
+        self._message = QLabel(self.viewport())
+        self._message.setObjectName("viewerMessage")
+        self._message.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self._message.setWordWrap(True)
+        self._message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self._message.setStyleSheet("color: #e8e8e8; font-size: 11pt; padding: 24px;")
+        self._message.hide()
+
+    # ------------------------------------------------------------------ content
+
+    def set_image(self, image: QImage) -> None:
+        """Show ``image`` (fit to the window); clears the overlay and any message."""
+        pixmap = QPixmap.fromImage(image)
+        self._base.setPixmap(pixmap)
+        self._twin.setPixmap(pixmap)
+        self._overlay.setPixmap(QPixmap())
+        self._message.hide()
+        self._base.setVisible(True)
+        self._layout_items()
+        self.fit()
+
+    def clear(self) -> None:
+        """Remove the image and overlay."""
+        self._base.setPixmap(QPixmap())
+        self._twin.setPixmap(QPixmap())
+        self._overlay.setPixmap(QPixmap())
+        self._layout_items()
+
+    def has_image(self) -> bool:
+        return not self._base.pixmap().isNull() and self._base.isVisible()
+
+    def set_overlay(self, overlay: QImage | None) -> None:
+        """Put ``overlay`` (same geometry as the image; rescaled if not) above the image."""
+        if overlay is None or overlay.isNull():
+            self._overlay.setPixmap(QPixmap())
+        else:
+            pixmap = QPixmap.fromImage(overlay)
+            base = self._base.pixmap()
+            scale = base.width() / pixmap.width() if not base.isNull() and pixmap.width() else 1.0
+            self._overlay.setScale(scale)
+            self._overlay.setPixmap(pixmap)
+        self._layout_items()
+
+    def has_overlay(self) -> bool:
+        """True when an overlay pixmap is set (whether or not it is toggled on)."""
+        return not self._overlay.pixmap().isNull()
+
+    def overlay_shown(self) -> bool:
+        """True when an overlay is on screen now."""
+        return self.has_overlay() and self._overlay.isVisible() and self._base.isVisible()
+
+    def overlay_item(self) -> QGraphicsPixmapItem:
+        return self._overlay
+
+    def image_item(self) -> QGraphicsPixmapItem:
+        return self._base
+
+    def set_overlay_opacity(self, opacity: float) -> None:
+        """Overlay opacity in [0, 1]."""
+        self._overlay.setOpacity(max(0.0, min(1.0, float(opacity))))
+
+    def overlay_opacity(self) -> float:
+        return float(self._overlay.opacity())
+
+    def set_overlay_visible(self, visible: bool) -> None:
+        """Show or hide the overlay (the image stays); emits ``overlay_toggled``."""
+        changed = visible != self._overlay_visible
+        self._overlay_visible = bool(visible)
+        self._layout_items()
+        if changed:
+            self.overlay_toggled.emit(self._overlay_visible)
+
+    def overlay_visible(self) -> bool:
+        """Whether the overlay is switched on (it may still have no pixmap yet)."""
+        return self._overlay_visible
+
+    def toggle_overlay(self) -> None:
+        """Switch between the overlay and the original (Space)."""
+        self.set_overlay_visible(not self._overlay_visible)
+
+    def set_side_by_side(self, on: bool) -> None:
+        """Show the original on the left and the overlaid copy on the right."""
+        self._side_by_side = bool(on)
+        self._layout_items()
+        if self._fit_mode:
+            self.fit()
+
+    def side_by_side(self) -> bool:
+        return self._side_by_side
+
+    def set_message(self, text: str) -> None:
+        """Show ``text`` in place of the image (errors, loading); empty text removes it."""
+        if not text:
+            self._message.hide()
+            self._base.setVisible(True)
+            self._layout_items()
+            return
+        self._message.setText(text)
+        self._base.setVisible(False)
+        self._twin.setVisible(False)
+        self._overlay.setVisible(False)
+        self._message.setGeometry(self.viewport().rect())
+        self._message.show()
+
+    def message(self) -> str:
+        """The message shown instead of the image, or ``""``."""
+        return self._message.text() if not self._message.isHidden() else ""
+
+    def _layout_items(self) -> None:
+        base = self._base.pixmap()
+        shown = self._base.isVisible() and not base.isNull()
+        width = base.width() if not base.isNull() else 0
+        twin_x = width + SIDE_GAP if self._side_by_side else 0
+        self._twin.setPos(twin_x, 0)
+        self._twin.setVisible(shown and self._side_by_side)
+        self._overlay.setPos(twin_x, 0)
+        self._overlay.setVisible(shown and self._overlay_visible and self.has_overlay())
+        if base.isNull():
+            self._scene.setSceneRect(QRectF(0, 0, 1, 1))
+        else:
+            total = 2 * width + SIDE_GAP if self._side_by_side else width
+            self._scene.setSceneRect(QRectF(0, 0, total, base.height()))
+
+    # ------------------------------------------------------------------ zoom
+
+    def scale_factor(self) -> float:
+        """Current zoom: 1.0 means one image pixel per device-independent pixel."""
+        return float(self.transform().m11())
+
+    def is_fit(self) -> bool:
+        return self._fit_mode
+
+    def fit(self) -> None:
+        """Fit the whole image (both images side by side) in the window (F or 0)."""
+        self._fit_mode = True
+        rect = self._scene.sceneRect()
+        if rect.width() > 1 and rect.height() > 1:
+            self.fitInView(rect, Qt.AspectRatioMode.KeepAspectRatio)
+        self.zoom_changed.emit(self.scale_factor())
+
+    def actual_size(self) -> None:
+        """One image pixel per screen pixel (= key or Ctrl+1)."""
+        self._fit_mode = False
+        dpr = self.devicePixelRatioF() or 1.0
+        self.setTransform(QTransform.fromScale(1.0 / dpr, 1.0 / dpr))
+        self.zoom_changed.emit(self.scale_factor())
+
+    def zoom_in(self) -> None:
+        self._zoom(ZOOM_STEP)
+
+    def zoom_out(self) -> None:
+        self._zoom(1.0 / ZOOM_STEP)
+
+    def _zoom(self, factor: float, under_mouse: bool = False) -> None:
+        current = self.scale_factor()
+        target = max(MIN_SCALE, min(MAX_SCALE, current * factor))
+        if target == current:
+            return
+        self._fit_mode = False
+        anchor = (
+            QGraphicsView.ViewportAnchor.AnchorUnderMouse
+            if under_mouse
+            else QGraphicsView.ViewportAnchor.AnchorViewCenter
+        )
+        self.setTransformationAnchor(anchor)
+        self.scale(target / current, target / current)
+        self.setTransformationAnchor(QGraphicsView.ViewportAnchor.AnchorUnderMouse)
+        self.zoom_changed.emit(self.scale_factor())
+
+    # ------------------------------------------------------------------ events
+
+    def wheelEvent(self, event: QWheelEvent) -> None:  # noqa: N802 - Qt override
+        delta = event.angleDelta().y()
+        if delta:
+            self._zoom(ZOOM_STEP ** (delta / 120.0), under_mouse=True)
+        event.accept()
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 - Qt override
+        super().resizeEvent(event)
+        self._message.setGeometry(self.viewport().rect())
+        if self._fit_mode:
+            self.fit()
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802 - Qt override
+        """Viewer keys when it has the focus (the review page also binds them window-wide)."""
+        key = event.key()
+        ctrl = bool(event.modifiers() & Qt.KeyboardModifier.ControlModifier)
+        if key in (Qt.Key.Key_Plus,) or (key == Qt.Key.Key_Equal and ctrl):
+            self.zoom_in()
+        elif key in (Qt.Key.Key_Minus, Qt.Key.Key_Underscore):
+            self.zoom_out()
+        elif key in (Qt.Key.Key_F, Qt.Key.Key_0) and not ctrl:
+            self.fit()
+        elif key == Qt.Key.Key_Equal or (key == Qt.Key.Key_1 and ctrl):
+            self.actual_size()
+        elif key == Qt.Key.Key_Space:
+            self.toggle_overlay()
+        else:
+            super().keyPressEvent(event)
+            return
+        event.accept()
+
+
+class OverlayBar(QWidget):
+    """The slim strip under the viewer: overlay method, opacity, legend and key hints."""
+
+    method_changed = Signal(str)  # "none" | "gradcam" | "ig"
+    opacity_changed = Signal(float)
+    side_by_side_changed = Signal(bool)
+
+    def __init__(self, parent: QWidget | None = None, opacity: float = 0.4) -> None:
+        super().__init__(parent)
+        self.setObjectName("overlayBar")
+        self._group = QButtonGroup(self)
+        self._group.setExclusive(True)
+        self.buttons: dict[str, QToolButton] = {}
+        top = QHBoxLayout()
+        top.setContentsMargins(0, 0, 0, 0)
+        top.setSpacing(4)
+        caption = QLabel("Overlay:")
+        top.addWidget(caption)
+        for method in OVERLAY_METHODS:
+            button = QToolButton()
+            button.setText(f"{OVERLAY_KEYS[method]}  {OVERLAY_NAMES[method]}")
+            button.setToolTip(f"Show {OVERLAY_NAMES[method]} (key {OVERLAY_KEYS[method]})")
+            button.setCheckable(True)
+            button.setAutoRaise(False)
+            button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+            button.setObjectName(f"overlay_{method}")
+            self._group.addButton(button)
+            self.buttons[method] = button
+            button.clicked.connect(lambda _=False, m=method: self.method_changed.emit(m))
+            top.addWidget(button)
+        self.buttons["none"].setChecked(True)
+        top.addSpacing(10)
+        top.addWidget(QLabel("Opacity"))
+        self.slider = QSlider(Qt.Orientation.Horizontal)
+        self.slider.setObjectName("overlayOpacity")
+        self.slider.setRange(0, 100)
+        self.slider.setSingleStep(5)
+        self.slider.setPageStep(10)
+        self.slider.setValue(round(opacity * 100))
+        self.slider.setMinimumWidth(70)
+        self.slider.setMaximumWidth(160)
+        self.slider.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        self.slider.setToolTip("Overlay opacity")
+        self._pct = QLabel()
+        self._pct.setMinimumWidth(36)
+        self.slider.valueChanged.connect(self._on_slider)
+        top.addWidget(self.slider, 1)
+        top.addWidget(self._pct)
+        self.side_button = QToolButton()
+        self.side_button.setObjectName("sideBySide")
+        self.side_button.setText("S  Side by side")
+        self.side_button.setToolTip("Original and overlay next to each other (key S)")
+        self.side_button.setCheckable(True)
+        self.side_button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        self.side_button.toggled.connect(self.side_by_side_changed.emit)
+        top.addWidget(self.side_button)
+
+        bottom = QHBoxLayout()
+        bottom.setContentsMargins(0, 0, 0, 0)
+        bottom.setSpacing(6)
+        against = QLabel("against")
+        against.setToolTip("Cool colours: evidence that speaks against the AI answer")
+        self.legend = QLabel()
+        self.legend.setObjectName("overlayLegend")
+        self.legend.setToolTip(
+            "Warm colours: evidence that supports the AI answer; cool colours: evidence "
+            "against it. The white outline marks the strongest 10% of the support."
+        )
+        self._set_legend()
+        supports = QLabel("supports")
+        supports.setToolTip(self.legend.toolTip())
+        for widget in (against, self.legend, supports):
+            bottom.addWidget(widget)
+        bottom.addSpacing(8)
+        self.status = QLabel()
+        self.status.setObjectName("overlayStatus")
+        self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        bottom.addWidget(self.status, 1)
+        self.hints = QLabel("Space: show original · F fit · = 1:1")
+        self.hints.setObjectName("viewerHints")
+        self.hints.setToolTip(
+            "Space: overlay on/off · F or 0: fit · =: 1:1 · + / − or the wheel: zoom · "
+            "drag: pan · S: side by side"
+        )
+        self.hints.setStyleSheet("color: palette(placeholder-text);")
+        bottom.addWidget(self.hints)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(6, 4, 6, 4)
+        layout.setSpacing(3)
+        layout.addLayout(top)
+        layout.addLayout(bottom)
+        self._on_slider(self.slider.value())
+
+    def _set_legend(self) -> None:
+        self.legend.setPixmap(legend_pixmap(120, 12))
+
+    def _on_slider(self, value: int) -> None:
+        self._pct.setText(f"{value}%")
+        self.opacity_changed.emit(value / 100.0)
+
+    def method(self) -> str:
+        for method, button in self.buttons.items():
+            if button.isChecked():
+                return method
+        return "none"
+
+    def set_method(self, method: str) -> None:
+        """Check the button of ``method`` without emitting ``method_changed``."""
+        if method in self.buttons:
+            self.buttons[method].setChecked(True)
+
+    def opacity(self) -> float:
+        return self.slider.value() / 100.0
+
+    def set_status(self, text: str) -> None:
+        """One line about the overlay (computing, failed, hidden in blind mode)."""
+        self.status.setText(text)
+        self.status.setToolTip(text)
