@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test bench demo demo-model package lint clean-venv
+.PHONY: run test bench demo demo-headless demo-model package lint clean-venv
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "EyeTriage needs Python 3.11 (found %s); set PYTHON=/path/to/python3.11" % sys.version.split()[0]'
@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
+	$(VENV)/bin/eyetriage
+
+demo-headless: $(STAMP)
 	$(VENV)/bin/eyetriage demo
 
 test: $(STAMP)
@@ -22,7 +25,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
 
-demo: run
+demo: $(STAMP)
+	$(VENV)/bin/eyetriage gui --demo
 
 # The bundled demo model: trained on synthetic fundus images only (about 10 minutes on 2 cores).
 demo-model: $(STAMP)

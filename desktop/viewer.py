@@ -359,7 +359,8 @@ class OverlayBar(QWidget):
         top.addWidget(caption)
         for method in OVERLAY_METHODS:
             button = QToolButton()
-            button.setText(f"{OVERLAY_KEYS[method]}  {OVERLAY_NAMES[method]}")
+            short = "IG" if method == "ig" else OVERLAY_NAMES[method]  # keeps the bar narrow
+            button.setText(f"{OVERLAY_KEYS[method]}  {short}")
             button.setToolTip(f"Show {OVERLAY_NAMES[method]} (key {OVERLAY_KEYS[method]})")
             button.setCheckable(True)
             button.setAutoRaise(False)
@@ -394,7 +395,6 @@ class OverlayBar(QWidget):
         self.side_button.setCheckable(True)
         self.side_button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
         self.side_button.toggled.connect(self.side_by_side_changed.emit)
-        top.addWidget(self.side_button)
 
         bottom = QHBoxLayout()
         bottom.setContentsMargins(0, 0, 0, 0)
@@ -424,7 +424,9 @@ class OverlayBar(QWidget):
             "drag: pan · S: side by side"
         )
         self.hints.setStyleSheet("color: palette(placeholder-text);")
-        bottom.addWidget(self.hints)
+        self.hints.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        bottom.addWidget(self.hints, 1)
+        bottom.addWidget(self.side_button)
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 4, 6, 4)

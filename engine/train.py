@@ -350,6 +350,7 @@ def train_model(
             loss = loss_fn(logits.float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 5.0)  # from-scratch nets can spike early
             opt.step()
             sched.step()
             step += 1

@@ -119,10 +119,11 @@ def test_overlay_bar_controls(qtbot):
     assert [b.text() for b in bar.buttons.values()] == [
         "O  None",
         "G  Grad-CAM",
-        "I  Integrated Gradients",
+        "I  IG",
     ]
     with qtbot.waitSignal(bar.method_changed) as chosen:
         qtbot.mouseClick(bar.buttons["gradcam"], Qt.MouseButton.LeftButton)
+    assert "Integrated Gradients" in bar.buttons["ig"].toolTip()
     assert chosen.args == ["gradcam"] and bar.method() == "gradcam"
     with qtbot.waitSignal(bar.opacity_changed) as changed:
         bar.slider.setValue(70)
