@@ -156,6 +156,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a model file is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -180,8 +183,8 @@ def save_model_file(
 ) -> str:
     """Write weights and description atomically; returns the file's sha256.
 
-    ``half`` stores floating-point weights as float16 (half the size); they are restored to
-    float32 on load.
+    ``half`` stores floating-point weights (and extra statistics) as float16, half the size;
+    weights are restored to float32 on load.
     """
     import torch
     from safetensors.torch import save
@@ -194,7 +197,8 @@ def save_model_file(
             t = t.to(torch.float16)
         tensors[f"model.{k}"] = t
     for k, v in (extra or {}).items():
-        tensors[k] = v.detach().cpu().contiguous()
+        t = v.detach().cpu().contiguous()
+        tensors[k] = t.to(torch.float16) if half and t.is_floating_point() else t
     data = save(tensors, metadata={METADATA_KEY: spec.to_json()})
     path = Path(path)
     atomic_write_bytes(path, data)
