@@ -26,6 +26,9 @@ def dropout_only(net: nn.Module) -> Iterator[None]:
     modes = {m: m.training for m in net.modules()}
     try:
         net.eval()
+        # timm heads often apply dropout functionally (F.dropout(x, training=self.training)) on
+        # the root module: flag the root alone as training; BatchNorm children stay in eval
+        net.training = True
         for m in net.modules():
             if isinstance(m, nn.Dropout | nn.Dropout2d | nn.AlphaDropout) or type(m).__name__ in (
                 "DropPath",
