@@ -127,6 +127,7 @@ def cmd_explain_eval(args: argparse.Namespace) -> int:
         return 1
     kw = _method_kwargs(args)
     hits, masses, dels, areas = [], [], [], []
+    per_label: dict[str, list[tuple[bool, float, float]]] = {}
     t0 = time.monotonic()
     for r in rows:
         path = root / r["file"]
@@ -136,10 +137,11 @@ def cmd_explain_eval(args: argparse.Namespace) -> int:
         if not mask.any():
             continue
         dec = decode_for_model(path, spec.input_size, spec.modality, spec.preprocessing)
-        x = lm.normalise(torch.from_numpy(dec.array[None])).float().contiguous()
+        x = lm.normalise(torch.from_numpy(np.array(dec.array[None]))).float().contiguous()
         areas.append(float(mask.mean()))
         hits.append(bool(pointing_game(exp.amap, mask)))
         masses.append(float(mass_in_mask(exp.amap, mask)))
+        per_label.setdefault(r["label"], []).append((hits[-1], masses[-1], areas[-1]))
         dels.append(
             float(
                 deletion_auc(
@@ -155,6 +157,15 @@ def cmd_explain_eval(args: argparse.Namespace) -> int:
         "deletion_auc": float(np.mean(dels)) if dels else None,
         # the share of the image the masks cover: what mass_in_mask would be by chance
         "mean_mask_area": float(np.mean(areas)) if areas else None,
+        "per_label": {
+            lab: {
+                "n": len(v),
+                "pointing_game": float(np.mean([h for h, _, _ in v])),
+                "mass_in_mask": float(np.mean([m for _, m, _ in v])),
+                "mean_mask_area": float(np.mean([a for _, _, a in v])),
+            }
+            for lab, v in sorted(per_label.items())
+        },
         "seconds_per_image": (time.monotonic() - t0) / max(1, len(hits)),
         "model": {"name": spec.name, "arch": spec.arch, "sha256": lm.sha256},
     }
