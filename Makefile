@@ -36,5 +36,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check engine desktop tests benchmarks
 	$(VENV)/bin/ruff format --check engine desktop tests benchmarks
 
+# One-folder PyInstaller bundle: dist/eyetriage/eyetriage (see packaging/README.md).
+package: $(STAMP)
+	BUILD_PYTHON=$(PY) bash packaging/build.sh
+
 clean-venv:
 	rm -rf $(VENV)
