@@ -39,6 +39,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from .improve import ImproveController
 from .settings import (
     POLICIES,
     UNCERTAINTY_METHODS,
@@ -225,6 +226,7 @@ class MainWindow(QMainWindow):
         self._build_central()
         self._build_menus()
         self._build_statusbar()
+        self.improver = ImproveController(self)
         self._apply_user_settings()
         self._restore_geometry()
         self._refresh_models()
@@ -271,9 +273,11 @@ class MainWindow(QMainWindow):
         self.act_report = self._action("Patient report PDF…", "Ctrl+P", self.patient_report)
         self.act_quit = self._action("Quit", QKeySequence.StandardKey.Quit, self.close)
         self.act_about = self._action("About EyeTriage", None, self.show_about)
-        self.act_improve = QAction("Improve model", self)
+        self.act_improve = self._action("Improve model…", "Ctrl+I", lambda: None)
         self.act_improve.setEnabled(False)
-        self.act_improve.setToolTip("Improve model: available in a later version")
+        self.act_history = self._action(
+            "Model history…", "Ctrl+H", self.show_model_history, "Every model version; roll back"
+        )
 
     def _build_toolbar(self) -> None:
         tb = QToolBar("Main")
@@ -300,8 +304,7 @@ class MainWindow(QMainWindow):
         self.demo_banner_action = tb.addWidget(self.demo_banner)
         self.demo_banner_action.setVisible(False)
         tb.addSeparator()
-        improve = self._tool(tb, self.act_improve, "Improve model")
-        improve.setToolTip("Improve model: available in a later version")
+        self._tool(tb, self.act_improve, "Improve model")
         spacer = QWidget()
         spacer.setSizePolicy(
             spacer.sizePolicy().horizontalPolicy().Expanding, spacer.sizePolicy().verticalPolicy()
@@ -446,6 +449,9 @@ class MainWindow(QMainWindow):
         file_menu.addSeparator()
         file_menu.addAction(self.act_settings)
         file_menu.addAction(self.act_quit)
+        model_menu = mb.addMenu("&Model")
+        model_menu.addAction(self.act_improve)
+        model_menu.addAction(self.act_history)
         view = mb.addMenu("&View")
         group = QActionGroup(self)
         self.theme_actions: dict[str, QAction] = {}
@@ -705,6 +711,7 @@ class MainWindow(QMainWindow):
         self.stack.setCurrentWidget(self.tabs)
         self._update_enabled()
         self.reload_worklist()
+        self.improver.workspace_changed()
         self.workspace_opened.emit(folder)
         if not self.settings.reviewer and not self._closing:
             QTimer.singleShot(0, self._ask_reviewer_once)
@@ -910,6 +917,7 @@ class MainWindow(QMainWindow):
             self._activate_model_of(job)
         self.reload_worklist()
         self._refresh_models()
+        self.improver.refresh()
         self._call_page(self.dashboard_page, "set_workspace", self.ws_folder, self.spec)
         self.screening_finished.emit(
             dict(job.summary or {"status": "failed", "error": job.error}) if job else {}
@@ -939,6 +947,8 @@ class MainWindow(QMainWindow):
         for a in (self.act_export_csv, self.act_export_json, self.act_report):
             a.setEnabled(has_ws)
         self.model_box.setEnabled(not running)
+        self.act_history.setEnabled(has_ws)
+        self.improver.update_enabled()
 
     # ------------------------------------------------------------------ pages
     def _on_image_selected(self, image_id: int) -> None:
@@ -964,6 +974,7 @@ class MainWindow(QMainWindow):
             self._log(f"cannot read review of {image_id}: {exc!r}")
             return
         self.worklist.model.set_review(int(image_id), review)
+        self.improver.schedule_refresh()
 
     def _on_tab(self, i: int) -> None:
         if self.tabs.widget(i) is self.dashboard_page:
@@ -1053,6 +1064,10 @@ class MainWindow(QMainWindow):
         lay.addWidget(buttons)
         dlg.open()
 
+    def show_model_history(self) -> None:
+        """Every model version of the workspace; roll back to any (Ctrl+H)."""
+        self.improver.open_history()
+
     # ------------------------------------------------------------------ messages
     def show_error(self, title: str, text: str) -> None:
         """A specific, kind message (window-modal, does not block the event loop)."""
@@ -1083,6 +1098,7 @@ class MainWindow(QMainWindow):
             self.progress_label.setText("Stopping the screening run…")
             job.cancel()
             job.wait(timeout_s)
+        self.improver.shutdown()
         self._call_page(self.review_page, "shutdown")
         self.worklist.shutdown()
         for j in list(self._jobs):

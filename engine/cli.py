@@ -268,10 +268,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ds = _load_data(args, label_order=None if spec.task == "multilabel" else list(spec.labels))
     if spec.task != "multilabel" and ds.labels != spec.labels:
         raise CliError(f"the data's labels {ds.labels} do not match the model's {spec.labels}")
+    if args.part:
+        ds = _split_part(ds, spec, args.part)
     (lm,) = _load_models([args.model], args.device)
     out = evaluate_model_on(
         lm, ds, args.batch_size, args.workers, args.quiet or args.json, args.plot
     )
+    if args.part:
+        out["part"] = args.part
     out = _clean_nan(out)
     if args.json:
         _print_json(out)
@@ -676,7 +680,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--pretrained", action="store_true", help="download timm's ImageNet weights (online)"
     )
-    t.add_argument("--strategy", choices=["full", "head"], default="full")
+    t.add_argument("--strategy", choices=["full", "head", "lora"], default="full")
     t.add_argument("--negative-label", help="the 'no finding' class (default: normal/0 if present)")
     t.add_argument("--name", help="a name for the model")
     t.add_argument("--device", default="auto")
@@ -789,12 +793,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_optional_commands(sub: Any) -> None:
-    """Commands whose modules live beside this one (attribution)."""
+    """Commands whose modules live beside this one (attribution, model improvement)."""
     try:
         from .cli_explain import add_explain_commands
     except ImportError:
+        pass
+    else:
+        add_explain_commands(sub)
+    try:
+        from .cli_improve import add_improve_commands
+    except ImportError:
         return
-    add_explain_commands(sub)
+    add_improve_commands(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -125,15 +125,26 @@ class LoadedModel:
 
 
 def load_model(path: str | Path, device: str = "auto") -> LoadedModel:
-    """Load an EyeTriage model file for inference (eval mode, channels-last)."""
+    """Load an EyeTriage model file for inference (eval mode, channels-last).
+
+    A LoRA adapter version is joined with its base model (found by hash in the workspace
+    or beside the adapter file) and merged.
+    """
     path = Path(path)
     spec, weights, extra = load_model_file(path)
-    net = create_network(spec)
-    try:
-        net.load_state_dict(weights, strict=True)
-    except RuntimeError as e:
-        first = str(e).splitlines()[0]
-        raise ModelFileError(f"{path.name}: weights do not fit {spec.arch} ({first})") from None
+    if (spec.provenance or {}).get("lora"):
+        from .lora import join_with_base
+
+        net = join_with_base(
+            spec, weights, extra, path, lambda base: load_model(base, device="cpu").net
+        )
+    else:
+        net = create_network(spec)
+        try:
+            net.load_state_dict(weights, strict=True)
+        except RuntimeError as e:
+            first = str(e).splitlines()[0]
+            raise ModelFileError(f"{path.name}: weights do not fit {spec.arch} ({first})") from None
     dev = pick_device(device)
     net = net.to(dev).to(memory_format=torch.channels_last).eval()
     return LoadedModel(spec, net, dev, path, file_sha256(path), extra)

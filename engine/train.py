@@ -54,7 +54,7 @@ class TrainConfig:
     amp: bool = True
     workers: int | None = None
     name: str = ""
-    strategy: str = "full"  # "full" or "head" (frozen backbone)
+    strategy: str = "full"  # "full", "head" (frozen backbone) or "lora" (adapters, merged)
     ordinal_weight: float = 0.5
     conformal_alpha: float = 0.1
     max_steps_per_epoch: int | None = None
@@ -308,8 +308,12 @@ def train_model(
         log(f"initial weights from {Path(cfg.init_weights).name} ({len(skipped)} tensors left new)")
     if cfg.strategy == "head":
         _freeze_backbone(net)
+    elif cfg.strategy == "lora":
+        from .lora import inject, lora_settings
+
+        net = inject(net, lora_settings(net, cfg.arch))
     elif cfg.strategy != "full":
-        raise ValueError(f"unknown strategy {cfg.strategy!r} (full or head)")
+        raise ValueError(f"unknown strategy {cfg.strategy!r} (full, head or lora)")
     net = net.to(device).to(memory_format=torch.channels_last)
     loss_fn = make_loss(ds.task, targets[tr], spec.num_outputs, cfg.ordinal_weight).to(device)
     params = [p for p in net.parameters() if p.requires_grad]
@@ -332,7 +336,7 @@ def train_model(
     bad_epochs = 0
     for epoch in range(cfg.epochs):
         net.train()
-        if cfg.strategy == "head":
+        if cfg.strategy in ("head", "lora"):
             net.eval()
             net.get_classifier().train()
         running, seen = 0.0, 0
@@ -388,6 +392,10 @@ def train_model(
     if best[1] is not None:
         net.load_state_dict(best[1])
         log(f"restored the best weights (epoch {best[2]}, val loss {best[0]:.4f})")
+    if cfg.strategy == "lora":  # a trained-from-here model has no base: store merged weights
+        from .lora import merge
+
+        net = merge(net)
     for p in net.parameters():
         p.requires_grad = True
 

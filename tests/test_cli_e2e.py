@@ -113,6 +113,14 @@ def test_evaluate_json_reports_metrics_and_referral_curve(capsys, synth_fundus, 
             assert k in p
 
 
+def test_evaluate_part_test_reuses_the_models_own_split(capsys, synth_fundus, tiny_model):
+    spec = json.loads(run(capsys, "info", tiny_model, "--json")[1])
+    code, out, _ = run(capsys, "evaluate", tiny_model, synth_fundus, "--json", "--part", "test")
+    assert code == 0
+    res = json.loads(out)
+    assert res["part"] == "test" and res["n"] == spec["provenance"]["split"]["counts"]["test"]
+
+
 def test_training_from_a_csv_ordinal_task_counts_empty_labels(capsys, tmp_path, synth_fundus):
     rows = list(csv.DictReader((synth_fundus / "labels.csv").open()))
     grades = {"normal": "0", "diabetic_retinopathy": "2"}

@@ -1,0 +1,91 @@
+"""Child-process entry for long tasks: ``eyetriage --worker improve WS --config JSON``.
+
+Prints one JSON object per line on stdout, and nothing else there (everything else the task
+or a library prints goes to stderr): ``{"event": "progress", "done", "total", "epoch",
+"loss", "eta_s", "message"}``, ``{"event": "log", "message"}``, and finally ``{"event":
+"done", "result": {...}}`` (exit 0) or ``{"event": "error", "message"}`` (exit 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if hasattr(obj, "tolist"):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, str | int | bool) or obj is None:
+        return obj
+    return str(obj)
+
+
+class _Emitter:
+    """Writes events as single JSON lines to the real stdout, flushed at once."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+
+    def __call__(self, event: dict) -> None:
+        self.out.write(json.dumps(_jsonable(event), allow_nan=False) + "\n")
+        self.out.flush()
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="eyetriage --worker")
+    sub = p.add_subparsers(dest="task", required=True)
+    i = sub.add_parser("improve", help="fine-tune the active model of a workspace")
+    i.add_argument("workspace")
+    i.add_argument("--config", default="{}", help="ImproveConfig as JSON")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one worker task; returns the exit status (0 done, 1 error, 2 usage)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    emit = _Emitter(sys.stdout)
+    real_stdout = sys.stdout
+    sys.stdout = sys.stderr  # stray prints must not corrupt the event stream
+    try:
+        try:
+            args = _parser().parse_args(argv)
+        except SystemExit as e:
+            emit({"event": "error", "message": f"bad worker arguments: {' '.join(argv)}"})
+            return int(e.code or 2)
+        try:
+            from .improve import ImproveConfig, ImproveState, improve
+            from .tasks import Cancelled
+
+            config = ImproveConfig.from_dict(json.loads(args.config))
+            state = ImproveState(emit)
+
+            def log(message: str) -> None:
+                emit({"event": "log", "message": str(message)})
+
+            result = improve(args.workspace, config, state=state, log=log)
+        except Cancelled:
+            emit({"event": "error", "message": "cancelled"})
+            return 1
+        except Exception as e:  # noqa: BLE001 - every failure becomes one error event
+            traceback.print_exc(file=sys.stderr)
+            emit({"event": "error", "message": str(e) or type(e).__name__})
+            return 1
+        emit({"event": "done", "result": result})
+        return 0
+    finally:
+        sys.stdout = real_stdout
+
+
+if __name__ == "__main__":
+    sys.exit(main())
