@@ -39,7 +39,9 @@ def make_model(tmp: Path, arch: str = "efficientnet_b0", size: int = 224):  # no
 def forward_ips(lm, batch: int = 32, reps: int = 6) -> float:  # noqa: ANN001
     from engine.models import autocast_for
 
-    x8 = torch.randint(0, 255, (batch, lm.spec.input_size, lm.spec.input_size, 3), dtype=torch.uint8)
+    x8 = torch.randint(
+        0, 255, (batch, lm.spec.input_size, lm.spec.input_size, 3), dtype=torch.uint8
+    )
     times = []
     with torch.inference_mode(), autocast_for(lm.device):
         lm.net(lm.normalise(x8))  # warm-up
@@ -69,7 +71,9 @@ def naive_ips(lm, paths) -> float:  # noqa: ANN001
         for p in paths:
             im = Image.open(p).convert("RGB").resize((s, s), Image.BILINEAR)
             x = torch.from_numpy(np.asarray(im)).permute(2, 0, 1)[None].float() / 255.0
-            x = (x - torch.tensor(lm.spec.mean).view(1, 3, 1, 1)) / torch.tensor(lm.spec.std).view(1, 3, 1, 1)
+            x = (x - torch.tensor(lm.spec.mean).view(1, 3, 1, 1)) / torch.tensor(lm.spec.std).view(
+                1, 3, 1, 1
+            )
             lm.net(x)
     return len(paths) / (time.perf_counter() - t)
 
@@ -112,7 +116,9 @@ def run() -> dict:
 
 
 def print_table(r: dict) -> None:
-    print(f"screening speed (efficientnet_b0, 224 px, {r['threads']} threads, bf16 autocast: {r['cpu_bf16']})")
+    print(
+        f"screening speed (efficientnet_b0, 224 px, {r['threads']} threads, bf16 autocast: {r['cpu_bf16']})"
+    )
     print(f"  model forward (ceiling)         {r['model_forward_ips']:7.1f} img/s")
     for k, label in (
         ("screen_e2e_ips_1000px", "screen end-to-end, 1000 px JPEG"),

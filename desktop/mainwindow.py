@@ -1004,16 +1004,61 @@ class MainWindow(QMainWindow):
         return job
 
     def patient_report(self) -> None:
+        """Ask for a patient (or all) and a destination, then write PDF reports in the background."""
         if self.ws_folder is None:
             return
         try:
-            from .report import export_dialog  # noqa: PLC0415
+            from .report import (
+                patients_in_workspace,
+                write_all_patient_reports,
+                write_patient_report,
+            )
         except ImportError:
             self.show_error(
                 "Reports are not available", "The patient report module is not part of this build."
             )
             return
-        export_dialog(self, self.ws_folder)
+        from PySide6.QtWidgets import QFileDialog, QInputDialog
+
+        patients = patients_in_workspace(self.ws_folder)
+        if not patients:
+            self.show_error(
+                "No patients to report",
+                "No screened image has a patient id (parsed from names like 1221_OD_f_1.jpg).",
+            )
+            return
+        everyone = f"All {len(patients)} patients (one PDF each)"
+        choice, ok = QInputDialog.getItem(
+            self, "Patient report", "Patient:", [*patients, everyone], 0, False
+        )
+        if not ok:
+            return
+        kw = {"spec": self.spec, "model_path": self.model_path, "with_overlays": True}
+        if choice == everyone:
+            out = QFileDialog.getExistingDirectory(self, "Folder for the patient reports")
+            if not out:
+                return
+            job = FunctionJob(
+                write_all_patient_reports, self.ws_folder, Path(out), parent=self, **kw
+            )
+        else:
+            out, _ = QFileDialog.getSaveFileName(
+                self, "Save patient report", f"eyetriage-patient-{choice}.pdf", "PDF (*.pdf)"
+            )
+            if not out:
+                return
+            job = FunctionJob(
+                write_patient_report, self.ws_folder, choice, Path(out), parent=self, **kw
+            )
+        self.statusBar().showMessage("Writing the patient report (overlays are computed)…")
+        job.returned.connect(
+            lambda result: self.statusBar().showMessage(
+                f"Report written: {result if isinstance(result, Path) else f'{len(result)} files'}",
+                10000,
+            )
+        )
+        job.failed.connect(lambda msg: self.show_error("The report could not be written", msg))
+        self._run_job(job)
 
     def about_text(self) -> str:
         def version(dist: str) -> str:

@@ -290,7 +290,9 @@ def _split_part(ds, spec, part: str):  # noqa: ANN001, ANN202
 
     split = (spec.provenance or {}).get("split") or {}
     if "seed" not in split:
-        raise CliError("the model file does not record its split; evaluate on a separate folder instead")
+        raise CliError(
+            "the model file does not record its split; evaluate on a separate folder instead"
+        )
     parts = split_indices(ds, tuple(split["fractions"]), int(split["seed"]))
     idx = parts[("train", "validation", "test").index(part)]
     return ds.subset(idx)

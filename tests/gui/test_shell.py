@@ -251,3 +251,25 @@ def test_crash_handler_logs_exceptions_and_qt_warnings(qtbot, tmp_path):
     assert log_file == tmp_path / "logs" / "eyetriage.log"
     assert "ValueError: the fundus exploded" in text and "Traceback" in text
     assert "a Qt warning for the log" in text
+
+
+def test_patient_report_menu_writes_the_chosen_patients_pdf(
+    qtbot, tmp_path, synth_fundus, tiny_model, monkeypatch
+):
+    from PySide6.QtWidgets import QFileDialog, QInputDialog
+
+    from desktop.report import patients_in_workspace
+
+    w = make_window(qtbot, tmp_path)
+    ws, job = screen_synth(qtbot, w, synth_fundus, tiny_model)
+    qtbot.waitUntil(lambda: not w.is_screening(), timeout=60_000)
+    patient = patients_in_workspace(ws)[0]
+    out = tmp_path / "report.pdf"
+    monkeypatch.setattr(QInputDialog, "getItem", staticmethod(lambda *a, **k: (patient, True)))
+    monkeypatch.setattr(
+        QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: (str(out), "PDF"))
+    )
+    w.patient_report()
+    qtbot.waitUntil(lambda: out.exists() and out.stat().st_size > 1000, timeout=60_000)
+    qtbot.waitUntil(lambda: not w._jobs, timeout=30_000)
+    assert out.read_bytes()[:4] == b"%PDF"
