@@ -20,7 +20,6 @@ from PySide6.QtWidgets import (
     QComboBox,
     QDialog,
     QDialogButtonBox,
-    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -41,11 +40,9 @@ from PySide6.QtWidgets import (
 
 from .improve import ImproveController
 from .settings import (
-    POLICIES,
-    UNCERTAINTY_METHODS,
-    UNCERTAINTY_WORDS,
     AppSettings,
     SettingsDialog,
+    add_screening_fields,
     ask_reviewer,
     open_qsettings,
 )
@@ -135,22 +132,7 @@ class ScreeningDialog(QDialog):
             if i >= 0:
                 self.model.setCurrentIndex(i)
         form.addRow("&Model:", self.model)
-        self.uncertainty = QComboBox()
-        for m in UNCERTAINTY_METHODS:
-            self.uncertainty.addItem(UNCERTAINTY_WORDS[m], m)
-        self.uncertainty.setCurrentIndex(UNCERTAINTY_METHODS.index(settings.uncertainty))
-        form.addRow("&Uncertainty:", self.uncertainty)
-        self.policy = QComboBox()
-        self.policy.addItem("Confidence threshold", "threshold")
-        self.policy.addItem("Conformal set (refer when more than one answer)", "conformal")
-        self.policy.setCurrentIndex(POLICIES.index(settings.policy))
-        form.addRow("Triage &policy:", self.policy)
-        self.threshold = QDoubleSpinBox()
-        self.threshold.setRange(0.5, 0.999)
-        self.threshold.setDecimals(3)
-        self.threshold.setSingleStep(0.01)
-        self.threshold.setValue(settings.threshold)
-        form.addRow("Confidence &threshold:", self.threshold)
+        self.uncertainty, self.policy, self.threshold = add_screening_fields(form, settings)
         self.refer = QCheckBox("Send every finding to review")
         self.refer.setChecked(settings.refer_findings)
         form.addRow("Refer &findings:", self.refer)

@@ -143,6 +143,30 @@ def ask_reviewer(parent: QWidget | None, current: str = "") -> str | None:
     return name if ok and name else None
 
 
+def add_screening_fields(
+    form: QFormLayout, settings: AppSettings
+) -> tuple[QComboBox, QComboBox, QDoubleSpinBox]:
+    """Uncertainty method, triage policy and threshold rows (settings and the screening dialog)."""
+    uncertainty = QComboBox()
+    for m in UNCERTAINTY_METHODS:
+        uncertainty.addItem(UNCERTAINTY_WORDS[m], m)
+    uncertainty.setCurrentIndex(UNCERTAINTY_METHODS.index(settings.uncertainty))
+    form.addRow("&Uncertainty:", uncertainty)
+    policy = QComboBox()
+    policy.addItem("Confidence threshold", "threshold")
+    policy.addItem("Conformal set (refer when more than one answer)", "conformal")
+    policy.setCurrentIndex(POLICIES.index(settings.policy))
+    form.addRow("Triage &policy:", policy)
+    threshold = QDoubleSpinBox()
+    threshold.setRange(0.5, 0.999)
+    threshold.setDecimals(3)
+    threshold.setSingleStep(0.01)
+    threshold.setValue(settings.threshold)
+    threshold.setToolTip("Images below this calibrated confidence go to review")
+    form.addRow("Confidence &threshold:", threshold)
+    return uncertainty, policy, threshold
+
+
 class SettingsDialog(QDialog):
     """Edit :class:`AppSettings`; :meth:`value` returns the edited copy."""
 
@@ -175,25 +199,7 @@ class SettingsDialog(QDialog):
         self.batch_size.setValue(settings.batch_size)
         form.addRow("Batch si&ze:", self.batch_size)
 
-        self.uncertainty = QComboBox()
-        for m in UNCERTAINTY_METHODS:
-            self.uncertainty.addItem(UNCERTAINTY_WORDS[m], m)
-        self.uncertainty.setCurrentIndex(UNCERTAINTY_METHODS.index(settings.uncertainty))
-        form.addRow("&Uncertainty:", self.uncertainty)
-
-        self.policy = QComboBox()
-        self.policy.addItem("Confidence threshold", "threshold")
-        self.policy.addItem("Conformal set (refer when more than one answer)", "conformal")
-        self.policy.setCurrentIndex(POLICIES.index(settings.policy))
-        form.addRow("Triage &policy:", self.policy)
-
-        self.threshold = QDoubleSpinBox()
-        self.threshold.setRange(0.5, 0.999)
-        self.threshold.setDecimals(3)
-        self.threshold.setSingleStep(0.01)
-        self.threshold.setValue(settings.threshold)
-        self.threshold.setToolTip("Images below this calibrated confidence go to review")
-        form.addRow("Confidence &threshold:", self.threshold)
+        self.uncertainty, self.policy, self.threshold = add_screening_fields(form, settings)
 
         self.refer_findings = QCheckBox("Send every finding (not only unsure ones) to review")
         self.refer_findings.setChecked(settings.refer_findings)
