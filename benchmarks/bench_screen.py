@@ -70,7 +70,7 @@ def naive_ips(lm, paths) -> float:  # noqa: ANN001
     with torch.inference_mode():
         for p in paths:
             im = Image.open(p).convert("RGB").resize((s, s), Image.BILINEAR)
-            x = torch.from_numpy(np.asarray(im)).permute(2, 0, 1)[None].float() / 255.0
+            x = torch.from_numpy(np.array(im)).permute(2, 0, 1)[None].float() / 255.0
             x = (x - torch.tensor(lm.spec.mean).view(1, 3, 1, 1)) / torch.tensor(lm.spec.std).view(
                 1, 3, 1, 1
             )

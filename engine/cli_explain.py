@@ -21,7 +21,7 @@ def add_explain_commands(sub: Any) -> None:
     e.add_argument("--raw", action="store_true", help="also write <stem>_<method>.npy maps")
     e.add_argument("--layer", help="Grad-CAM layer name (default: found automatically)")
     e.add_argument("--steps", type=int, default=32, help="Integrated Gradients steps")
-    e.add_argument("--internal-batch-size", type=int, default=8)
+    e.add_argument("--internal-batch-size", type=int, default=16, help="IG batch (memory bound)")
     e.add_argument("--alpha", type=float, default=0.45, help="overlay opacity")
     e.add_argument("--device", default="auto")
     e.set_defaults(func=cmd_explain)
