@@ -85,6 +85,11 @@ QUICK_FILTERS: tuple[tuple[str, str, str], ...] = (
 )
 QUICK_FILTER_KEYS = tuple(k for k, _, _ in QUICK_FILTERS)
 
+# Not a visible column: a random but stable order, so a reviewer can audit the first N images
+# as an unbiased sample of the run instead of the model's own "most informative" choice.
+COL_RANDOM = 1000
+RANDOM_SEED = "eyetriage-qc"
+
 SORTS: tuple[tuple[str, int, Qt.SortOrder], ...] = (
     ("Most informative first", COL_UNCERTAINTY, Qt.SortOrder.DescendingOrder),
     ("Least confident first", COL_CONFIDENCE, Qt.SortOrder.AscendingOrder),
@@ -92,6 +97,7 @@ SORTS: tuple[tuple[str, int, Qt.SortOrder], ...] = (
     ("Patient", COL_PATIENT, Qt.SortOrder.AscendingOrder),
     ("File name", COL_IMAGE, Qt.SortOrder.AscendingOrder),
     ("Not yet reviewed first", COL_REVIEW, Qt.SortOrder.AscendingOrder),
+    ("Random sample (quality control)", COL_RANDOM, Qt.SortOrder.AscendingOrder),
 )
 
 _NEG_INF = float("-inf")
@@ -216,7 +222,16 @@ def informative_key(row: dict) -> tuple[float, float, float]:
     )
 
 
+def random_key(row: dict) -> bytes:
+    """Stable pseudo-random rank of an image (by its id), the same on every machine."""
+    import hashlib
+
+    return hashlib.blake2b(f"{RANDOM_SEED}:{row['image_id']}".encode(), digest_size=8).digest()
+
+
 def _column_key(column: int) -> Callable[[dict], Any]:
+    if column == COL_RANDOM:
+        return random_key
     if column == COL_UNCERTAINTY:
         return informative_key
     if column == COL_CONFIDENCE:
@@ -932,6 +947,12 @@ class WorklistPanel(QWidget):
 
     def _on_sort_box(self, i: int) -> None:
         _, col, order = SORTS[i]
+        if col == COL_RANDOM:  # no header to mark: sort directly
+            self.view.horizontalHeader().setSortIndicatorShown(False)
+            self.proxy.sort(col, order)
+            self._emit_queue()
+            return
+        self.view.horizontalHeader().setSortIndicatorShown(True)
         self.view.sortByColumn(col, order)
 
     def _after_filter(self) -> None:

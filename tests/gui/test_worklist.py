@@ -257,3 +257,34 @@ def test_disagreement_flag(review, ai, triage, disagrees):
     from desktop.worklist import review_fields
 
     assert review_fields(review, ai, triage)["disagrees"] is disagrees
+
+
+def test_random_sample_order_is_unbiased_and_stable(qtbot):
+    from desktop.worklist import SORTS
+
+    panel = WorklistPanel()
+    qtbot.addWidget(panel)
+    rows = synthetic_rows(400, seed=9)
+    panel.model.set_rows(rows)
+    panel.set_quick_filter("all")
+    queues: list[list[int]] = []
+    panel.queue_changed.connect(queues.append)
+    i = next(k for k, (text, _, _) in enumerate(SORTS) if text.startswith("Random sample"))
+    panel.sort_box.setCurrentIndex(i)
+    panel.sort_box.activated.emit(i)
+    first = [r["image_id"] for r in visible_rows(panel.proxy)]
+    informative = sorted(rows, key=informative_key, reverse=True)
+    assert sorted(first) == sorted(r["image_id"] for r in rows)
+    assert first != [r["image_id"] for r in informative] and first != sorted(first)
+    # the first 100 are a fair sample: their share of needs-review is close to the whole run's
+    share = (
+        sum(panel.model.row(panel.model.row_of(j))["triage"] == "needs-review" for j in first[:100])
+        / 100
+    )
+    overall = sum(r["triage"] == "needs-review" for r in rows) / len(rows)
+    assert abs(share - overall) < 0.15
+    assert queues and queues[-1] == first
+    # the same order again after re-sorting (stable, not reshuffled on every click)
+    panel.sort_box.activated.emit(0)
+    panel.sort_box.activated.emit(i)
+    assert [r["image_id"] for r in visible_rows(panel.proxy)] == first
