@@ -173,10 +173,16 @@ def decode_for_model(
     path = Path(path)
     if modality == "oct" or prep.grayscale:
         im, orig = open_image(path, min_side=size)
-        rgb = to_rgb(im).convert("L").resize((size, size), Image.BILINEAR, reducing_gap=2.0)
+        colour = to_rgb(im)
+        # a circular fundus field of view on an "OCT" input means a fundus photograph was
+        # given to an OCT model: the screener reports it as out of distribution
+        fundus_like = _find_fov(colour).found
+        rgb = colour.convert("L").resize((size, size), Image.BILINEAR, reducing_gap=2.0)
         arr = np.repeat(np.asarray(rgb)[:, :, None], 3, axis=2)
         box = (0.0, 0.0, float(orig[0]), float(orig[1]))
-        return Decoded(arr, orig, arr if want_analysis else None, crop_box=box)
+        return Decoded(
+            arr, orig, arr if want_analysis else None, fov_found=fundus_like, crop_box=box
+        )
     return _decode_fundus(path, size, prep, want_analysis)
 
 

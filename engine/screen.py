@@ -215,6 +215,10 @@ def _result(
     cset = [labels[c] for c in np.flatnonzero(set_row)] if set_row is not None else None
     ood_thr = spec.ood.get("threshold") if spec.ood else None
     is_ood = ood_score is not None and ood_thr is not None and ood_score > ood_thr
+    ood_reason = None
+    if spec.modality == "oct" and dec.fov_found:
+        is_ood = True
+        ood_reason = "looks like a fundus photograph (circular field of view), not an OCT scan"
     q = dec.quality
     q_ok = None if q is None else bool(q.get("ok", True))
     state, reason = decide(
@@ -229,6 +233,7 @@ def _result(
         ood=is_ood,
         ood_score=ood_score,
         ood_threshold=ood_thr,
+        ood_reason=ood_reason,
         negative_label=spec.negative_label,
         multilabel_uncertain=uncertain if multilabel else None,
         policy=settings.policy,

@@ -47,6 +47,7 @@ def decide(
     ood: bool,
     ood_score: float | None,
     ood_threshold: float | None,
+    ood_reason: str | None = None,
     negative_label: str | None,
     multilabel_uncertain: list[str] | None,
     policy: TriagePolicy,
@@ -59,6 +60,8 @@ def decide(
     if policy.use_ood and ood and (quality_ok is not False or no_fov or not policy.use_quality):
         # an image with no fundus field of view that the model also finds unfamiliar is most
         # likely not a fundus photograph at all (an OCT scan, a document): say so
+        if ood_reason:
+            return "out-of-distribution", ood_reason
         return "out-of-distribution", (
             f"unlike the training data (score {ood_score:.2f} above {ood_threshold:.2f})"
             + ("; no fundus field of view" if no_fov else "")

@@ -242,3 +242,28 @@ def test_ctrl_c_stops_screening_and_keeps_the_finished_rows(tmp_path, tiny_model
     lines = out.read_text().strip().splitlines()
     assert lines[0].startswith("path,label,confidence,error")
     assert 8 <= len(lines) - 1 < 200
+
+
+def test_fundus_photographs_given_to_an_oct_model_are_flagged(tmp_path):
+    from engine.modelfile import ModelSpec, Preprocessing, save_model_file
+    from engine.models import create_network
+
+    spec = ModelSpec(
+        arch="resnet10t",
+        task="binary",
+        labels=["normal", "dme"],
+        modality="oct",
+        input_size=64,
+        preprocessing=Preprocessing.for_modality("oct"),
+    )
+    path = tmp_path / "oct.safetensors"
+    save_model_file(path, spec, create_network(spec).state_dict())
+    lm = load_model(path, device="cpu")
+    synthesize(tmp_path / "fundus", "fundus", n=6, seed=3, size=256)
+    synthesize(tmp_path / "oct", "oct", n=6, seed=3, size=256)
+    fundus = screen_all(discover_images(tmp_path / "fundus"), [lm], ScreenSettings())
+    octs = screen_all(discover_images(tmp_path / "oct"), [lm], ScreenSettings())
+    assert all(
+        r.triage == "out-of-distribution" and "fundus photograph" in r.triage_reason for r in fundus
+    )
+    assert not any(r.triage == "out-of-distribution" for r in octs)
