@@ -226,6 +226,9 @@ def test_ctrl_c_stops_screening_and_keeps_the_finished_rows(tmp_path, tiny_model
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # a CI shell may start us with SIGINT ignored, which children inherit: restore the
+        # default so the child behaves as under a user's Ctrl+C
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     partial = out.with_name(f".{out.name}.partial")
     deadline = time.monotonic() + 120
