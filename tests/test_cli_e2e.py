@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from engine.cli import main
@@ -359,3 +360,19 @@ def test_rescreening_is_incremental(capsys, tmp_path, clinic_folder, tiny_model)
     after = con.execute("select count(*) from predictions").fetchone()[0]
     # the copy has the same bytes as a screened image: only the three bad files are retried
     assert after - before <= 4
+
+
+def test_training_is_deterministic_for_a_seed(tmp_path, synth_fundus):
+    from engine.data import load_folder_dataset
+    from engine.modelfile import load_model_file
+    from engine.train import TrainConfig, train_model
+
+    ds = load_folder_dataset(synth_fundus)
+    weights = []
+    for run_ in ("a", "b"):
+        cfg = TrainConfig(arch=TINY_ARCH, img_size=48, epochs=1, batch_size=16, seed=7, workers=2)
+        res = train_model(ds, cfg, tmp_path / f"{run_}.safetensors", log=lambda s: None)
+        weights.append(load_model_file(res.path)[1])
+    assert weights[0].keys() == weights[1].keys()
+    for k in weights[0]:
+        assert torch.equal(weights[0][k], weights[1][k]), k
