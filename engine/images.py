@@ -189,7 +189,7 @@ def decode_for_model(
 def _decode_fundus(path: Path, size: int, prep: Preprocessing, want_analysis: bool) -> Decoded:
     from . import fundus
 
-    need = max(size, ANALYSIS_SIZE if want_analysis else size)
+    need = size  # the quality gate analyses whatever the draft gives (at most ANALYSIS_SIZE)
     im, (full_w, full_h) = open_image(path, min_side=math.ceil(need / ASSUMED_MIN_FOV_FRACTION))
     rgb = to_rgb(im)
     fov = _find_fov(rgb) if prep.fov_crop else None
