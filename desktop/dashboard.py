@@ -294,6 +294,21 @@ def _axis(title: str, lo: float, hi: float, fmt: str = "%d%%") -> QValueAxis:
     return axis
 
 
+def _stack(main: QWidget, caption: QWidget, stretch_last: bool = True) -> QWidget:
+    """A panel body: the chart or table, its caption below, no margins."""
+    box = QWidget()
+    lay = QVBoxLayout(box)
+    lay.setContentsMargins(0, 0, 0, 0)
+    if stretch_last:
+        lay.addWidget(main, 1)
+        lay.addWidget(caption)
+    else:
+        lay.addWidget(main)
+        lay.addWidget(caption)
+        lay.addStretch(1)
+    return box
+
+
 def _caption() -> QLabel:
     label = QLabel()
     label.setWordWrap(True)
@@ -398,12 +413,7 @@ class DashboardPage(QWidget):
         self.triage_series.attachAxis(self.triage_count_axis)
         self.triage_chart = chart
         self.reviewed_label = _caption()
-        box = QWidget()
-        lay = QVBoxLayout(box)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(_chart_view(chart), 1)
-        lay.addWidget(self.reviewed_label)
-        return _Panel("Triage of screened images", box)
+        return _Panel("Triage of screened images", _stack(_chart_view(chart), self.reviewed_label))
 
     def _build_referral(self) -> _Panel:
         chart = _new_chart()
@@ -425,12 +435,7 @@ class DashboardPage(QWidget):
             series.attachAxis(y)
         self.referral_chart = chart
         self.referral_text = _caption()
-        box = QWidget()
-        lay = QVBoxLayout(box)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(_chart_view(chart), 1)
-        lay.addWidget(self.referral_text)
-        return _Panel("Referral curve of the model", box)
+        return _Panel("Referral curve of the model", _stack(_chart_view(chart), self.referral_text))
 
     def _build_calibration(self) -> _Panel:
         chart = _new_chart()
@@ -451,12 +456,10 @@ class DashboardPage(QWidget):
             series.attachAxis(y)
         self.calibration_chart = chart
         self.calibration_text = _caption()
-        box = QWidget()
-        lay = QVBoxLayout(box)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(_chart_view(chart), 1)
-        lay.addWidget(self.calibration_text)
-        return _Panel("Calibration: does the AI's confidence hold?", box)
+        return _Panel(
+            "Calibration: does the AI's confidence hold?",
+            _stack(_chart_view(chart), self.calibration_text),
+        )
 
     def _build_agreement(self) -> _Panel:
         self.agreement_table = QTableWidget(0, 4)
@@ -473,26 +476,20 @@ class DashboardPage(QWidget):
             "Kappa is 1 for full agreement and 0 for agreement no better than chance; "
             "images both sides graded are compared."
         )
-        box = QWidget()
-        lay = QVBoxLayout(box)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(self.agreement_table)
-        lay.addWidget(self.agreement_text)
-        lay.addStretch(1)
-        return _Panel("Agreement between reviewers and with the AI", box)
+        return _Panel(
+            "Agreement between reviewers and with the AI",
+            _stack(self.agreement_table, self.agreement_text, stretch_last=False),
+        )
 
     def _build_confusion(self) -> _Panel:
         self.confusion_table = QTableWidget(0, 0)
         self._setup_table(self.confusion_table)
         self.confusion_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.confusion_text = _caption()
-        box = QWidget()
-        lay = QVBoxLayout(box)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(self.confusion_table)
-        lay.addWidget(self.confusion_text)
-        lay.addStretch(1)
-        return _Panel("Confusion matrix: reviewed label against AI label", box)
+        return _Panel(
+            "Confusion matrix: reviewed label against AI label",
+            _stack(self.confusion_table, self.confusion_text, stretch_last=False),
+        )
 
     @staticmethod
     def _setup_table(table: QTableWidget) -> None:

@@ -817,17 +817,19 @@ class Workspace:
             values[field] = None if value is None else int(bool(value))
         return values
 
-    def predictions(self, image: int | str | os.PathLike | None = None) -> list[dict]:
-        """All stored predictions (of one image if given), oldest first, JSON parsed."""
+    def _rows_of(self, table: str, image: int | str | os.PathLike | None) -> list[sqlite3.Row]:
+        """All rows of ``table`` (of one image if given), oldest first."""
         with self._read() as conn:
             if image is None:
-                rows = conn.execute("SELECT * FROM predictions ORDER BY id").fetchall()
-            else:
-                image_id = self._resolve_image(conn, image)
-                rows = conn.execute(
-                    "SELECT * FROM predictions WHERE image_id = ? ORDER BY id", (image_id,)
-                ).fetchall()
-        return [_prediction_dict(r) for r in rows]
+                return conn.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()
+            image_id = self._resolve_image(conn, image)
+            return conn.execute(
+                f"SELECT * FROM {table} WHERE image_id = ? ORDER BY id", (image_id,)
+            ).fetchall()
+
+    def predictions(self, image: int | str | os.PathLike | None = None) -> list[dict]:
+        """All stored predictions (of one image if given), oldest first, JSON parsed."""
+        return [_prediction_dict(r) for r in self._rows_of("predictions", image)]
 
     def latest_predictions(self, model_hash: str | None = None) -> list[dict]:
         """Per image, its latest prediction with image info and current review.
@@ -1035,15 +1037,7 @@ class Workspace:
 
     def reviews(self, image_id: int | str | os.PathLike[str] | None = None) -> list[dict]:
         """Every review row (of one image if given), oldest first, labels parsed."""
-        with self._read() as conn:
-            if image_id is None:
-                rows = conn.execute("SELECT * FROM reviews ORDER BY id").fetchall()
-            else:
-                resolved = self._resolve_image(conn, image_id)
-                rows = conn.execute(
-                    "SELECT * FROM reviews WHERE image_id = ? ORDER BY id", (resolved,)
-                ).fetchall()
-        return [_review_dict(r) for r in rows]
+        return [_review_dict(r) for r in self._rows_of("reviews", image_id)]
 
     # ------------------------------------------------------------------ audit
 
