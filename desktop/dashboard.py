@@ -8,14 +8,13 @@ Five panels, each with words beside every number and a friendly empty state:
 4. Cohen's kappa between reviewers and with the AI;
 5. a confusion matrix of reviewed label against AI label (counts plus shading).
 
-Everything shown comes from :func:`load_dashboard_data`, which only reads the store with a
-few light SQL queries (no image is opened, no model is run), so :meth:`DashboardPage.refresh`
-is cheap enough for the GUI thread.
+Everything shown comes from :func:`load_dashboard_data`, which asks the store for its
+dashboard totals and reviewer agreement (no image is opened, no model is run), so
+:meth:`DashboardPage.refresh` is cheap enough for the GUI thread.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +50,7 @@ from PySide6.QtWidgets import (
 )
 
 from engine.modelfile import ModelSpec
-from engine.store import DB_NAME, TRIAGE_STATES, StoreError, Workspace
+from engine.store import TRIAGE_STATES, StoreError, Workspace, is_workspace
 
 __all__ = [
     "MIN_CALIBRATION_N",
@@ -66,6 +65,7 @@ __all__ = [
 # Below this many reviewed images a reliability diagram is mostly noise.
 MIN_CALIBRATION_N = 20
 CALIBRATION_BINS = 10
+UNGRADABLE = "ungradable"  # the reviewed "label" of an ungradable image
 TRIAGE_WORDS = {
     "auto-cleared": "Auto-cleared",
     "needs-review": "Needs review",
@@ -73,8 +73,6 @@ TRIAGE_WORDS = {
     "out-of-distribution": "Out of distribution",
     "error": "Error",
 }
-UNGRADABLE = "ungradable"
-_LABELLING_ACTIONS = ("confirm", "correct", "ungradable")
 
 
 # --------------------------------------------------------------------------- data
@@ -103,26 +101,6 @@ class DashboardData:
     )
 
 
-def _current_reviews_sql(conn: Any) -> list[tuple[int, list[str], str]]:
-    """(image id, labels, action) of each image's latest labelling review not undone."""
-    rows = conn.execute(
-        "SELECT r.image_id, r.labels, r.action FROM reviews r WHERE r.id IN ("
-        " SELECT max(x.id) FROM reviews x"
-        " WHERE x.action IN ('confirm', 'correct', 'ungradable')"
-        " AND NOT EXISTS (SELECT 1 FROM reviews u WHERE u.undoes = x.id)"
-        " GROUP BY x.image_id)"
-    ).fetchall()
-    return [(int(r[0]), json.loads(r[1] or "[]"), str(r[2])) for r in rows]
-
-
-def _single(labels: list[str], action: str) -> str | None:
-    if len(labels) == 1:
-        return labels[0]
-    if not labels and action == "ungradable":
-        return UNGRADABLE
-    return None
-
-
 def load_dashboard_data(ws_folder: Path | None, spec: ModelSpec | None = None) -> DashboardData:
     """Read the dashboard's numbers from the workspace store; never raises.
 
@@ -133,7 +111,7 @@ def load_dashboard_data(ws_folder: Path | None, spec: ModelSpec | None = None) -
     if ws_folder is None:
         return DashboardData(message="Open a workspace to see its dashboard.")
     folder = Path(ws_folder)
-    if not (folder / DB_NAME).is_file():
+    if not is_workspace(folder):
         return DashboardData(
             message=f"{folder.name} is not a workspace yet: screen a folder first."
         )
@@ -149,34 +127,14 @@ def load_dashboard_data(ws_folder: Path | None, spec: ModelSpec | None = None) -
 
 
 def _read(ws: Workspace, spec: ModelSpec | None) -> DashboardData:
-    conn = ws.conn
+    totals = ws.dashboard_totals()
     data = DashboardData(ok=True)
-    data.n_images = int(conn.execute("SELECT count(*) FROM images").fetchone()[0])
-    active = conn.execute("SELECT hash, name FROM models WHERE active = 1").fetchone()
-    if active is not None:
-        data.model_hash, data.model_name = active[0], active[1]
-    where, params = ("WHERE model_hash = ?", (data.model_hash,)) if data.model_hash else ("", ())
-    latest = conn.execute(
-        "SELECT image_id, label, confidence, triage FROM predictions"
-        f" WHERE id IN (SELECT max(id) FROM predictions {where} GROUP BY image_id)",
-        params,
-    ).fetchall()
-    predictions = {int(r[0]): (r[1], r[2], r[3]) for r in latest}
-    data.n_screened = len(predictions)
-    for _, _, triage in predictions.values():
-        data.triage_counts[triage] = data.triage_counts.get(triage, 0) + 1
-
-    pairs: list[tuple[str, str, float | None]] = []  # (reviewed, AI, confidence)
-    for image_id, labels, action in _current_reviews_sql(conn):
-        if image_id not in predictions:
-            continue
-        data.n_reviewed += 1
-        ai_label, confidence, _ = predictions[image_id]
-        reviewed = _single(labels, action)
-        if reviewed is None or ai_label is None:
-            data.left_out += 1
-            continue
-        pairs.append((reviewed, ai_label, confidence))
+    data.n_images = totals["n_images"]
+    data.model_hash, data.model_name = totals["model_hash"], totals["model_name"]
+    data.n_screened = totals["n_screened"]
+    data.triage_counts.update(totals["triage_counts"])
+    data.n_reviewed, data.left_out = totals["n_reviewed"], totals["left_out"]
+    pairs: list[tuple[str, str, float | None]] = totals["compared"]  # (reviewed, AI, conf.)
 
     known = list(spec.labels) if spec is not None else []
     ai_labels = known + sorted({a for _, a, _ in pairs} - set(known))

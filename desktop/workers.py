@@ -2,7 +2,8 @@
 
 Workers get plain data (paths, numbers, dicts), never widgets, and hand back plain dicts.
 Each opens its own :class:`engine.store.Workspace` connection (SQLite connections must not
-cross threads). Every job reports errors as a readable message and always emits
+cross threads); screening rows come from the engine as it stores them, and every worklist
+row is built by :func:`desktop.worklist.row_from_prediction`. Every job reports errors as a readable message and always emits
 ``finished``; :meth:`ScreenJob.wait` lets the window cancel and wait before it closes.
 torch is imported inside the worker, so the window never waits for it.
 """
@@ -20,7 +21,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal
 
-from .worklist import make_row, row_from_prediction
+from .worklist import row_from_prediction
 
 
 @dataclass
@@ -75,20 +76,6 @@ def load_worklist_rows(workspace: Path) -> dict[str, Any]:
     }
 
 
-def _image_facts(ws: Any, paths: list[str]) -> dict[str, dict]:
-    """id, sha256, patient and eye of stored images, by resolved path (one query)."""
-    out: dict[str, dict] = {}
-    conn = ws.conn
-    for start in range(0, len(paths), 500):
-        part = paths[start : start + 500]
-        marks = ",".join("?" * len(part))
-        for r in conn.execute(
-            f"SELECT id, path, sha256, patient, eye FROM images WHERE path IN ({marks})", part
-        ):
-            out[r["path"]] = dict(r)
-    return out
-
-
 def screening_events(request: ScreenRequest, state: Any) -> Iterator[dict[str, Any]]:
     """The screening run as plain events (runs in a worker thread).
 
@@ -97,7 +84,6 @@ def screening_events(request: ScreenRequest, state: Any) -> Iterator[dict[str, A
     """
     from engine.images import discover_images
     from engine.screen import ScreenSettings
-    from engine.store import Workspace
     from engine.triage import TriagePolicy
     from engine.workspace_screen import iter_screen_into_workspace
 
@@ -152,43 +138,18 @@ def screening_events(request: ScreenRequest, state: Any) -> Iterator[dict[str, A
         ),
     )
     display = lm.spec.display
-    events = iter_screen_into_workspace(request.workspace, paths, [lm], settings, state)
+    actor = str(request.extra.get("actor") or "desktop")
+    events = iter_screen_into_workspace(
+        request.workspace, paths, [lm], settings, state, actor=actor
+    )
     try:
-        with Workspace.open(request.workspace) as ws:  # this thread's own connection
-            for event in events:
-                if event["kind"] == "chunk":
-                    results = event["results"]
-                    facts = _image_facts(ws, [str(Path(r.path).resolve()) for r in results])
-                    rows = []
-                    for r in results:
-                        f = facts.get(str(Path(r.path).resolve()))
-                        if f is None:
-                            continue
-                        review = ws.current_review(f["id"])
-                        rows.append(
-                            make_row(
-                                image_id=f["id"],
-                                path=f["path"],
-                                sha256=f["sha256"],
-                                patient=f["patient"],
-                                eye=f["eye"],
-                                label=r.label,
-                                display_label=";".join(display(x) for x in r.label.split(";"))
-                                if r.label
-                                else None,
-                                confidence=r.confidence,
-                                entropy=r.entropy,
-                                mutual_info=r.mutual_info,
-                                triage=r.triage,
-                                triage_reason=r.triage_reason,
-                                error=r.error,
-                                prediction_id=getattr(r, "prediction_id", None),
-                                review=review,
-                            )
-                        )
-                    yield {"kind": "rows", "rows": rows, "run_id": event["run_id"]}
-                else:
-                    yield {**event, "device": device}
+        for event in events:
+            if event["kind"] == "chunk":
+                # the engine hands back the rows it stored: no second look at the database
+                rows = [row_from_prediction(record, display) for record in event["records"]]
+                yield {"kind": "rows", "rows": rows, "run_id": event["run_id"]}
+            else:
+                yield {**event, "device": device}
     finally:
         events.close()  # records a cancelled run even when we stop early
 

@@ -138,72 +138,40 @@ def review_fields(review: dict | None, ai_label: str | None, triage: str | None)
     }
 
 
-def make_row(
-    *,
-    image_id: int,
-    path: str,
-    sha256: str | None,
-    patient: str | None,
-    eye: str | None,
-    label: str | None,
-    display_label: str | None,
-    confidence: float | None,
-    entropy: float | None,
-    mutual_info: float | None,
-    triage: str | None,
-    triage_reason: str | None,
-    error: str | None = None,
-    prediction_id: int | None = None,
-    review: dict | None = None,
-    stale: bool = False,
+def row_from_prediction(
+    record: dict, display: Callable[[str], str] | None = None
 ) -> dict[str, Any]:
-    """One worklist row as a plain dict (safe to build in a worker thread)."""
+    """The one worklist row builder: a row from a stored prediction record.
+
+    ``record`` has the shape of :meth:`engine.store.Workspace.latest_predictions` entries,
+    which is also what screening hands back chunk by chunk, so loaded and streamed rows are
+    the same. ``display`` turns a label into its display name. Plain dict: safe to build
+    in a worker thread.
+    """
+    label = record.get("label")
+    path = str(record["path"])
     row: dict[str, Any] = {
-        "image_id": int(image_id),
-        "path": str(path),
+        "image_id": int(record["image_id"]),
+        "path": path,
         "name": Path(path).name,
-        "sha256": sha256,
-        "patient": patient,
-        "eye": eye,
+        "sha256": record.get("image_sha256"),
+        "patient": record.get("patient"),
+        "eye": record.get("eye"),
         "label": label,
-        "display_label": display_label or label,
-        "confidence": confidence,
-        "entropy": entropy,
-        "mutual_info": mutual_info,
-        "triage": triage,
-        "triage_reason": triage_reason or "",
-        "error": error,
-        "prediction_id": prediction_id,
-        "stale": stale,
+        "display_label": ";".join((display or str)(x) for x in label.split(";"))
+        if label
+        else label,
+        "confidence": record.get("confidence"),
+        "entropy": record.get("entropy"),
+        "mutual_info": record.get("mutual_info"),
+        "triage": record.get("triage"),
+        "triage_reason": record.get("triage_reason") or "",
+        "error": record.get("error"),
+        "prediction_id": record.get("id"),
+        "stale": bool(record.get("stale")),
     }
-    row.update(review_fields(review, label, triage))
+    row.update(review_fields(record.get("review"), label, record.get("triage")))
     return row
-
-
-def row_from_prediction(pred: dict, display: Callable[[str], str] | None = None) -> dict[str, Any]:
-    """A row from one :meth:`engine.store.Workspace.latest_predictions` entry."""
-    label = pred.get("label")
-    shown = None
-    if label:
-        shown = ";".join((display or str)(x) for x in label.split(";"))
-    return make_row(
-        image_id=pred["image_id"],
-        path=pred["path"],
-        sha256=pred.get("image_sha256"),
-        patient=pred.get("patient"),
-        eye=pred.get("eye"),
-        label=label,
-        display_label=shown,
-        confidence=pred.get("confidence"),
-        entropy=pred.get("entropy"),
-        mutual_info=pred.get("mutual_info"),
-        triage=pred.get("triage"),
-        triage_reason=pred.get("triage_reason"),
-        error=pred.get("error"),
-        prediction_id=pred.get("id"),
-        review=pred.get("review"),
-        stale=bool(pred.get("stale")),
-    )
 
 
 def uncertainty_value(row: dict) -> float | None:

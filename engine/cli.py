@@ -501,7 +501,9 @@ def _screen_workspace(args, paths, models, settings) -> int:  # noqa: ANN001
     state = TaskState(Progress("screening", quiet=args.quiet))
     t0 = time.monotonic()
     try:
-        report = screen_into_workspace(args.workspace, paths, models, settings, state)
+        report = screen_into_workspace(
+            args.workspace, paths, models, settings, state, actor=args.actor
+        )
     except KeyboardInterrupt:
         state.cancel()
         _err("interrupted: finished images are saved; run the same command again to resume")
@@ -515,6 +517,9 @@ def _screen_workspace(args, paths, models, settings) -> int:  # noqa: ANN001
     _summary(
         report["counts"], report["screened"], len(paths), dt, models[0].device.type, args.workspace
     )
+    activation = report.get("activation") or {}
+    if activation.get("message"):
+        print(activation["message"])
     if args.out:
         from .store import Workspace
 
@@ -746,6 +751,11 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--workers", type=int)
     sc.add_argument("--device", default="auto")
     sc.add_argument("--quiet", action="store_true")
+    sc.add_argument(
+        "--actor",
+        default=os.environ.get("USER", "cli"),
+        help="name recorded in the audit log if the run makes its model the active one",
+    )
     sc.set_defaults(func=cmd_screen)
 
     i = sub.add_parser("info", help="show a model file's description (model card)")
