@@ -41,7 +41,7 @@ from PySide6.QtWidgets import QFileDialog, QMessageBox, QWidget
 
 from engine.modelcard import DEMO_NOTICE, NOT_A_DEVICE
 from engine.modelfile import ModelSpec
-from engine.store import DB_NAME, StoreError, Workspace
+from engine.store import StoreError, Workspace
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -107,10 +107,8 @@ def _safe_name(patient: str) -> str:
 
 
 def _open_ws(ws_folder: Path) -> Workspace:
-    folder = Path(ws_folder)
-    if not (folder / DB_NAME).is_file():
-        raise StoreError(f"{folder} is not an EyeTriage workspace (no {DB_NAME})")
-    return Workspace.open(folder, create=False)
+    """The workspace, never created here (StoreError names a folder that is not one)."""
+    return Workspace.open(Path(ws_folder), create=False)
 
 
 def patients_in_workspace(ws_folder: Path) -> list[str]:

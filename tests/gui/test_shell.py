@@ -11,20 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import QSettings, Qt
+from PySide6.QtCore import Qt
 
 from desktop.mainwindow import MainWindow
 from desktop.settings import AppSettings, SettingsDialog, open_qsettings
 from desktop.worklist import COL_UNCERTAINTY, uncertainty_value
-
-
-@pytest.fixture(autouse=True)
-def isolated_settings(tmp_path):
-    """QSettings go to an INI file under tmp_path, never the user's real settings."""
-    folder = tmp_path / "qsettings"
-    folder.mkdir()
-    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(folder))
-    yield folder
 
 
 def make_window(qtbot, tmp_path: Path, **kw) -> MainWindow:
