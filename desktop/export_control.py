@@ -47,6 +47,8 @@ class ExportController(QObject):
             if not name:
                 return None
             out = Path(name)
+            if out.suffix.lower() != f".{fmt}":
+                out = out.with_name(f"{out.name}.{fmt}")  # "results" -> "results.csv"
         target = Path(out)
         job = FunctionJob(write_export, folder, target, fmt, parent=self)
         job.returned.connect(

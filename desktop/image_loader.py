@@ -21,7 +21,7 @@ from PySide6.QtCore import QObject, QThreadPool, Signal
 from PySide6.QtGui import QImage
 from superqt.utils import FunctionWorker
 
-from .viewer import pil_to_qimage, pil_to_qimage_rgba
+from .qimage import pil_to_qimage, pil_to_qimage_rgba
 
 DISPLAY_LONGEST = 2048  # display images are reduced to this many pixels on the long side
 IMAGE_CACHE_ITEMS = 6

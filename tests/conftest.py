@@ -79,3 +79,15 @@ def tiny_model(tmp_path_factory, synth_fundus) -> Path:
     cfg = TrainConfig(arch=TINY_ARCH, img_size=64, epochs=2, batch_size=16, seed=1, workers=2)
     train_model(ds, cfg, out, log=lambda s: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def second_model(tmp_path_factory, tiny_model) -> Path:
+    """Another model version (same weights, another name, so another file hash)."""
+    from engine.modelfile import load_model_file, save_model_file
+
+    spec, weights, extra = load_model_file(tiny_model)
+    spec.name = "tiny second version"
+    out = tmp_path_factory.mktemp("model2") / "tiny2.safetensors"
+    save_model_file(out, spec, weights, extra)
+    return out
