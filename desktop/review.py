@@ -8,6 +8,10 @@ Threading: the GUI thread only reads and writes small rows of the store, through
 :class:`engine.store.Workspace` methods. Display images and attribution overlays come from
 the :class:`~desktop.image_loader.ImageLoader` (background workers, LRU caches,
 prefetching of the next two images of the queue).
+
+Why one module of about 650 lines: decisions, blind mode, display and overlays all act on
+the current image's record and are kept together; the loader, the decision panel
+(:mod:`desktop.review_panel`) and the keys (:mod:`desktop.shortcuts`) live apart.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from .settings import AppSettings, add_screening_fields
 from .shell import Shell
 from .style import triage_style
 from .workers import ScreenJob, ScreenRequest
-from .worklist import group_thousands
+from .worklist_model import group_thousands
 
 __all__ = ["ScreeningController", "ScreeningDialog", "format_eta", "progress_text"]
 

@@ -3,8 +3,9 @@
 Workers get plain data (paths, numbers, dicts), never widgets, and hand back plain dicts.
 Each opens its own :class:`engine.store.Workspace` connection (SQLite connections must not
 cross threads); screening rows come from the engine as it stores them, and every worklist
-row is built by :func:`desktop.worklist.row_from_prediction`. Every job reports errors as a readable message and always emits
-``finished``; :meth:`ScreenJob.wait` lets the window cancel and wait before it closes.
+row is built by :func:`desktop.worklist_model.row_from_prediction`. Every job reports
+errors as a readable message and always emits ``finished``; :meth:`ScreenJob.wait` lets
+the window cancel and wait before it closes.
 torch is imported inside the worker, so the window never waits for it.
 """
 
@@ -21,7 +22,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal
 
-from .worklist import row_from_prediction
+from .worklist_model import row_from_prediction
 
 
 @dataclass

@@ -15,7 +15,7 @@ from PySide6.QtCore import Qt
 
 from desktop.mainwindow import MainWindow
 from desktop.settings import AppSettings, SettingsDialog, open_qsettings
-from desktop.worklist import COL_UNCERTAINTY, uncertainty_value
+from desktop.worklist_model import COL_UNCERTAINTY, uncertainty_value
 
 
 def make_window(qtbot, tmp_path: Path, **kw) -> MainWindow:

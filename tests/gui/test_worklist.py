@@ -8,16 +8,15 @@ import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QIcon, QPixmap
 
-from desktop.worklist import (
+from desktop.worklist import QuickFilterBar, WorklistPanel
+from desktop.worklist_model import (
     COL_IMAGE,
     COL_REVIEW,
     COL_TRIAGE,
     COL_UNCERTAINTY,
     ImageIdRole,
-    QuickFilterBar,
     WorklistFilter,
     WorklistModel,
-    WorklistPanel,
     informative_key,
     row_from_prediction,
     uncertainty_value,
@@ -249,13 +248,13 @@ def test_selection_emits_image_and_queue_follows_filter(qtbot):
     ],
 )
 def test_disagreement_flag(review, ai, triage, disagrees):
-    from desktop.worklist import review_fields
+    from desktop.worklist_model import review_fields
 
     assert review_fields(review, ai, triage)["disagrees"] is disagrees
 
 
 def test_random_sample_order_is_unbiased_and_stable(qtbot):
-    from desktop.worklist import SORTS
+    from desktop.worklist_model import SORTS
 
     panel = WorklistPanel()
     qtbot.addWidget(panel)
