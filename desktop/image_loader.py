@@ -105,23 +105,10 @@ class OverlayResult:
 
 
 def load_display_qimage(path: str, longest: int = DISPLAY_LONGEST) -> QImage:
-    """Decode, orient and reduce an image for display (worker side; no torch import).
+    """Decode, orient and reduce an image for display (worker side; no torch import)."""
+    from engine.images import load_display_image
 
-    Same steps as ``engine.explain.load_display_image``; that module imports torch at
-    import time, which would delay the first image by seconds.
-    """
-    from PIL import Image
-
-    from engine.images import open_image, to_rgb
-
-    image, _ = open_image(path, min_side=None)
-    rgb = to_rgb(image)
-    if longest and max(rgb.size) > longest:
-        scale = longest / max(rgb.size)
-        rgb = rgb.resize(
-            (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))), Image.BILINEAR
-        )
-    return pil_to_qimage(rgb)
+    return pil_to_qimage(load_display_image(path, longest=longest))
 
 
 def compute_overlay(
@@ -136,7 +123,8 @@ def compute_overlay(
     The overlay is the fully tinted image (alpha 1); the viewer's opacity slider then
     blends it with the original, which is the same as drawing it at that alpha.
     """
-    from engine.explain import explain_file, load_display_image
+    from engine.explain import explain_file
+    from engine.images import load_display_image
     from engine.overlay import render_overlay
 
     lm = holder.get()

@@ -476,7 +476,7 @@ def _draw_block(
     overlay: _Overlay | None,
 ) -> None:
     """One image: heading, photograph and overlay side by side, AI result and review below."""
-    from engine.explain import load_display_image
+    from engine.images import load_display_image
 
     x = _MARGIN_X
     content_w = _PAGE_W - 2 * _MARGIN_X

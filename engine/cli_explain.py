@@ -51,8 +51,8 @@ def _method_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from .explain import explain_file, load_display_image, render_explanation
-    from .images import ImageError, discover_images
+    from .explain import explain_file, render_explanation
+    from .images import ImageError, discover_images, load_display_image
     from .models import load_model
     from .overlay import save_png
 

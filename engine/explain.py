@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .images import decode_for_model, open_image, to_rgb
+from .images import decode_for_model
 from .models import LoadedModel
 
 METHOD_NAMES = {"gradcam": "Grad-CAM", "ig": "Integrated Gradients", "occlusion": "Occlusion"}
@@ -111,18 +111,6 @@ def explain_file(
         dec.original_size,
         float(probs[t]),
     )
-
-
-def load_display_image(path: str | Path, longest: int | None = None) -> Image.Image:
-    """The original image, oriented, as RGB, optionally reduced for display."""
-    im, _ = open_image(path, min_side=None)
-    rgb = to_rgb(im)
-    if longest and max(rgb.size) > longest:
-        s = longest / max(rgb.size)
-        rgb = rgb.resize(
-            (max(1, round(rgb.width * s)), max(1, round(rgb.height * s))), Image.BILINEAR
-        )
-    return rgb
 
 
 def render_explanation(

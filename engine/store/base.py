@@ -137,6 +137,16 @@ class StoreBase:
             raise StoreError(f"workspace {self.path} is closed")
         return self.conn
 
+    def _one(self, sql: str, params: tuple = ()) -> sqlite3.Row | None:
+        """The first row of one statement (or ``None``)."""
+        with self._lock:
+            return self._connection().execute(sql, params).fetchone()
+
+    def _all(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+        """Every row of one statement."""
+        with self._lock:
+            return self._connection().execute(sql, params).fetchall()
+
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction; ``BEGIN IMMEDIATE`` takes the write lock up front so

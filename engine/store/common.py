@@ -31,6 +31,24 @@ _CHUNK = 1 << 20
 # SQLite's default limit on "?" parameters is far higher; this keeps statements short.
 IN_CHUNK = 500
 
+# What a prediction says about an image, in the order exports show it.
+PREDICTION_VALUES = (
+    "label",
+    "confidence",
+    "entropy",
+    "mutual_info",
+    "top_std",
+    "conformal_set",
+    "probabilities",
+    "ood_score",
+    "ood",
+    "quality",
+    "quality_ok",
+    "triage",
+    "triage_reason",
+    "error",
+    "uncertainty_method",
+)
 REAL_FIELDS = ("confidence", "entropy", "mutual_info", "top_std", "ood_score")
 BOOL_FIELDS = ("ood", "quality_ok")
 
@@ -192,17 +210,23 @@ def clean_image_row(index: int, row: dict) -> dict:
         "patient": None if row.get("patient") in (None, "") else str(row["patient"]),
         "eye": eye,
     }
+    where = f"image row {index} ({row['path']})"
     for field in ("size_bytes", "width", "height"):
-        value = row.get(field)
-        try:
-            clean[field] = None if value is None else int(value)
-        except (TypeError, ValueError):
-            raise StoreError(
-                f"image row {index} ({row['path']}): {field} must be an integer, got {value!r}"
-            ) from None
+        clean[field] = number(row.get(field), int, f"{where}: {field}")
         if clean[field] is not None and clean[field] < 0:
-            raise StoreError(f"image row {index} ({row['path']}): {field} must be >= 0")
+            raise StoreError(f"{where}: {field} must be >= 0")
     return clean
+
+
+def number(value: Any, kind: type[int] | type[float], what: str) -> Any:
+    """``None``, or ``value`` as an int/float; :class:`StoreError` names ``what`` otherwise."""
+    if value is None:
+        return None
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        noun = "an integer" if kind is int else "a number"
+        raise StoreError(f"{what} must be {noun}, got {value!r}") from None
 
 
 def check_reviewer(reviewer: Any) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .common import (
     BOOL_FIELDS,
+    PREDICTION_VALUES,
     REVIEW_ACTIONS,
     StoreError,
     json_default,
@@ -27,33 +28,10 @@ from .rules import active_hash, current_reviews, latest_prediction_rows
 from .writes import Writes
 
 EXPORT_COLUMNS = (
-    "path",
-    "patient",
-    "eye",
-    "modality",
-    "sha256",
-    "label",
-    "confidence",
-    "entropy",
-    "mutual_info",
-    "top_std",
-    "conformal_set",
-    "probabilities",
-    "ood_score",
-    "ood",
-    "quality",
-    "quality_ok",
-    "triage",
-    "triage_reason",
-    "error",
-    "uncertainty_method",
-    "reviewed_label",
-    "review_action",
-    "reviewer",
-    "reviewed_at",
-    "model_hash",
-    "settings_key",
-    "predicted_at",
+    *("path", "patient", "eye", "modality", "sha256"),
+    *PREDICTION_VALUES,
+    *("reviewed_label", "review_action", "reviewer", "reviewed_at"),
+    *("model_hash", "settings_key", "predicted_at"),
 )
 
 

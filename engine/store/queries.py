@@ -39,28 +39,17 @@ class Queries(StoreBase):
 
     def image_id(self, path: str | os.PathLike[str]) -> int | None:
         """The id of the image at ``path`` (resolved), or ``None``."""
-        with self._lock:
-            row = (
-                self._connection()
-                .execute("SELECT id FROM images WHERE path = ?", (normalise_path(path),))
-                .fetchone()
-            )
+        row = self._one("SELECT id FROM images WHERE path = ?", (normalise_path(path),))
         return None if row is None else int(row[0])
 
     def images(self) -> list[dict]:
         """All images, in the order they were added."""
-        with self._lock:
-            rows = self._connection().execute("SELECT * FROM images ORDER BY id").fetchall()
+        rows = self._all("SELECT * FROM images ORDER BY id")
         return [dict(r) for r in rows]
 
     def image(self, image_id: int) -> dict | None:
         """One image's row (path, sha256, patient, eye, size...), or ``None``."""
-        with self._lock:
-            row = (
-                self._connection()
-                .execute("SELECT * FROM images WHERE id = ?", (int(image_id),))
-                .fetchone()
-            )
+        row = self._one("SELECT * FROM images WHERE id = ?", (int(image_id),))
         return None if row is None else dict(row)
 
     def image_record(self, image_id: int) -> dict | None:
@@ -96,36 +85,24 @@ class Queries(StoreBase):
 
     def active_model(self) -> dict | None:
         """The active model's row (metrics/description parsed), or ``None``."""
-        with self._lock:
-            row = self._connection().execute("SELECT * FROM models WHERE active = 1").fetchone()
+        row = self._one("SELECT * FROM models WHERE active = 1")
         return None if row is None else model_dict(row)
 
     def models(self) -> list[dict]:
         """All registered model versions, oldest registration first."""
-        with self._lock:
-            rows = (
-                self._connection()
-                .execute("SELECT * FROM models ORDER BY registered_at, rowid")
-                .fetchall()
-            )
+        rows = self._all("SELECT * FROM models ORDER BY registered_at, rowid")
         return [model_dict(r) for r in rows]
 
     def model_path(self, model_hash: str) -> Path | None:
         """The file recorded for a model version, or ``None`` (unknown hash, or no file)."""
-        with self._lock:
-            row = (
-                self._connection()
-                .execute("SELECT path FROM models WHERE hash = ?", (model_hash,))
-                .fetchone()
-            )
+        row = self._one("SELECT path FROM models WHERE hash = ?", (model_hash,))
         return Path(row[0]) if row is not None and row[0] else None
 
     # ------------------------------------------------------------------ runs & predictions
 
     def runs(self) -> list[dict]:
         """All runs, oldest first (settings and counts parsed)."""
-        with self._lock:
-            rows = self._connection().execute("SELECT * FROM runs ORDER BY id").fetchall()
+        rows = self._all("SELECT * FROM runs ORDER BY id")
         out = []
         for r in rows:
             d = dict(r)
@@ -136,16 +113,11 @@ class Queries(StoreBase):
 
     def done_image_hashes(self, model_hash: str, settings_key: str) -> set[str]:
         """Image sha256s already screened without error by this model and settings key."""
-        with self._lock:
-            rows = (
-                self._connection()
-                .execute(
-                    "SELECT DISTINCT image_sha256 FROM predictions WHERE model_hash = ?"
-                    " AND settings_key = ? AND triage != 'error' AND error IS NULL",
-                    (model_hash, settings_key),
-                )
-                .fetchall()
-            )
+        rows = self._all(
+            "SELECT DISTINCT image_sha256 FROM predictions WHERE model_hash = ?"
+            " AND settings_key = ? AND triage != 'error' AND error IS NULL",
+            (model_hash, settings_key),
+        )
         return {r[0] for r in rows}
 
     def _rows_of(self, table: str, image: int | str | os.PathLike | None) -> list[sqlite3.Row]:
@@ -190,16 +162,11 @@ class Queries(StoreBase):
 
     def unscreened_by(self, model_hash: str, screened_by: str) -> int:
         """How many images with a prediction of ``screened_by`` have none of ``model_hash``."""
-        with self._lock:
-            row = (
-                self._connection()
-                .execute(
-                    "SELECT count(DISTINCT image_id) FROM predictions WHERE model_hash = ?"
-                    " AND image_id NOT IN (SELECT image_id FROM predictions WHERE model_hash = ?)",
-                    (screened_by, model_hash),
-                )
-                .fetchone()
-            )
+        row = self._one(
+            "SELECT count(DISTINCT image_id) FROM predictions WHERE model_hash = ?"
+            " AND image_id NOT IN (SELECT image_id FROM predictions WHERE model_hash = ?)",
+            (screened_by, model_hash),
+        )
         return int(row[0])
 
     # ------------------------------------------------------------------ reviews & audit
@@ -220,18 +187,12 @@ class Queries(StoreBase):
 
     def review(self, review_id: int) -> dict | None:
         """One review row by id (labels parsed), or ``None``."""
-        with self._lock:
-            row = (
-                self._connection()
-                .execute("SELECT * FROM reviews WHERE id = ?", (int(review_id),))
-                .fetchone()
-            )
+        row = self._one("SELECT * FROM reviews WHERE id = ?", (int(review_id),))
         return None if row is None else review_dict(row)
 
     def audit_log(self) -> list[dict]:
         """The whole audit log, oldest first (details parsed)."""
-        with self._lock:
-            rows = self._connection().execute("SELECT * FROM audit ORDER BY id").fetchall()
+        rows = self._all("SELECT * FROM audit ORDER BY id")
         return [{**dict(r), "details": loads(r["details"])} for r in rows]
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from .base import StoreBase
 from .common import (
     BOOL_FIELDS,
+    PREDICTION_VALUES,
     REAL_FIELDS,
     REVIEW_ACTIONS,
     RUN_STATUSES,
@@ -26,30 +27,12 @@ from .common import (
     clean_image_row,
     dumps,
     now,
+    number,
     settings_key,
 )
 from .rules import current_reviews
 
-PREDICTION_FIELDS = {
-    "image_id",
-    "path",
-    "image_sha256",
-    "probabilities",
-    "label",
-    "confidence",
-    "entropy",
-    "mutual_info",
-    "top_std",
-    "conformal_set",
-    "ood_score",
-    "ood",
-    "quality",
-    "quality_ok",
-    "triage",
-    "triage_reason",
-    "error",
-    "uncertainty_method",
-}
+PREDICTION_FIELDS = {"image_id", "path", "image_sha256", *PREDICTION_VALUES}
 
 
 class Writes(StoreBase):
@@ -294,13 +277,7 @@ class Writes(StoreBase):
             "uncertainty_method": row.get("uncertainty_method"),
         }
         for field in REAL_FIELDS:
-            value = row.get(field)
-            try:
-                values[field] = None if value is None else float(value)
-            except (TypeError, ValueError):
-                raise StoreError(
-                    f"prediction row {index}: {field} must be a number, got {value!r}"
-                ) from None
+            values[field] = number(row.get(field), float, f"prediction row {index}: {field}")
         for field in BOOL_FIELDS:
             value = row.get(field)
             values[field] = None if value is None else int(bool(value))
