@@ -351,6 +351,10 @@ class MainWindow(QMainWindow):
     def _on_model_changed(self) -> None:
         if self.ws_folder is not None:
             self.review_page.set_workspace(self.ws_folder, self.model_path)
+            self._shown_id = None  # the page starts afresh: show the selected image again
+            current = self.worklist.current_image()
+            if current is not None:
+                self._on_image_selected(current)
         self._update_enabled()
 
     def demo_banner_shown(self) -> bool:
@@ -409,6 +413,8 @@ class MainWindow(QMainWindow):
             self._ws.close()
         self._ws = ws
         self.ws_folder = folder
+        self.worklist.model.clear()  # no row of the previous workspace may be shown
+        self._shown_id = None
         self.image_folder = self.registry.image_folder(folder)
         active = ws.active_model()
         if active and active.get("path") and Path(active["path"]).is_file():
@@ -417,7 +423,6 @@ class MainWindow(QMainWindow):
         self.welcome.set_recent(self.registry.remember(self.settings, folder))
         self.setWindowTitle(f"EyeTriage — {folder.name}")
         self.ensure_pages()
-        self.worklist.model.clear()
         self.worklist.set_thumbnail_dir(ws.cache_dir / "thumbs")
         self.review_page.set_workspace(folder, self.model_path)
         self.dashboard_page.set_workspace(folder, self.spec)

@@ -188,6 +188,7 @@ class ReviewPage(QWidget):
         self._current = None
         self.viewer.clear()
         self.viewer.set_message("No image selected.\nChoose an image in the worklist.")
+        self.evidence.set_file("")
         self.evidence.show_prediction(None)
         self.panel.set_current("")
         if self._spec is not None:

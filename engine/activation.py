@@ -60,6 +60,17 @@ def _short(model_hash: str | None) -> str:
     return (model_hash or "")[:12]
 
 
+def _model(ws: Workspace, model_hash: str) -> dict | None:
+    return next((m for m in ws.models() if m["hash"] == model_hash), None)
+
+
+def _named(model: dict | None, model_hash: str = "") -> str:
+    """``name (short hash)``, or ``model <short hash>`` for a model without a name."""
+    model_hash = (model or {}).get("hash") or model_hash
+    name = (model or {}).get("name")
+    return f"{name} ({_short(model_hash)})" if name else f"model {_short(model_hash)}"
+
+
 def register_model(
     ws: Workspace,
     sha256: str,
@@ -118,11 +129,10 @@ def activate_after_screening(
     if active_hash is not None:
         missing = ws.unscreened_by(model_hash, screened_by=active_hash)
         if missing:
-            name = (active or {}).get("name") or _short(active_hash)
             return keep(
-                f"The active model stays {name} ({_short(active_hash)}): {missing} image(s) "
-                f"it screened have no result from model {_short(model_hash)} and would drop "
-                "out of the worklist. Screen them with the new model too."
+                f"The active model stays {_named(active)}: {missing} image(s) it screened "
+                f"have no result from {_named(_model(ws, model_hash), model_hash)} and would "
+                "drop out of the worklist. Screen them with that model too."
             )
     ws.set_active_model(model_hash, actor=actor)
     return Activation(

@@ -131,7 +131,7 @@ def test_placeholders_and_pages_implement_the_page_interfaces(qtbot):
 
 
 def test_a_review_saved_on_the_page_updates_its_worklist_row(
-    qtbot, tmp_path, synth_fundus, tiny_model
+    qtbot, tmp_path, synth_fundus, tiny_model, second_model
 ):
     w = make_window(qtbot, tmp_path, pages=True)
     open_folder(qtbot, w, synth_fundus, tiny_model)
@@ -145,3 +145,9 @@ def test_a_review_saved_on_the_page_updates_its_worklist_row(
         w.review_page.mark_ungradable()
     updated = next(r for r in w.worklist.model.rows() if r["image_id"] == row["image_id"])
     assert (updated["reviewed_label"], updated["reviewer"]) == ("ungradable", "ana")
+
+    # another model in the toolbar: the page starts afresh and shows the selected image again
+    shown = w.worklist.current_image()
+    assert w.set_model(second_model)
+    assert w.review_page.current_image_id() == shown is not None
+    assert w.review_page.evidence.texts()["answer"] != "Not screened yet"
