@@ -159,6 +159,9 @@ class ImageLoader(QObject):
         self._overlays: _LRU = _LRU(OVERLAY_CACHE_ITEMS)
         self._failed: dict[Hashable, str] = {}
         self._pending: dict[Hashable, FunctionWorker] = {}
+        # workers of an earlier generation still running: referenced until they finish, or
+        # their signals would be collected under them; their results are ignored
+        self._retired: set[FunctionWorker] = set()
         self._io_pool = QThreadPool(self)
         self._io_pool.setMaxThreadCount(1)
         self._model_pool = QThreadPool(self)
@@ -173,10 +176,12 @@ class ImageLoader(QObject):
         self.clear()
 
     def clear(self) -> None:
+        """Forget cached and failed results; queued work no longer counts as pending."""
         self._images.clear()
         self._overlays.clear()
         self._failed.clear()
-        self._pending.clear()  # late results are ignored by generation
+        self._retired.update(self._pending.values())
+        self._pending.clear()
 
     def is_busy(self) -> bool:
         """True while any worker is queued or running."""
@@ -198,6 +203,7 @@ class ImageLoader(QObject):
         self._io_pool.waitForDone(-1)
         self._model_pool.waitForDone(-1)
         self.clear()
+        self._retired.clear()
 
     # ------------------------------------------------------------------ images
 
@@ -272,6 +278,7 @@ class ImageLoader(QObject):
     def _on_finished(self, key: Hashable, worker: FunctionWorker) -> None:
         if self._pending.get(key) is worker:
             del self._pending[key]
+        self._retired.discard(worker)
 
     def _on_result(self, key: Any, gen: int, result: Any) -> None:
         if self._closed or gen != self._gen:

@@ -110,12 +110,14 @@ class ThumbnailCache(QObject):
     def _start_worker(self) -> None:
         from superqt.utils import create_worker
 
+        from .workers import start_now
+
         worker = create_worker(
             self._work, _start_thread=False, _connect={"errored": self._on_error}
         )
         worker.yielded.connect(self._on_made)
         self._worker = worker
-        worker.start()
+        start_now(worker)
 
     def _work(self):  # noqa: ANN202 - generator run in the worker thread
         try:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, QThreadPool, Signal
 
 from .worklist_model import row_from_prediction
 
@@ -155,6 +155,17 @@ def screening_events(request: ScreenRequest, state: Any) -> Iterator[dict[str, A
         events.close()  # records a cancelled run even when we stop early
 
 
+def start_now(worker: Any) -> None:
+    """Queue a superqt worker on the global thread pool at once.
+
+    ``worker.start()`` called from the event loop defers the start by a timer tick; a
+    window closing in between waited for a job that had not begun, and the job then ran
+    while the application was being torn down. Started here, the pool's ``waitForDone``
+    at shutdown covers it. The caller keeps a reference until ``finished``.
+    """
+    QThreadPool.globalInstance().start(worker)
+
+
 class ScreenJob(QObject):
     """One screening run in a superqt worker, adapted to Qt signals on the GUI thread.
 
@@ -208,7 +219,7 @@ class ScreenJob(QObject):
         worker.yielded.connect(self._on_event)
         worker.finished.connect(self._on_finished)
         self._worker = worker
-        worker.start()
+        start_now(worker)
 
     def _on_event(self, event: dict[str, Any]) -> None:
         kind = event.get("kind")
@@ -295,7 +306,7 @@ class FunctionJob(QObject):
         worker.returned.connect(self.returned.emit)
         worker.finished.connect(self.finished.emit)
         self._worker = worker
-        worker.start()
+        start_now(worker)
 
     def _on_error(self, exc: BaseException) -> None:
         from .crash import log
