@@ -49,6 +49,9 @@ def add_explain_commands(sub: Any) -> None:
         action="store_true",
         help="measure the raw method against each display choice (layers, smoothing, mask)",
     )
+    v.add_argument(
+        "--curve-steps", type=int, default=20, help="points of the deletion/insertion curves"
+    )
     v.add_argument("--json", action="store_true")
     v.add_argument("--device", default="auto")
     v.set_defaults(func=cmd_explain_eval)
@@ -161,6 +164,7 @@ def _eval_variants(
         default = "+".join(default_gradcam_layers(lm.net, size))
         variants = [(f"raw {name}", name, RAW) for name in computes]
         variants += [(f"masked {name}", name, Display(0.0, True)) for name in computes]
+        variants.append(("last, smooth 0.03", "last", Display(0.03, False)))
         variants.append((f"display (default layers {default})", "default", chosen))
         computes["default"] = {"layer": None}
         return computes, variants
@@ -172,8 +176,8 @@ def _eval_variants(
         }
         plain, noisy = list(computes)
         variants = [("raw " + name, name, RAW) for name in computes]
+        variants.append((f"{plain}, smooth 0.02", plain, Display(0.02, False)))
         for sm in (0.01, 0.02, 0.04):
-            variants.append((f"{plain}, smooth {sm:g}", plain, Display(sm, False)))
             variants.append((f"{noisy}, smooth {sm:g}", noisy, Display(sm, False)))
         variants.append((f"{plain}, masked", plain, Display(0.0, True)))
         variants.append((f"display ({noisy}, {chosen.key()})", noisy, chosen))
@@ -230,7 +234,15 @@ def cmd_explain_eval(args: argparse.Namespace) -> int:
             amap = display_map(raws[cname].amap, display, retina)
             scores[name].append(
                 faithfulness_scores(
-                    lm.net, x, amap, finding, target, spec.task, spec.mean, spec.std
+                    lm.net,
+                    x,
+                    amap,
+                    finding,
+                    target,
+                    spec.task,
+                    spec.mean,
+                    spec.std,
+                    steps=args.curve_steps,
                 )
             )
     n = len(areas)

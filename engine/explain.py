@@ -124,7 +124,13 @@ class Explanation:
         left, top, right, bottom = self.crop_box
         bw = max(1, round((right - left) * sx))
         bh = max(1, round((bottom - top) * sy))
-        inner = resize_map(self.amap, bw, bh)
+        if self.masked and self.raw_amap is not None:
+            # the mask is resized on its own (soft edge): no staircase along the retina border
+            shown = display_map(self.raw_amap, Display(self.display.smooth, False), None)
+            soft = resize_map(np.asarray(self.mask, dtype=np.float32), bw, bh)
+            inner = resize_map(shown, bw, bh) * np.clip(2.0 * soft - 0.5, 0.0, 1.0)
+        else:
+            inner = resize_map(self.amap, bw, bh)
         out = np.zeros((h, w), dtype=np.float32)
         x0, y0 = round(left * sx), round(top * sy)
         xs, ys = max(0, x0), max(0, y0)

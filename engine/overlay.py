@@ -25,6 +25,7 @@ OPPOSES_TEXT = "speaks against it"
 MASKED_TEXT = "no colour outside the retina"
 OUTLINE_MIN_AREA = 0.002  # outlined regions cover at least this share of the image
 OUTLINE_MAX_REGIONS = 5  # and at most this many of the strongest are outlined
+COLOUR_FLOOR = 0.15  # magnitudes below this share of full strength are left uncoloured
 _REGION_GRID = 256  # regions are found on a map reduced to at most this many pixels a side
 
 
@@ -269,6 +270,7 @@ def render_overlay(
     mask: np.ndarray | None = None,
     min_region_area: float = OUTLINE_MIN_AREA,
     max_regions: int | None = OUTLINE_MAX_REGIONS,
+    floor: float = COLOUR_FLOOR,
 ) -> Image.Image:
     """Draw ``amap`` (any resolution; resized bilinearly) over ``image``; returns RGB, same size.
 
@@ -278,7 +280,9 @@ def render_overlay(
     10) outlines, in white, the strongest supporting regions among the top
     ``contour_top_pct`` % of pixels: only regions of at least ``min_region_area`` of the
     image, at most ``max_regions`` of them (see :func:`support_regions`). ``mask`` (any
-    resolution, True = retina) leaves everything outside it uncoloured.
+    resolution, True = retina) leaves everything outside it uncoloured. Magnitudes below
+    ``floor`` of the full-strength value stay uncoloured too (the faint haze of small
+    values hides the image without telling the reader anything).
     """
     if not isinstance(image, Image.Image):
         raise TypeError(f"image must be a PIL image, got {type(image).__name__}")
@@ -288,6 +292,8 @@ def render_overlay(
         raise ValueError(f"clip_pct must be in (0, 100], got {clip_pct}")
     if contour_top_pct is not None and not 0.0 < contour_top_pct < 100.0:
         raise ValueError(f"contour_top_pct must be in (0, 100), got {contour_top_pct}")
+    if not 0.0 <= floor < 1.0:
+        raise ValueError(f"floor must be in [0, 1), got {floor}")
     amap = _check_map(amap)
     base = image.convert("RGB")
     width, height = base.size
@@ -298,8 +304,12 @@ def render_overlay(
     if scale <= 0 or alpha == 0.0:
         colour = np.asarray(base, dtype=np.float32)
     else:
-        pos = np.clip(resized / scale, 0.0, 1.0)
-        neg = np.clip(-resized / scale, 0.0, 1.0) if signed else np.zeros_like(pos)
+        pos = np.clip((resized / scale - floor) / (1.0 - floor), 0.0, 1.0)
+        neg = (
+            np.clip((-resized / scale - floor) / (1.0 - floor), 0.0, 1.0)
+            if signed
+            else np.zeros_like(pos)
+        )
         colour = _colourise(np.asarray(base, dtype=np.float32), pos, neg, alpha)
     if contour_top_pct is not None and float(resized.max()) > 0:
         region = support_regions(resized, contour_top_pct, min_region_area, max_regions)

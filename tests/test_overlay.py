@@ -144,7 +144,9 @@ def test_smoothing_turns_speckle_into_the_one_region_that_carries_evidence() -> 
     peak = np.unravel_index(smooth.argmax(), smooth.shape)
     assert 40 <= peak[0] < 52 and 60 <= peak[1] < 72
     inner = (slice(20, 76), slice(20, 76))  # away from the mirrored edges
-    assert smooth[inner].sum() == pytest.approx(amap[inner].sum(), abs=0.02 * float(np.abs(amap).sum()))
+    assert smooth[inner].sum() == pytest.approx(
+        amap[inner].sum(), abs=0.02 * float(np.abs(amap).sum())
+    )
     assert np.array_equal(smooth_map(amap, 0.0), amap)
     with pytest.raises(ValueError, match="sigma_px"):
         smooth_map(amap, -1.0)
