@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ def add_explain_commands(sub: Any) -> None:
     v.add_argument("--method", choices=["gradcam", "ig", "occlusion"], default="gradcam")
     v.add_argument("--limit", type=int, default=200, help="at most this many images")
     v.add_argument("--steps", type=int, default=32, help="Integrated Gradients passes")
+    v.add_argument("--noise-samples", type=int, help="IG noisy copies (0 = plain IG)")
     v.add_argument("--layer", help="Grad-CAM layer(s): a name, 'last', or 'a+b' for a blend")
     v.add_argument("--smooth", type=float, help="display smoothing (share of the image side)")
     v.add_argument("--no-mask", action="store_true", help="keep colour outside the retina")
@@ -172,7 +174,7 @@ def _eval_variants(
         steps = args.steps
         computes = {
             f"plain {steps} steps": {"n_steps": steps, "noise_samples": 0},
-            f"noise-averaged {steps} passes": {"n_steps": steps},
+            f"noise-averaged {steps} passes": {"n_steps": steps, "noise_samples": 4},
         }
         plain, noisy = list(computes)
         variants = [("raw " + name, name, RAW) for name in computes]
@@ -180,7 +182,7 @@ def _eval_variants(
         for sm in (0.01, 0.02, 0.04):
             variants.append((f"{noisy}, smooth {sm:g}", noisy, Display(sm, False)))
         variants.append((f"{plain}, masked", plain, Display(0.0, True)))
-        variants.append((f"display ({noisy}, {chosen.key()})", noisy, chosen))
+        variants.append((f"display ({plain}, {chosen.key()})", plain, chosen))
         return computes, variants
     return {"map": kw}, [("raw", "map", RAW), ("display", "map", chosen)]
 
@@ -213,7 +215,9 @@ def cmd_explain_eval(args: argparse.Namespace) -> int:
     labels_of: list[str] = []
     areas: list[float] = []
     seconds: dict[str, float] = dict.fromkeys(computes, 0.0)
-    for r in rows:
+    for i, r in enumerate(rows):
+        if not args.json or args.compare:
+            print(f"  {i + 1}/{len(rows)} {r['file']}", file=sys.stderr, flush=True)
         path = root / r["file"]
         target = spec.labels.index(r["label"])
         dec = decode_for_model(path, spec.input_size, spec.modality, spec.preprocessing)

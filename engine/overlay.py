@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ OPPOSES_TEXT = "speaks against it"
 MASKED_TEXT = "no colour outside the retina"
 OUTLINE_MIN_AREA = 0.002  # outlined regions cover at least this share of the image
 OUTLINE_MAX_REGIONS = 5  # and at most this many of the strongest are outlined
+OUTLINE_MIN_STRENGTH = 0.35  # outlined pixels reach at least this share of full strength
 COLOUR_FLOOR = 0.15  # magnitudes below this share of full strength are left uncoloured
 _REGION_GRID = 256  # regions are found on a map reduced to at most this many pixels a side
 
@@ -139,7 +141,8 @@ def oct_retina_mask(array: np.ndarray, margin: float = 0.06) -> np.ndarray | Non
 
     The scan is smoothed (speckle away) and split into dark background and bright tissue
     (Otsu); per column the band runs from the first to the last tissue row, steadied by a
-    running median across columns and widened by ``margin`` of the height. ``None`` when
+    running median across columns, widened across vessel shadows (running min/max) and by
+    ``margin`` of the height. ``None`` when
     no tissue band is found (then nothing is masked).
     """
     from .fundus import _otsu
@@ -165,12 +168,16 @@ def oct_retina_mask(array: np.ndarray, margin: float = 0.06) -> np.ndarray | Non
     cols = np.arange(w)
     top = np.interp(cols, cols[has], top[has])
     bottom = np.interp(cols, cols[has], bottom[has])
-    k = max(1, w // 40)
-    pad_top = np.pad(top, k, mode="edge")
-    pad_bottom = np.pad(bottom, k, mode="edge")
     windows = np.lib.stride_tricks.sliding_window_view
-    top = np.median(windows(pad_top, 2 * k + 1), axis=1)
-    bottom = np.median(windows(pad_bottom, 2 * k + 1), axis=1)
+
+    def running(values: np.ndarray, k: int, how: Callable[..., np.ndarray]) -> np.ndarray:
+        return how(windows(np.pad(values, k, mode="edge"), 2 * k + 1), axis=1)
+
+    # a running median drops single-column outliers; a running min/max over a wider window
+    # then bridges vessel shadows, where the tissue below the inner retina looks dark
+    k = max(1, w // 40)
+    top = running(running(top, k, np.median), 3 * k, np.min)
+    bottom = running(running(bottom, k, np.median), 3 * k, np.max)
     extra = margin * h
     rows = np.arange(h)[:, None]
     return (rows >= top[None, :] - extra) & (rows <= bottom[None, :] + extra)
@@ -211,10 +218,12 @@ def support_regions(
     top_pct: float = 10.0,
     min_area: float = OUTLINE_MIN_AREA,
     max_regions: int | None = OUTLINE_MAX_REGIONS,
+    min_value: float = 0.0,
 ) -> np.ndarray:
     """The strongest supporting regions of ``amap`` as one boolean mask (same shape).
 
-    Pixels in the top ``top_pct`` % of the map (and > 0) are grouped into connected
+    Pixels in the top ``top_pct`` % of the map (and above ``min_value`` and 0) are grouped
+    into connected
     regions; regions smaller than ``min_area`` of the image are dropped, the rest ranked by
     the attribution they hold and at most ``max_regions`` kept. This is what gets an
     outline: a handful of regions a reader can name, not hundreds of specks.
@@ -232,7 +241,7 @@ def support_regions(
     s = min(1.0, _REGION_GRID / max(h, w))
     gw, gh = max(1, round(w * s)), max(1, round(h * s))
     grid = resize_map(amap, gw, gh) if s < 1.0 else amap
-    threshold = float(np.percentile(grid, 100.0 - top_pct))
+    threshold = max(float(np.percentile(grid, 100.0 - top_pct)), float(min_value))
     region = (grid >= threshold) & (grid > 0)
     labels, count = _components(region)
     if count == 0:
@@ -278,8 +287,9 @@ def render_overlay(
     the supporting evidence is drawn). Opacity is ``alpha`` times the magnitude, divided by
     the ``clip_pct`` percentile of ``|amap|`` and clipped to 1. ``contour_top_pct`` (e.g.
     10) outlines, in white, the strongest supporting regions among the top
-    ``contour_top_pct`` % of pixels: only regions of at least ``min_region_area`` of the
-    image, at most ``max_regions`` of them (see :func:`support_regions`). ``mask`` (any
+    ``contour_top_pct`` % of pixels (and at least :data:`OUTLINE_MIN_STRENGTH` of full
+    strength): only regions of at least ``min_region_area`` of the image, at most
+    ``max_regions`` of them (see :func:`support_regions`). ``mask`` (any
     resolution, True = retina) leaves everything outside it uncoloured. Magnitudes below
     ``floor`` of the full-strength value stay uncoloured too (the faint haze of small
     values hides the image without telling the reader anything).
@@ -312,7 +322,9 @@ def render_overlay(
         )
         colour = _colourise(np.asarray(base, dtype=np.float32), pos, neg, alpha)
     if contour_top_pct is not None and float(resized.max()) > 0:
-        region = support_regions(resized, contour_top_pct, min_region_area, max_regions)
+        # outline only what is clearly coloured: at least a third of full strength
+        strong = OUTLINE_MIN_STRENGTH * scale if scale > 0 else 0.0
+        region = support_regions(resized, contour_top_pct, min_region_area, max_regions, strong)
         colour[_outline(region, (width, height))] = 255.0
     return Image.fromarray(np.clip(np.rint(colour), 0, 255).astype(np.uint8), mode="RGB")
 

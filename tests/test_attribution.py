@@ -180,20 +180,20 @@ def test_user_named_layer_is_used() -> None:
     assert resolve_layer(model, "layer4.1.conv2") is model.layer4[1].conv2
 
 
-def test_a_coarse_last_stage_is_blended_with_a_finer_one() -> None:
+def test_a_coarse_last_stage_gives_way_to_a_finer_one_and_layers_can_be_blended() -> None:
     model = timm_model("resnet18")
     # 224 px: layer4 is 7x7, fine enough on its own
     assert feature_stages(model, (224, 224))[-1] == ("layer4", (7, 7))
     assert default_gradcam_layers(model, (224, 224)) == ["layer4"]
-    # 128 px: layer4 is 4x4, so layer3 (8x8) joins it
-    assert default_gradcam_layers(model, (128, 128)) == ["layer3", "layer4"]
+    # 128 px: layer4 is 4x4, so the 8x8 layer3 is used instead
+    assert default_gradcam_layers(model, (128, 128)) == ["layer3"]
     x = random_image(128, seed=5)
-    blend = gradcam(model, x, 0).map
     parts = [gradcam(model, x, 0, layer=name).map for name in ("layer3", "layer4")]
+    np.testing.assert_allclose(gradcam(model, x, 0).map, parts[0], atol=1e-6)
+    np.testing.assert_allclose(gradcam(model, x, 0, layer="last").map, parts[1], atol=1e-6)
+    blend = gradcam(model, x, 0, layer="layer3+layer4").map
     expected = sum(p / np.abs(p).max() for p in parts) / 2
     np.testing.assert_allclose(blend, expected, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(gradcam(model, x, 0, layer="layer3+layer4").map, blend, atol=1e-6)
-    np.testing.assert_allclose(gradcam(model, x, 0, layer="last").map, parts[1], atol=1e-6)
 
 
 def test_wrong_layer_name_lists_candidates() -> None:
