@@ -538,14 +538,14 @@ def test_unreadable_cache_entry_is_a_miss(tmp_path: Path) -> None:
 
 
 def test_ig_step_budget_is_shared_by_the_noisy_copies() -> None:
-    assert ig_options({"n_steps": 32}) == {"n_steps": 8, "noise_samples": 4}
-    assert ig_options({"n_steps": 16, "internal_batch_size": 8}) == {
+    assert ig_options({"n_steps": 32}) == {"n_steps": 32, "noise_samples": 0}  # plain IG
+    assert ig_options({"n_steps": 32, "noise_samples": 4}) == {"n_steps": 8, "noise_samples": 4}
+    assert ig_options({"n_steps": 16, "noise_samples": 4, "internal_batch_size": 8}) == {
         "n_steps": 4,
         "noise_samples": 4,
         "internal_batch_size": 8,
     }
-    assert ig_options({"n_steps": 32, "noise_samples": 0}) == {"n_steps": 32, "noise_samples": 0}
-    assert ig_options({"n_steps": 4})["n_steps"] == 4  # never fewer than 4 steps per copy
+    assert ig_options({"n_steps": 8, "noise_samples": 4})["n_steps"] == 4  # at least 4 per copy
 
 
 def test_explanation_shows_the_display_map_and_keeps_the_raw_one(
