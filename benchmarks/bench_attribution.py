@@ -117,7 +117,7 @@ def run(reps: int = 5) -> dict:
     fundus, _ = render_fundus(np.random.default_rng(0), "diabetic_retinopathy", SIZE)
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    xf = (torch.from_numpy(fundus).permute(2, 0, 1)[None].float() / 255.0 - mean) / std
+    xf = (torch.from_numpy(fundus.copy()).permute(2, 0, 1)[None].float() / 255.0 - mean) / std
     readable_kw = ig_options({"n_steps": 32, "internal_batch_size": 16})
 
     def readable() -> Attribution:
