@@ -274,7 +274,9 @@ class CompareDialog(QDialog):
         hh.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         for c in (1, 2, 3):
             hh.setSectionResizeMode(c, QHeaderView.ResizeMode.ResizeToContents)
-        self.metrics.resizeRowsToContents()
+        vh = self.metrics.verticalHeader()
+        vh.setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
+        vh.setDefaultSectionSize(self.metrics.fontMetrics().height() + 10)
         height = hh.height() + sum(self.metrics.rowHeight(r) for r in range(len(rows))) + 6
         self.metrics.setMinimumHeight(height)
         self.metrics.setMaximumHeight(height)
@@ -283,7 +285,7 @@ class CompareDialog(QDialog):
         self.workload.setWordWrap(True)
         self.workload.setVisible(bool(v.workload))
         notes = [sentence(w) for w in result.get("warnings") or []]
-        self.notes = QLabel("\n".join(f"ⓘ {w}" for w in notes))
+        self.notes = QLabel("\n".join(f"Note: {w}" for w in notes))
         self.notes.setObjectName("notice")
         self.notes.setWordWrap(True)
         self.notes.setVisible(bool(notes))

@@ -106,7 +106,7 @@ class ImproveController(QObject):
             self.status = None
             self.update_enabled()
             return
-        from .workers import FunctionJob
+        from ..workers import FunctionJob
 
         job = FunctionJob(fetch_status, folder, parent=self.w)
         job.returned.connect(lambda s: self._on_status(folder, s))
@@ -217,7 +217,7 @@ class ImproveController(QObject):
         if self.w.ws_folder is None:
             self.w.show_error("No workspace", "Open a workspace to see its model versions.")
             return None
-        from .history import ModelHistoryDialog
+        from ..history import ModelHistoryDialog
 
         dlg = ModelHistoryDialog(
             self.w.ws_folder, self.w.settings.reviewer or "desktop", self.w.is_screening, self.w
