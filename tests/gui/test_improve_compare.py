@@ -77,9 +77,9 @@ def test_notes_are_sentences_and_an_ood_flood_is_named(show):
     ]
     res["ood_check"] = {"n": 60, "before": 2, "after": 28}
     dlg = show(res)
-    assert dlg.notes.text().startswith("Note: Calibration (temperature") and dlg.notes.text().endswith(
-        "."
-    )
+    assert dlg.notes.text().startswith(
+        "Note: Calibration (temperature"
+    ) and dlg.notes.text().endswith(".")
     assert "alpha=" not in dlg.notes.text() + dlg.verdict.text()
     assert "28 of 60 workspace images unfamiliar" in dlg.reasons.text()
     assert dlg.accept_button.text().startswith("Accept anyway")
