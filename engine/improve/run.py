@@ -229,6 +229,7 @@ def improve(
 
     # ---- how many workspace images does each version find unfamiliar?
     state.check()
+    t_check = time.monotonic()
     check_arrays, check_ok, _ = decode_images(
         check_paths, old_spec, state, "checking the workspace"
     )
@@ -238,7 +239,8 @@ def improve(
     )  # fmt: skip
     log(
         f"workspace check: {unfamiliar['after']} of {unfamiliar['n']} images unfamiliar to the "
-        f"new version, {unfamiliar['before']} to the current one"
+        f"new version, {unfamiliar['before']} to the current one "
+        f"({time.monotonic() - t_check:.1f} s)"
     )
 
     # ---- describe the new version
