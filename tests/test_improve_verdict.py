@@ -123,7 +123,7 @@ def test_a_tiny_rise_the_old_cli_accepted_is_now_refused_with_a_reason():
     assert r["after"]["balanced_accuracy"] > r["before"]["balanced_accuracy"]
     accepted, reason = decide_acceptance(r)
     assert not accepted
-    assert reason.startswith("not accepted: = The audit set shows no clear difference")
+    assert reason.startswith("not accepted: = Not enough evidence that the new model is better")
 
 
 # --------------------------------------------------------------------------- the CLI

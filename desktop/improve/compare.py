@@ -115,9 +115,10 @@ def metric_rows(result: dict, evidence: dict) -> list[tuple[str, str, str, str, 
             )
         )
         names = display_label(evidence.get("finding_labels") or [])
+        no_findings = evidence.get("no_findings")
         for key, word in (
-            ("sensitivity", f"Disease found (sensitivity) — {names}"),
-            ("specificity", f"'{neg}' images cleared (specificity)"),
+            ("sensitivity", f"Disease found (sensitivity, {findings} images) — {names}"),
+            ("specificity", f"'{neg}' images cleared (specificity, {no_findings} images)"),
         ):
             b, a = evidence.get(f"{key}_before"), evidence.get(f"{key}_after")
             if b is None and a is None:

@@ -10,7 +10,7 @@ it, and the desktop's compare dialog shows the same verdict and words. The rule:
    :data:`MIN_RISE_PTS` points, the paired bootstrap 95 % confidence interval of that rise
    must lie above zero, and the exact McNemar test on the audit images whose answer changed
    (more now right than now wrong) must give p < :data:`SIGNIFICANCE`. "Worse" mirrors it;
-   anything else is "no clear difference".
+   anything else is "not enough evidence" (``no-difference``).
 3. **Nothing clinically worse.** Even a better version is not recommended when it misses
    more disease (more images with a finding called "no finding"), when accuracy, the share
    of disease found (sensitivity: a finding called any finding) or of "no finding" images
@@ -247,7 +247,7 @@ def judge(result: dict) -> Verdict:
     )
     stats = (
         f"balanced accuracy {_pct(ba_b)} → {_pct(ba_a)} ({_pts(d)}, "
-        f"{CI_LEVEL * 100:.0f} % CI {_pts(lo)} to {_pts(hi)}); "
+        f"{CI_LEVEL * 100:.0f} % CI {_pts(lo)[:-4]} to {_pts(hi)}); "
         f"{fixed} now right, {broken} now wrong (p = {p:.2g}, {n} audit images)"
     )
     if d * 100 >= MIN_RISE_PTS and lo > 0 and p < SIGNIFICANCE and fixed > broken:
@@ -260,7 +260,13 @@ def judge(result: dict) -> Verdict:
         )
     else:
         decision = "no-difference"
-        headline = f"= The audit set shows no clear difference between the two models: {stats}."
+        if d > 0:
+            lead = "Not enough evidence that the new model is better on the audit set"
+        elif d < 0:
+            lead = "Not enough evidence that the new model is worse on the audit set"
+        else:
+            lead = "The two models score the same on the audit set"
+        headline = f"= {lead}: {stats}."
 
     reasons = _cautions(result, labels, negative, missed_b, missed_a, evidence) + ood
     recommend = decision == "better" and not reasons

@@ -33,7 +33,7 @@ def test_a_tiny_rise_the_old_cli_accepted_is_refused_by_the_cli_and_the_dialog(s
     accepted, reason = decide_acceptance(res)
     assert not accepted
     assert dlg.verdict.text() == judge(res).headline and dlg.verdict.text() in reason
-    assert dlg.verdict.text().startswith("= The audit set shows no clear difference")
+    assert dlg.verdict.text().startswith("= Not enough evidence that the new model is better")
     assert dlg.accept_button.text().startswith("Accept anyway")
     assert dlg.keep_button.isDefault() and not dlg.accept_button.isDefault()
 
