@@ -100,8 +100,8 @@ def cmd_improve(args: argparse.Namespace) -> int:
 
     try:
         return _run_improve(args)
-    except ImproveError as e:
-        raise CliError(str(e)) from None
+    except ImproveError as e:  # one line on the terminal
+        raise CliError(" ".join(str(e).split())) from None
 
 
 def _run_improve(args: argparse.Namespace) -> int:

@@ -85,7 +85,8 @@ def exit_message(returncode: int, stderr_tail: list[str]) -> str:
 
 def failure_message(error: str) -> str:
     """A failure the child reported itself, and that nothing changed."""
-    return f"{error.rstrip().rstrip('.')}.\n\n{UNCHANGED}"
+    text = error.strip().rstrip(".") or "the task failed"
+    return f"{text[0].upper()}{text[1:]}.\n\n{UNCHANGED}"
 
 
 class WorkerProcess:
