@@ -51,6 +51,17 @@ def _status(row: dict, decided: dict[str, str], activated: set[str]) -> str:
     return "accepted" if row["hash"] in activated or row.get("active") else "candidate"
 
 
+def _activate(ws: Workspace, row: dict, actor: str, action: str) -> None:
+    """Make ``row`` the active version and audit it with the one it replaced."""
+    if row.get("path") and not Path(row["path"]).is_file():
+        raise ImproveError(f"the file of version {row['hash'][:12]} is missing")
+    previous = ws.active_model()
+    ws.set_active_model(row["hash"], actor=actor)
+    ws.audit(
+        actor, action, {"hash": row["hash"], "previous": previous["hash"] if previous else None}
+    )
+
+
 def accept(ws_folder: str | os.PathLike, model_hash: str, actor: str) -> dict:
     """Make a candidate version active (audited ``improve.accept``); returns its row."""
     with open_workspace(ws_folder) as ws:
@@ -58,15 +69,7 @@ def accept(ws_folder: str | os.PathLike, model_hash: str, actor: str) -> dict:
         decided, _ = _decisions(ws)
         if decided.get(row["hash"]) == "rejected":
             raise ImproveError(f"version {row['hash'][:12]} was rejected; it cannot be accepted")
-        if row.get("path") and not Path(row["path"]).is_file():
-            raise ImproveError(f"the file of version {row['hash'][:12]} is missing")
-        previous = ws.active_model()
-        ws.set_active_model(row["hash"], actor=actor)
-        ws.audit(
-            actor,
-            "improve.accept",
-            {"hash": row["hash"], "previous": previous["hash"] if previous else None},
-        )
+        _activate(ws, row, actor, "improve.accept")
     return row
 
 
@@ -94,15 +97,7 @@ def rollback(ws_folder: str | os.PathLike, model_hash: str, actor: str) -> dict:
             raise ImproveError(
                 f"version {row['hash'][:12]} was never accepted; accept it instead of rolling back"
             )
-        if row.get("path") and not Path(row["path"]).is_file():
-            raise ImproveError(f"the file of version {row['hash'][:12]} is missing")
-        previous = ws.active_model()
-        ws.set_active_model(row["hash"], actor=actor)
-        ws.audit(
-            actor,
-            "improve.rollback",
-            {"hash": row["hash"], "previous": previous["hash"] if previous else None},
-        )
+        _activate(ws, row, actor, "improve.rollback")
     return row
 
 
