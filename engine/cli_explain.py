@@ -7,9 +7,10 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def add_explain_commands(sub: Any) -> None:
@@ -87,6 +88,8 @@ def _display(args: argparse.Namespace) -> Any:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from .explain import explain_file, load_display_image, render_explanation
     from .images import ImageError, discover_images
     from .models import load_model
@@ -129,6 +132,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def _mask_in_model_frame(mask_path: Path, box: tuple[float, ...], size: int) -> np.ndarray:
     """The finding mask cut and scaled exactly like the model's input square."""
+    import numpy as np
     from PIL import Image
 
     with Image.open(mask_path) as m:
@@ -190,6 +194,7 @@ def _eval_variants(
 def cmd_explain_eval(args: argparse.Namespace) -> int:
     import csv
 
+    import numpy as np
     import torch
 
     from .explain import RAW, display_map, explain_file, retina_mask
