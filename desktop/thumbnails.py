@@ -6,9 +6,6 @@ worklist model, which shows them (``DecorationRole``) once ready.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 import threading
 from collections import OrderedDict, deque
 from pathlib import Path
@@ -22,21 +19,14 @@ THUMB_SIDE = 96  # stored thumbnail size (crisp at 200% scaling of a 48 px cell)
 
 def make_thumbnail(path: str | Path, out: Path, side: int = THUMB_SIDE) -> Path:
     """Decode ``path`` small (JPEG draft) and write a ``side`` px JPEG to ``out`` atomically."""
+    from engine.fileio import atomic_file
     from engine.images import open_image, to_rgb
 
     im, _ = open_image(path, min_side=side)
     im = to_rgb(im)
     im.thumbnail((side, side))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".thumb.", suffix=".jpg", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            im.save(f, "JPEG", quality=85)
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_file(out, "wb") as f:
+        im.save(f, "JPEG", quality=85)
     return out
 
 

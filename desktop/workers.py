@@ -22,6 +22,8 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QThreadPool, Signal
 
+from engine.triage import DEFAULT_THRESHOLD
+
 from .worklist_model import row_from_prediction
 
 
@@ -37,7 +39,7 @@ class ScreenRequest:
     batch_size: int = 32
     uncertainty: str = "mc"
     policy: str = "threshold"
-    threshold: float = 0.85
+    threshold: float = DEFAULT_THRESHOLD
     refer_findings: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 

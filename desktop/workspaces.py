@@ -13,6 +13,7 @@ from typing import Any
 
 from PySide6.QtCore import QStandardPaths
 
+from engine.fileio import atomic_write_text
 from engine.store import is_workspace
 
 from .settings import AppSettings
@@ -46,8 +47,7 @@ def read_meta(ws_folder: Path) -> dict[str, Any]:
 def write_meta(ws_folder: Path, **values: Any) -> None:
     """Merge ``values`` into the workspace's notes."""
     meta = {**read_meta(ws_folder), **values}
-    ws_folder.mkdir(parents=True, exist_ok=True)
-    (ws_folder / META_NAME).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    atomic_write_text(ws_folder / META_NAME, json.dumps(meta, indent=2))
 
 
 def workspace_for_folder(image_folder: Path, data_dir: Path) -> Path:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ..jsonable import to_jsonable
 from ..naming import normalise_eye
 
 TRIAGE_STATES = ("auto-cleared", "needs-review", "ungradable", "out-of-distribution", "error")
@@ -72,24 +73,11 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
-def json_default(value: Any) -> Any:
-    """Let numpy scalars/arrays (and sets/paths) through json without importing numpy."""
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if hasattr(value, "item"):
-        return value.item()
-    if isinstance(value, set | frozenset):
-        return sorted(value)
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
 def dumps(value: Any) -> str | None:
     """JSON text for a column (``None`` stays NULL)."""
     if value is None:
         return None
-    return json.dumps(value, ensure_ascii=False, default=json_default)
+    return json.dumps(to_jsonable(value), ensure_ascii=False)
 
 
 def loads(text: str | None) -> Any:
@@ -114,17 +102,9 @@ def settings_key(settings: dict) -> str:
     """
     if not isinstance(settings, dict):
         raise StoreError(f"settings must be a dict, got {type(settings).__name__}")
-    try:
-        canonical = json.dumps(
-            settings,
-            sort_keys=True,
-            separators=(",", ":"),
-            ensure_ascii=False,
-            allow_nan=True,
-            default=json_default,
-        )
-    except TypeError as exc:
-        raise StoreError(f"settings are not JSON-serialisable: {exc}") from None
+    canonical = json.dumps(
+        to_jsonable(settings), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 

@@ -6,20 +6,19 @@ checked row by row first and stored all together or not at all.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
 import sqlite3
-import tempfile
 from pathlib import Path
 
+from ..fileio import atomic_file
+from ..jsonable import to_jsonable
 from .common import (
     BOOL_FIELDS,
     PREDICTION_VALUES,
     REVIEW_ACTIONS,
     StoreError,
-    json_default,
     normalise_path,
     prediction_dict,
     review_label,
@@ -87,24 +86,15 @@ class Exchange(Writes):
         if not out.parent.is_dir():
             raise StoreError(f"export folder {out.parent} does not exist")
         rows = self.export_rows()
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-                if fmt == "json":
-                    json.dump(rows, handle, ensure_ascii=False, indent=1, default=json_default)
-                    handle.write("\n")
-                else:
-                    writer = csv.DictWriter(handle, fieldnames=list(EXPORT_COLUMNS))
-                    writer.writeheader()
-                    for row in rows:
-                        writer.writerow(_csv_row(row))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp_name, out)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_name)
-            raise
+        with atomic_file(out, "w", encoding="utf-8", newline="") as handle:
+            if fmt == "json":
+                json.dump(to_jsonable(rows), handle, ensure_ascii=False, indent=1)
+                handle.write("\n")
+            else:
+                writer = csv.DictWriter(handle, fieldnames=list(EXPORT_COLUMNS))
+                writer.writeheader()
+                for row in rows:
+                    writer.writerow(_csv_row(row))
         with self._write() as conn:
             self._audit(
                 conn, "system", "export", {"path": str(out), "format": fmt, "rows": len(rows)}
