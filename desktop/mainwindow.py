@@ -811,6 +811,7 @@ class MainWindow(QMainWindow):
             policy=values["policy"],
             threshold=values["threshold"],
             refer_findings=values["refer_findings"],
+            engine=self.settings.engine,
             extra={"actor": self.settings.reviewer or "desktop"},
         )
         job = ScreenJob(request, self)
