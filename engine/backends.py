@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import importlib
 import importlib.util
 import io
 import json
@@ -217,16 +218,15 @@ class OnnxRuntimeBackbone:
 def _import_openvino() -> Any:
     """``import openvino`` without its usage telemetry.
 
-    The package's import sends an event to Intel through ``openvino_telemetry`` unless the
-    user has opted out (no consent file counts as consent). EyeTriage is offline by default,
+    The package's import sends a usage event to Intel through ``openvino_telemetry`` unless
+    the user has opted out (no consent file counts as consent). EyeTriage is offline by default,
     so that module is hidden before the first import and OpenVINO falls back to its own
     no-op stub; inference is unaffected.
     """
     if "openvino" not in sys.modules:
         sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
-    import openvino
-
-    return openvino
+    # imported by name: an optional extra (about 180 MB) the bundle does not ship
+    return importlib.import_module("openvino")
 
 
 class OpenVinoBackbone:

@@ -133,7 +133,7 @@ def screen(
     if not models:
         raise ValueError("no model given")
     check_ensemble(models)
-    models = attach_engine(models, settings)
+    models = attach_engine(models, settings) if paths else models
     lm = models[0]
     spec = lm.spec
     multilabel = spec.task == "multilabel"
