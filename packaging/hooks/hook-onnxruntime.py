@@ -40,9 +40,7 @@ def _loaded_modules(prefixes: tuple[str, ...]) -> list[str]:
     )
     session = onnxruntime.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
     session.run(None, {"image": torch.zeros(1, 3, 16, 16).numpy()})
-    return sorted(
-        m for m in sys.modules if any(m == p or m.startswith(p + ".") for p in prefixes)
-    )
+    return sorted(m for m in sys.modules if any(m == p or m.startswith(p + ".") for p in prefixes))
 
 
 hiddenimports = _loaded_modules(PREFIXES)
