@@ -55,8 +55,9 @@ log = logging.getLogger("eyetriage.engine")
 EXPORT_FORMAT = 1
 OPSET = 18
 CHOICES_FILE = "engine-choice.json"
-# An export must reproduce torch fp32 on a probe batch: probabilities to this (absolute) ...
-PROBE_PROB_TOLERANCE = 2e-5
+# An export must reproduce torch fp32 on a probe batch: probabilities to the bound screening
+# answers are held to (seen: at most 4e-6 on resnet, efficientnet, mobilenetv3, convnext, vit) ...
+PROBE_PROB_TOLERANCE = 1e-4
 # ... and pooled features to this, relative to their largest magnitude (they feed the OOD score).
 PROBE_FEATURE_TOLERANCE = 1e-4
 AUTO_BATCHES = 3  # timed batches per engine when ``auto`` measures (after one warm-up)
