@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
 )
 
 from engine.engines import ENGINE_WORDS, ENGINES, installed_engines
+from engine.triage import DEFAULT_THRESHOLD
 
 ORG = APP = "EyeTriage"
 DEVICES = ("auto", "cpu", "cuda")
@@ -62,7 +63,7 @@ class AppSettings:
     device: str = "auto"
     engine: str = "auto"
     batch_size: int = 32
-    threshold: float = 0.85
+    threshold: float = DEFAULT_THRESHOLD
     uncertainty: str = "mc"
     policy: str = "threshold"
     refer_findings: bool = False

@@ -405,12 +405,18 @@ class OverlayBar(QWidget):
         self.legend.setObjectName("overlayLegend")
         self.legend.setToolTip(
             "Warm colours: evidence that supports the AI answer; cool colours: evidence "
-            "against it. The white outline marks the strongest 10% of the support."
+            "against it. White outlines mark the few largest regions among the strongest "
+            "10% of the support (specks are not outlined). Nothing is coloured outside the "
+            "retina: the fundus field of view, or the tissue band of an OCT scan."
         )
         self._set_legend()
         supports = QLabel("supports")
         supports.setToolTip(self.legend.toolTip())
-        for widget in (against, self.legend, supports):
+        self.masked_note = QLabel("· retina only")
+        self.masked_note.setObjectName("overlayMaskNote")
+        self.masked_note.setToolTip(self.legend.toolTip())
+        self.masked_note.setStyleSheet("color: palette(placeholder-text);")
+        for widget in (against, self.legend, supports, self.masked_note):
             bottom.addWidget(widget)
         bottom.addSpacing(8)
         self.status = QLabel()
