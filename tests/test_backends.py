@@ -89,7 +89,7 @@ def test_trained_model_keeps_uncertainty_ood_and_conformal_on_the_engine(tmp_pat
 
     lm = load_model(demo_model_path(), device="cpu")  # trained, with OOD and conformal fitted
     assert lm.spec.ood and lm.spec.conformal  # the steps this test is about are present
-    paths = sorted(synth_fundus.rglob("*.png"))[:24]
+    paths = sorted(synth_fundus.rglob("*.png"))[:12]
     for method in ("none", "mc", "tta"):
         torch.manual_seed(3)
         a = answers(lm, paths, "torch", tmp_path, uncertainty=method)
