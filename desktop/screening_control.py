@@ -239,6 +239,7 @@ class ScreeningController(QObject):
             policy=values["policy"],
             threshold=values["threshold"],
             refer_findings=values["refer_findings"],
+            engine=settings.engine,
             extra={"actor": settings.reviewer or "desktop"},
         )
         return self.start(request)

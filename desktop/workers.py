@@ -41,6 +41,7 @@ class ScreenRequest:
     policy: str = "threshold"
     threshold: float = DEFAULT_THRESHOLD
     refer_findings: bool = False
+    engine: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -85,6 +86,7 @@ def screening_events(request: ScreenRequest, state: Any) -> Iterator[dict[str, A
     Yields ``{"kind": "status", "message"}``, ``{"kind": "rows", "rows", "run_id"}`` per
     chunk and finally ``{"kind": "done", ...}`` (the engine's summary plus ``device``).
     """
+    from engine.engines import engine_cache_dir
     from engine.images import discover_images
     from engine.screen import ScreenSettings
     from engine.triage import TriagePolicy
@@ -139,6 +141,8 @@ def screening_events(request: ScreenRequest, state: Any) -> Iterator[dict[str, A
         policy=TriagePolicy(
             kind=request.policy, threshold=request.threshold, refer_findings=request.refer_findings
         ),
+        engine=request.engine,
+        engine_cache=engine_cache_dir(request.workspace),
     )
     display = lm.spec.display
     actor = str(request.extra.get("actor") or "desktop")

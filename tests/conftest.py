@@ -34,6 +34,18 @@ def _torch_threads():
     yield
 
 
+@pytest.fixture(scope="session")
+def _user_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("user-cache")
+
+
+@pytest.fixture(autouse=True)
+def isolated_user_cache(monkeypatch, _user_cache) -> Path:
+    """Exported engines and remembered engine choices go to a test folder, not ~/.cache."""
+    monkeypatch.setenv("EYETRIAGE_CACHE_DIR", str(_user_cache))
+    return _user_cache
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_threads():
     """Fail a test that leaves a non-daemon thread running (a worker nobody waited for)."""
