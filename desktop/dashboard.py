@@ -37,6 +37,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QPushButton,
     QScrollArea,
+    QStackedWidget,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -127,10 +128,19 @@ class DashboardPage(QWidget):
         scroll.setFrameShape(QScrollArea.Shape.NoFrame)
         scroll.setWidget(body)
 
+        self.blind_cover = QLabel()
+        self.blind_cover.setObjectName("blindCover")
+        self.blind_cover.setWordWrap(True)
+        self.blind_cover.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.body_stack = QStackedWidget()
+        self.body_stack.addWidget(scroll)
+        self.body_stack.addWidget(self.blind_cover)
+        self._scroll = scroll
+
         layout = QVBoxLayout(self)
         layout.setContentsMargins(8, 8, 8, 8)
         layout.addLayout(header)
-        layout.addWidget(scroll, 1)
+        layout.addWidget(self.body_stack, 1)
         self._style_charts()
         self._apply(self.data)
 
@@ -141,6 +151,21 @@ class DashboardPage(QWidget):
         self._ws_folder = None if ws_folder is None else Path(ws_folder)
         self._spec = spec
         self.refresh()
+
+    def set_blind(self, blind: bool, unread: int) -> None:
+        """Blind mode: the charts show the AI's answers, so they stay covered while the
+        reader still has ``unread`` screened images to label."""
+        covered = bool(blind) and unread > 0
+        self.blind_cover.setText(
+            f"Blind mode is on: the dashboard shows the AI's answers, so it stays hidden "
+            f"until you have labelled every screened image ({unread} still to label).\n\n"
+            "Turn blind mode off in Settings (Ctrl+,) to see it now."
+        )
+        self.body_stack.setCurrentWidget(self.blind_cover if covered else self._scroll)
+
+    def is_covered(self) -> bool:
+        """True while blind mode hides the charts."""
+        return self.body_stack.currentWidget() is self.blind_cover
 
     def refresh(self) -> None:
         """Re-read the store and redraw every panel (light: a few SQL queries)."""
@@ -341,9 +366,14 @@ class DashboardPage(QWidget):
             f"Reviewed {data.n_reviewed} of {data.n_screened} screened images "
             f"({pct(data.n_reviewed / data.n_screened)})."
         )
-        needs = data.triage_counts.get("needs-review", 0)
-        if needs:
-            text += f" {needs} need a clinician's review."
+        if data.n_person:
+            left = data.n_person_left
+            text += (
+                f" {left} of the {data.n_person} images that need a person "
+                f"(every state but auto-cleared) {'is' if left == 1 else 'are'} not reviewed yet."
+                if left
+                else f" All {data.n_person} images that need a person are reviewed."
+            )
         unscreened = data.n_images - data.n_screened
         if unscreened > 0:
             text += f" {unscreened} images are not screened yet."

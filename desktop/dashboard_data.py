@@ -48,6 +48,8 @@ class DashboardData:
     n_images: int = 0
     n_screened: int = 0
     n_reviewed: int = 0  # screened images with a current review
+    n_person: int = 0  # screened images whose triage sends them to a person
+    n_person_left: int = 0  # of those, the ones without a current review
     triage_counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TRIAGE_STATES, 0))
     model_name: str | None = None
     model_hash: str | None = None
@@ -95,6 +97,7 @@ def _read(ws: Workspace, spec: ModelSpec | None) -> DashboardData:
     data.n_screened = totals["n_screened"]
     data.triage_counts.update(totals["triage_counts"])
     data.n_reviewed, data.left_out = totals["n_reviewed"], totals["left_out"]
+    data.n_person, data.n_person_left = totals["n_person"], totals["n_person_left"]
     pairs: list[tuple[str, str, float | None]] = totals["compared"]  # (reviewed, AI, conf.)
 
     known = list(spec.labels) if spec is not None else []

@@ -268,6 +268,9 @@ class MainWindow(QMainWindow):
         self.theme_actions.get(self.settings.theme, self.theme_actions["light"]).setChecked(True)
         self.review_page.set_reviewer(self.settings.reviewer)
         self.review_page.set_blind(self.settings.blind_mode)
+        self.worklist.set_blind(self.settings.blind_mode, self.settings.reviewer)
+        self.filter_bar.set_blind(self.settings.blind_mode)
+        self._update_dashboard_blind()
         self.review_page.set_auto_advance(self.settings.auto_advance)
         self.welcome.set_recent(self.registry.recent(self.settings))
 
@@ -453,6 +456,7 @@ class MainWindow(QMainWindow):
         if folder != self.ws_folder or self._closing:
             return
         self.worklist.model.set_rows(result["rows"])
+        self._update_dashboard_blind()
         self.models.take_spec(result.get("spec"))
         self.worklist.select_first()
         self.worklist_loaded.emit()
@@ -539,17 +543,24 @@ class MainWindow(QMainWindow):
         self.worklist.select_image(image_id)
 
     def _on_queue_changed(self, ids: list) -> None:
-        self.review_page.set_queue(list(ids))
+        self.review_page.set_queue(list(ids), self.worklist.model.reviewed_ids(ids))
+
+    def _update_dashboard_blind(self) -> None:
+        """Blind mode keeps the dashboard (the AI's answers in aggregate) hidden until the
+        reader has labelled every screened image."""
+        self.dashboard_page.set_blind(self.settings.blind_mode, self.worklist.model.unread_count())
 
     def _on_reviewed(self, image_id: int) -> None:
         """A review was saved or undone: refresh that one row from the store."""
         if self._ws is None:
             return
         self.worklist.model.set_review(int(image_id), self._ws.current_review(int(image_id)))
+        self._update_dashboard_blind()
         self.improver.schedule_refresh()
 
     def _on_tab(self, _index: int) -> None:
         if self.tabs.dashboard_shown():
+            self._update_dashboard_blind()
             self.dashboard_page.refresh()
 
     # ------------------------------------------------------------------ export / about

@@ -10,6 +10,7 @@ is called by name and nothing is swallowed.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -46,7 +47,7 @@ class ReviewView(Protocol):
     def set_blind(self, blind: bool) -> None: ...
     def set_auto_advance(self, on: bool) -> None: ...
     def show_image(self, image_id: int) -> None: ...
-    def set_queue(self, image_ids: list[int]) -> None: ...
+    def set_queue(self, image_ids: list[int], reviewed: Iterable[int] | None = None) -> None: ...
     def shutdown(self) -> None: ...
 
 
@@ -56,6 +57,7 @@ class DashboardView(Protocol):
 
     def set_workspace(self, ws_folder: Path | None, spec: ModelSpec | None) -> None: ...
     def refresh(self) -> None: ...
+    def set_blind(self, blind: bool, unread: int) -> None: ...
 
 
 class _Placeholder(QLabel):
@@ -90,7 +92,7 @@ class ReviewPlaceholder(_Placeholder):
     def show_image(self, image_id: int) -> None:
         """No image is shown here."""
 
-    def set_queue(self, image_ids: list[int]) -> None:
+    def set_queue(self, image_ids: list[int], reviewed: Iterable[int] | None = None) -> None:
         """No queue is walked here."""
 
     def shutdown(self) -> None:
@@ -108,6 +110,9 @@ class DashboardPlaceholder(_Placeholder):
 
     def refresh(self) -> None:
         """Nothing to read here."""
+
+    def set_blind(self, blind: bool, unread: int) -> None:
+        """Nothing is shown here."""
 
 
 def make_review_page(parent: QWidget) -> ReviewView:

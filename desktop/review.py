@@ -17,6 +17,7 @@ the current image's record and are kept together; the loader, the decision panel
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +63,8 @@ class ReviewPage(QWidget):
         self._blind = False
         self._auto_advance = True
         self._queue: list[int] = []
+        self._done: set[int] = set()  # images of the queue that have a current review
+        self._end_hold: int | None = None  # saved at the end of the list: keys no longer relabel
         self._current: dict[str, Any] | None = None
         self._shown_at = time.monotonic()
         self._revealed: set[int] = set()
@@ -136,6 +139,7 @@ class ReviewPage(QWidget):
         self.panel.undo_button.clicked.connect(self.undo)
         self.panel.prev_button.clicked.connect(self.previous_image)
         self.panel.next_button.clicked.connect(self.next_image)
+        self.panel.next_unreviewed_button.clicked.connect(self.next_unreviewed)
         self.panel.note_edit.returnPressed.connect(self._note_done)
         self.panel.note_edit.textEdited.connect(self._note_edited)
 
@@ -148,6 +152,7 @@ class ReviewPage(QWidget):
             ([Qt.Key.Key_Z, "Ctrl+Z"], self.undo),
             ([Qt.Key.Key_J, Qt.Key.Key_Right], self.next_image),
             ([Qt.Key.Key_K, Qt.Key.Key_Left], self.previous_image),
+            (["Shift+J", "Shift+Right"], self.next_unreviewed),
             ([Qt.Key.Key_G], lambda: self.set_overlay_method("gradcam")),
             ([Qt.Key.Key_I], lambda: self.set_overlay_method("ig")),
             ([Qt.Key.Key_O], lambda: self.set_overlay_method("none")),
@@ -218,10 +223,26 @@ class ReviewPage(QWidget):
         self._auto_advance = bool(on)
         self._update_mode_line()
 
-    def set_queue(self, image_ids: list[int]) -> None:
-        """The worklist's visible order; J/K and the arrows move along it."""
+    def set_queue(self, image_ids: list[int], reviewed: Iterable[int] | None = None) -> None:
+        """The worklist's visible order; J/K and the arrows move along it.
+
+        ``reviewed``: the images of the queue that already have a review (for the progress
+        line and Shift+J); without it the page asks the store for each image.
+        """
         self._queue = [int(i) for i in image_ids]
+        if reviewed is not None:
+            self._done = {int(i) for i in reviewed}
+        elif self._ws is not None:
+            self._done = {i for i in self._queue if self._ws.current_review(i) is not None}
+        else:
+            self._done = set()
+        self._update_progress()
         self._prefetch()
+
+    def progress(self) -> tuple[int, int]:
+        """``(reviewed, total)`` images of the queue."""
+        queued = set(self._queue)
+        return len(self._done & queued), len(queued)
 
     def show_image(self, image_id: int) -> None:
         """Show an image (no-op if it is already shown); emits ``current_changed``."""
@@ -268,6 +289,20 @@ class ReviewPage(QWidget):
         """Previous image of the queue (K or ←)."""
         self._step(-1)
 
+    def next_unreviewed(self) -> None:
+        """Shift+J: the next image of the queue without a review (wrapping to the start)."""
+        if not self._queue:
+            self.panel.set_prompt("The worklist is empty.")
+            return
+        current = self.current_image_id()
+        start = self._queue.index(current) + 1 if current in self._queue else 0
+        order = self._queue[start:] + self._queue[:start]
+        target = next((i for i in order if i not in self._done and i != current), None)
+        if target is None:
+            self.panel.set_prompt("Every image in this list is reviewed.")
+            return
+        self._show(target)
+
     def _step(self, direction: int) -> bool:
         if not self._queue:
             self.panel.set_prompt("The worklist is empty.")
@@ -278,9 +313,7 @@ class ReviewPage(QWidget):
         else:
             index = self._queue.index(current) + direction
             if not 0 <= index < len(self._queue):
-                self.panel.set_prompt(
-                    "End of the worklist." if direction > 0 else "Start of the worklist."
-                )
+                self.panel.set_prompt(self._end_words() if direction > 0 else "Start of the list.")
                 return False
             target = self._queue[index]
         self._show(target)
@@ -288,9 +321,28 @@ class ReviewPage(QWidget):
 
     # ------------------------------------------------------------------ decisions
 
+    def _held_at_end(self) -> bool:
+        """True (and says so) when the last image was just saved and a key would relabel it."""
+        if self._current is None or self._end_hold != int(self._current["image_id"]):
+            return False
+        self.panel.set_prompt(
+            f"{self._end_words()} Nothing was changed: {Path(self._current['path']).name} "
+            "is already saved. K/← goes back; Z undoes; click the image in the list to change it.",
+            warning=True,
+        )
+        return True
+
+    def _end_words(self) -> str:
+        done, total = self.progress()
+        left = total - done
+        if left:
+            plural = "images are" if left != 1 else "image is"
+            return f"End of list. {left} {plural} not reviewed yet (Shift+J goes to the next)."
+        return "End of list. Every image in it is reviewed."
+
     def press_label(self, index: int) -> None:
         """Key ``index + 1``: label the image (single-label) or tick a label (multi-label)."""
-        if self._current is None or index >= len(self._labels):
+        if self._current is None or index >= len(self._labels) or self._held_at_end():
             return
         if self.panel.label_checks:
             box = self.panel.label_checks[index]
@@ -299,11 +351,14 @@ class ReviewPage(QWidget):
         label = self._labels[index]
         pred = self._current.get("prediction")
         ai = pred.get("label") if pred and not pred.get("error") else None
-        self._save([label], "confirm" if label == ai else "correct")
+        # a blind read is the reader's own label (the prediction it was blind to is recorded
+        # with it), never a confirmation of an answer the reader did not see
+        blind = self._is_hidden(int(self._current["image_id"]))
+        self._save([label], "confirm" if label == ai and not blind else "correct")
 
     def confirm_ai(self) -> None:
         """Enter: save the AI label (multi-label: the ticked labels)."""
-        if self._current is None:
+        if self._current is None or self._held_at_end():
             return
         image_id = self._current["image_id"]
         pred = self._current.get("prediction")
@@ -319,10 +374,9 @@ class ReviewPage(QWidget):
                     "Tick at least one label (1–9), or press U for ungradable.", warning=True
                 )
                 return
-            self._save(
-                ticked,
-                "confirm" if pred is not None and set(ticked) == set(ai_labels) else "correct",
-            )
+            blind = self._is_hidden(image_id)
+            same = pred is not None and set(ticked) == set(ai_labels)
+            self._save(ticked, "confirm" if same and not blind else "correct")
             return
         if self._is_hidden(image_id):
             self.panel.set_prompt(
@@ -338,7 +392,7 @@ class ReviewPage(QWidget):
 
     def mark_ungradable(self) -> None:
         """U: the image cannot be graded."""
-        if self._current is not None:
+        if self._current is not None and not self._held_at_end():
             self._save([], "ungradable")
 
     def edit_note(self) -> None:
@@ -376,6 +430,11 @@ class ReviewPage(QWidget):
         undone = self._ws.review(undo_id)
         assert undone is not None  # written just now, in this connection
         image_id = int(undone["image_id"])
+        if self._ws.current_review(image_id) is None:
+            self._done.discard(image_id)
+        else:
+            self._done.add(image_id)
+        self._update_progress()
         if self.current_image_id() != image_id:
             self._show(image_id)
         else:
@@ -419,6 +478,8 @@ class ReviewPage(QWidget):
         self._notes.pop(image_id, None)
         self.panel.note_edit.clear()
         self.panel.note_edit.hide()
+        self._done.add(image_id)
+        self._update_progress()
         was_hidden = self._is_hidden(image_id)
         self._revealed.add(image_id)
         name = Path(self._current["path"]).name
@@ -434,9 +495,11 @@ class ReviewPage(QWidget):
             self.panel.set_prompt(f"Saved {name}: {words}.")
             return
         self._refresh(image_id)
-        at_end = self._queue and self._queue[-1] == image_id
+        at_end = bool(self._queue) and self._queue[-1] == image_id
+        if at_end and self._auto_advance:
+            self._end_hold = image_id  # a further key press must not relabel this image
         self.panel.set_prompt(
-            f"Saved {name}: {words}." + (" End of the worklist." if at_end else "")
+            f"Saved {name}: {words}." + (f" {self._end_words()}" if at_end else "")
         )
 
     # ------------------------------------------------------------------ showing
@@ -451,6 +514,7 @@ class ReviewPage(QWidget):
             self.evidence.show_prediction(None)
             return
         self._current = record
+        self._end_hold = None
         self._shown_at = time.monotonic()
         note = self._notes.get(image_id, "")
         self.panel.note_edit.setText(note)
@@ -555,6 +619,10 @@ class ReviewPage(QWidget):
         keys = "1" if len(labels) == 1 else f"1–{min(len(labels), MAX_LABEL_KEYS)}"
         self.panel.heading.setText(f"<b>Your review</b> · keys {keys} label the image")
         self.evidence.set_label_keys(keys)
+
+    def _update_progress(self) -> None:
+        done, total = self.progress()
+        self.panel.set_progress(done, total)
 
     def _update_mode_line(self) -> None:
         who = f"Reviewer: {self._reviewer}" if self._reviewer else f"{WARN} No reviewer name set"

@@ -67,6 +67,14 @@ class ReviewPanel(QWidget):
         self.next_button = _key_button(
             "J/→  Next", "Next image in the worklist (J or →)", "nextButton"
         )
+        self.next_unreviewed_button = _key_button(
+            "⇧J  Next unreviewed",
+            "Next image of the list without a review (Shift+J or Shift+→)",
+            "nextUnreviewedButton",
+        )
+        self.progress_label = QLabel()
+        self.progress_label.setObjectName("reviewProgress")
+        self.progress_label.setWordWrap(True)
         actions = QGridLayout()
         actions.setSpacing(4)
         actions.addWidget(self.confirm_button, 0, 0)
@@ -75,6 +83,7 @@ class ReviewPanel(QWidget):
         actions.addWidget(self.undo_button, 1, 1)
         actions.addWidget(self.prev_button, 2, 0)
         actions.addWidget(self.next_button, 2, 1)
+        actions.addWidget(self.next_unreviewed_button, 3, 0, 1, 2)
         self.note_edit = QLineEdit()
         self.note_edit.setObjectName("noteEdit")
         self.note_edit.setPlaceholderText("Note, saved with your next decision (Enter: done)")
@@ -98,6 +107,7 @@ class ReviewPanel(QWidget):
         layout.addWidget(self.label_box)
         layout.addLayout(actions)
         layout.addWidget(self.note_edit)
+        layout.addWidget(self.progress_label)
         layout.addWidget(self.current_label)
         layout.addWidget(self.prompt_label)
         layout.addWidget(self.mode_label)
@@ -140,6 +150,20 @@ class ReviewPanel(QWidget):
             "Enter  Save ticked labels" if multilabel else "Enter  Confirm AI"
         )
         return True
+
+    def set_progress(self, done: int, total: int) -> None:
+        """The list's progress: how many are reviewed and how many remain."""
+        if total == 0:
+            self.progress_label.setText("")
+            self.progress_label.hide()
+            return
+        left = total - done
+        self.progress_label.setText(
+            f"<b>{left} left</b> in this list · {done} of {total} reviewed"
+            if left
+            else f"<b>All {total} reviewed</b> in this list"
+        )
+        self.progress_label.show()
 
     def set_current(self, text: str) -> None:
         self.current_label.setText(text)

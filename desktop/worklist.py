@@ -24,6 +24,8 @@ from PySide6.QtWidgets import (
 from .style import triage_style
 from .thumbnails import ThumbnailCache
 from .worklist_model import (
+    AI_COLUMNS,
+    AI_FILTERS,
     COL_CONFIDENCE,
     COL_IMAGE,
     COL_LABEL,
@@ -76,10 +78,19 @@ class QuickFilterBar(QWidget):
         hint.setToolTip("Alt+1 … Alt+8 switch between these filters")
         layout.addWidget(hint)
         layout.addStretch(1)
+        self.progress = QLabel()
+        self.progress.setObjectName("worklistProgress")
+        self.progress.setToolTip(
+            "Images that need a person (every state but auto-cleared) not reviewed yet"
+        )
+        layout.addWidget(self.progress)
+        self._blind = False
         self.buttons["needs-review"].setChecked(True)
         self.set_counts({})
 
     def _pick(self, key: str) -> None:
+        if not self.buttons[key].isEnabled():
+            return
         self.buttons[key].setChecked(True)
         self.changed.emit(key)
 
@@ -90,13 +101,52 @@ class QuickFilterBar(QWidget):
     def set_current(self, key: str) -> None:
         self._pick(key)
 
+    def set_blind(self, blind: bool) -> None:
+        """Blind mode: the filters that reveal the AI's answer are not offered."""
+        self._blind = bool(blind)
+        for key in AI_FILTERS:
+            b = self.buttons[key]
+            b.setEnabled(not blind)
+            n = list(self.buttons).index(key) + 1
+            _, full = self._names[key]
+            b.setToolTip(
+                f"Hidden in blind mode: it would reveal the AI's answer  (Alt+{n})"
+                if blind
+                else f"Show: {full}  (Alt+{n})"
+            )
+        if blind and self.current() in AI_FILTERS:
+            self._pick("all")
+
     def set_counts(self, counts: dict[str, int]) -> None:
+        """Triage filters count the images still to review (the number falls as they are
+        reviewed); the tooltip gives the total."""
         for key, b in self.buttons.items():
             short, full = self._names[key]
             n = counts.get(key, 0)
             glyph = triage_style(key).glyph + " " if key in TRIAGE_ORDER else ""
-            b.setText(f"{glyph}{short} {group_thousands(n)}")
-            b.setAccessibleName(f"{full}: {n}")
+            if key in TRIAGE_ORDER:
+                left = counts.get(f"{key}:left", n)
+                b.setText(f"{glyph}{short} {group_thousands(left)}")
+                b.setAccessibleName(f"{full}: {left} not reviewed, {n} in all")
+                if not (self._blind and key in AI_FILTERS):
+                    n_key = list(self.buttons).index(key) + 1
+                    b.setToolTip(
+                        f"Show: {full}  (Alt+{n_key})\n{left} not reviewed yet, "
+                        f"{n - left} reviewed, {n} in all"
+                    )
+            else:
+                b.setText(f"{glyph}{short} {group_thousands(n)}")
+                b.setAccessibleName(f"{full}: {n}")
+        person, left = counts.get("person", 0), counts.get("person:left", 0)
+        self.progress.setText(
+            f"Need a person: <b>{group_thousands(left)} left</b> of {group_thousands(person)}"
+            if person
+            else ""
+        )
+
+    def progress_text(self) -> str:
+        """The progress line as plain text."""
+        return self.progress.text().replace("<b>", "").replace("</b>", "")
 
 
 class WorklistPanel(QWidget):
@@ -230,6 +280,19 @@ class WorklistPanel(QWidget):
 
     def _emit_queue(self, *args: object) -> None:
         self.queue_changed.emit(self.proxy.visible_ids())
+
+    def set_blind(self, blind: bool, reader: str) -> None:
+        """Blind mode for the table: AI columns hidden and AI orders not offered."""
+        self.model.set_blind(blind, reader)
+        self.proxy.invalidate()
+        for i, (_, col, _) in enumerate(SORTS):
+            item = self.sort_box.model().item(i)  # type: ignore[attr-defined]
+            if item is not None:
+                item.setEnabled(not (blind and col in AI_COLUMNS))
+        if blind and SORTS[self.sort_box.currentIndex()][1] in AI_COLUMNS:
+            self.sort_box.setCurrentIndex(next(i for i, s in enumerate(SORTS) if s[1] == COL_IMAGE))
+            self.view.horizontalHeader().setSortIndicator(COL_IMAGE, Qt.SortOrder.AscendingOrder)
+        self._emit_queue()
 
     # ---- selection
     def _on_current(self, current: QModelIndex, _previous: QModelIndex) -> None:

@@ -28,6 +28,8 @@ from PySide6.QtCore import (
 )
 from PySide6.QtGui import QBrush, QIcon
 
+from engine.store import REFERRED_STATES
+
 from .style import current_is_dark, triage_style
 from .thumbnails import ThumbnailCache
 
@@ -75,6 +77,16 @@ SORTS: tuple[tuple[str, int, Qt.SortOrder], ...] = (
     ("Not yet reviewed first", COL_REVIEW, Qt.SortOrder.AscendingOrder),
     ("Random sample (quality control)", COL_RANDOM, Qt.SortOrder.AscendingOrder),
 )
+
+# Columns (and their sorts) that reveal the AI's answer: hidden in blind mode until the
+# reader has recorded their own label for the image.
+AI_COLUMNS = (COL_LABEL, COL_CONFIDENCE, COL_TRIAGE, COL_UNCERTAINTY)
+# Quick filters that reveal the AI's answer (which images it cleared, was unsure of, or
+# disagrees with a reader): not offered in blind mode.
+AI_FILTERS = ("needs-review", "auto-cleared", "disagrees")
+# Triage states that do not depend on the AI's answer (image quality, familiarity, errors).
+ANSWER_FREE_STATES = ("ungradable", "out-of-distribution", "error")
+HIDDEN = "hidden"  # what an AI cell says in blind mode
 
 _NEG_INF = float("-inf")
 TRIAGE_ORDER = {
@@ -191,12 +203,30 @@ def _column_key(column: int) -> Callable[[dict], Any]:
     return lambda r: r["name"].lower()
 
 
+def needs_a_person(row: dict) -> bool:
+    """The store's rule: every triage state but auto-cleared sends the image to a person."""
+    return row.get("triage") in REFERRED_STATES
+
+
+def is_reviewed(row: dict) -> bool:
+    """The image has a current review (a label or "ungradable")."""
+    return bool(row.get("reviewed_label"))
+
+
 def row_categories(row: dict) -> tuple[str, ...]:
-    """The quick filters a row belongs to."""
+    """The quick filters a row belongs to, plus ``<filter>:left`` while it is unreviewed
+    and ``person``/``person:left`` for images that need a person."""
     cats = ["all"]
+    reviewed = is_reviewed(row)
     if row.get("triage"):
         cats.append(row["triage"])
-    if row.get("reviewed_label"):
+        if not reviewed:
+            cats.append(f"{row['triage']}:left")
+    if needs_a_person(row):
+        cats.append("person")
+        if not reviewed:
+            cats.append("person:left")
+    if reviewed:
         cats.append("reviewed")
     if row.get("disagrees"):
         cats.append("disagrees")
@@ -228,6 +258,42 @@ class WorklistModel(QAbstractTableModel):
             Qt.SortOrder.DescendingOrder,
         )
         self.thumbnails: ThumbnailCache | None = None
+        self._blind = False
+        self._reader = ""
+
+    # ---- blind mode
+    def set_blind(self, blind: bool, reader: str) -> None:
+        """Blind mode: hide the AI's columns of every image ``reader`` has not labelled."""
+        blind, reader = bool(blind), (reader or "").strip()
+        if (blind, reader) == (self._blind, self._reader):
+            return
+        self._blind, self._reader = blind, reader
+        if blind and self._sort is not None and self._sort[0] in AI_COLUMNS:
+            self.sort(COL_IMAGE, Qt.SortOrder.AscendingOrder)
+        if self._rows:
+            self.dataChanged.emit(
+                self.index(0, 0), self.index(len(self._rows) - 1, len(HEADERS) - 1)
+            )
+
+    def is_blind(self) -> bool:
+        return self._blind
+
+    def hides_ai(self, row: dict) -> bool:
+        """True when blind mode hides this row's AI answer (the reader has not labelled it)."""
+        return self._blind and row.get("reviewer") != self._reader
+
+    def unread_count(self) -> int:
+        """Screened images the reader has not labelled yet (what blind mode still hides)."""
+        return sum(1 for r in self._rows if r.get("triage") and r.get("reviewer") != self._reader)
+
+    def reviewed_ids(self, image_ids: Iterable[int]) -> list[int]:
+        """Those of ``image_ids`` that have a current review."""
+        out = []
+        for image_id in image_ids:
+            i = self._pos(int(image_id))
+            if i is not None and is_reviewed(self._rows[i]):
+                out.append(int(image_id))
+        return out
 
     # ---- reading
     def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
@@ -254,6 +320,14 @@ class WorklistModel(QAbstractTableModel):
             return None
         r = self._rows[index.row()]
         col = index.column()
+        hidden = col in AI_COLUMNS and self.hides_ai(r)
+        if hidden and not (col == COL_TRIAGE and r.get("triage") in ANSWER_FREE_STATES):
+            if role == Qt.ItemDataRole.DisplayRole:
+                return HIDDEN if r.get("triage") else ""
+            if role == Qt.ItemDataRole.ToolTipRole:
+                return "Hidden in blind mode until you record your own label for this image"
+            if role in (Qt.ItemDataRole.ForegroundRole, Qt.ItemDataRole.DecorationRole):
+                return None
         if role == Qt.ItemDataRole.DisplayRole:
             return self._display(r, col)
         if role == ImageIdRole:
@@ -266,6 +340,8 @@ class WorklistModel(QAbstractTableModel):
         if role == Qt.ItemDataRole.ToolTipRole:
             return self._tooltip(r, col)
         if role == Qt.ItemDataRole.ForegroundRole and col == COL_TRIAGE:
+            if is_reviewed(r):
+                return None  # reviewed: plain text, the state's colour no longer calls
             return QBrush(triage_style(r["triage"]).color(current_is_dark()))
         if role == Qt.ItemDataRole.TextAlignmentRole and col in (COL_CONFIDENCE, COL_UNCERTAINTY):
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
@@ -287,6 +363,8 @@ class WorklistModel(QAbstractTableModel):
             u = uncertainty_value(r)
             return "" if u is None else f"{u:.3f}"
         if col == COL_TRIAGE:
+            if is_reviewed(r):
+                return "✔ Reviewed"
             return triage_style(r["triage"]).text
         if col == COL_REVIEW:
             if not r["reviewed_label"]:
@@ -299,11 +377,12 @@ class WorklistModel(QAbstractTableModel):
     def _tooltip(r: dict, col: int) -> str | None:
         if col == COL_TRIAGE:
             reason = r["triage_reason"] or r["error"] or ""
-            return (
+            text = (
                 f"{triage_style(r['triage']).word}: {reason}"
                 if reason
                 else triage_style(r["triage"]).word
             )
+            return f"Reviewed. Triage was {text}" if is_reviewed(r) else text
         if col == COL_IMAGE:
             extra = "\nThe file changed since it was screened." if r["stale"] else ""
             return r["path"] + extra
@@ -340,7 +419,10 @@ class WorklistModel(QAbstractTableModel):
         return self._pos(image_id)
 
     def counts(self) -> dict[str, int]:
-        return {k: self._counts.get(k, 0) for k in QUICK_FILTER_KEYS}
+        """Images per quick filter, ``<filter>:left`` still unreviewed, and ``person`` /
+        ``person:left`` (images that need a person, and those of them not reviewed yet)."""
+        keys = [*QUICK_FILTER_KEYS, *(f"{k}:left" for k in TRIAGE_ORDER), "person", "person:left"]
+        return {k: self._counts.get(k, 0) for k in keys}
 
     # ---- writing
     def clear(self) -> None:
@@ -479,7 +561,12 @@ class WorklistModel(QAbstractTableModel):
 
     # ---- sorting
     def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:
-        """Sort by a column (precomputed keys; keeps selections via persistent indexes)."""
+        """Sort by a column (precomputed keys; keeps selections via persistent indexes).
+
+        In blind mode an order by the AI's columns would reveal the answer: the rows are
+        then ordered by file name instead."""
+        if self._blind and column in AI_COLUMNS:
+            column, order = COL_IMAGE, Qt.SortOrder.AscendingOrder
         self._sort = (column, order) if column >= 0 else None
         self._resort()
 
@@ -548,15 +635,16 @@ class WorklistFilter(QSortFilterProxyModel):
             elif r["triage"] != q:
                 return False
         if self._text:
+            hidden = src.hides_ai(r)  # type: ignore[attr-defined]
             hay = " ".join(
                 str(x)
                 for x in (
                     r["name"],
                     r["patient"],
-                    r["display_label"],
+                    None if hidden else r["display_label"],
                     r["reviewer"],
                     r["reviewed_label"],
-                    r["triage"],
+                    None if hidden and r["triage"] not in ANSWER_FREE_STATES else r["triage"],
                 )
                 if x
             ).lower()

@@ -131,7 +131,8 @@ class Summaries(StoreBase):
         images with a current review; ``compared``, one ``(reviewed label, AI label,
         AI confidence)`` per reviewed image with one label on both sides; and
         ``left_out``, reviewed images that cannot be compared (several labels, or no AI
-        label because of an error).
+        label because of an error); ``n_person``, screened images whose triage sends them to
+        a person, and ``n_person_left``, those of them without a current review.
         """
         with self._read() as conn:
             n_images = int(conn.execute("SELECT count(*) FROM images").fetchone()[0])
@@ -140,8 +141,12 @@ class Summaries(StoreBase):
             latest = {r["image_id"]: r for r in latest_prediction_rows(conn, model_hash)}
             current = current_reviews(conn)
         triage_counts = dict.fromkeys(TRIAGE_STATES, 0)
-        for row in latest.values():
+        n_person = n_person_left = 0
+        for image_id, row in latest.items():
             triage_counts[row["triage"]] = triage_counts.get(row["triage"], 0) + 1
+            if row["triage"] in REFERRED_STATES:
+                n_person += 1
+                n_person_left += image_id not in current
         n_reviewed, left_out = 0, 0
         compared: list[tuple[str, str, float | None]] = []
         for image_id, review in current.items():
@@ -163,4 +168,6 @@ class Summaries(StoreBase):
             "n_reviewed": n_reviewed,
             "compared": compared,
             "left_out": left_out,
+            "n_person": n_person,
+            "n_person_left": n_person_left,
         }

@@ -274,7 +274,7 @@ def test_j_k_and_arrows_move_along_the_queue(qtbot, page, image_ids):
     assert moved.args == [queue[2]]
     key(qtbot, page, Qt.Key.Key_Right)  # end of the queue: stays
     assert page.current_image_id() == queue[2]
-    assert "End of the worklist" in page.panel.prompt_label.text()
+    assert "End of list" in page.panel.prompt_label.text()
     with qtbot.waitSignal(page.current_changed) as moved:
         key(qtbot, page, "k")
     assert moved.args == [queue[1]]

@@ -1,0 +1,231 @@
+"""The reading flow in the whole window: blind mode in every view, progress that moves,
+the end of the list, the shortcut sheet and the small things a reader trips over."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import Qt
+
+from desktop.mainwindow import MainWindow
+from desktop.settings import AppSettings
+from desktop.worklist_model import COL_CONFIDENCE, COL_LABEL, COL_TRIAGE, COL_UNCERTAINTY
+
+WAIT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def screened_template(tmp_path_factory, tiny_model, synth_fundus) -> Path:
+    """A workspace in which the tiny model screened the synthetic images (made once)."""
+    from engine.images import discover_images
+    from engine.models import load_model
+    from engine.screen import ScreenSettings
+    from engine.workspace_screen import screen_into_workspace
+
+    folder = tmp_path_factory.mktemp("flow_template")
+    screen_into_workspace(
+        folder,
+        discover_images(synth_fundus),
+        [load_model(tiny_model, device="cpu")],
+        ScreenSettings(device="cpu"),
+    )
+    return folder
+
+
+@pytest.fixture
+def ws_folder(tmp_path, screened_template) -> Path:
+    folder = tmp_path / "ws"
+    shutil.copytree(screened_template, folder)
+    return folder
+
+
+def rows(ws_folder: Path, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+    conn = sqlite3.connect(ws_folder / "workspace.sqlite")
+    conn.row_factory = sqlite3.Row
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def reviews(ws_folder: Path) -> list[dict]:
+    out = rows(ws_folder, "SELECT * FROM reviews ORDER BY id")
+    return [{**dict(r), "labels": json.loads(r["labels"])} for r in out]
+
+
+def open_window(qtbot, tmp_path, ws_folder, tiny_model, **settings) -> MainWindow:
+    w = MainWindow(
+        AppSettings(reviewer="ana", **settings), data_dir=tmp_path / "userdata", preload=False
+    )
+    qtbot.addWidget(w)
+    w.resize(1280, 720)
+    w.show()
+    qtbot.waitExposed(w)
+    with qtbot.waitSignal(w.worklist_loaded, timeout=WAIT_MS):
+        assert w.open_workspace(ws_folder)
+    assert w.set_model(tiny_model)
+    w.activateWindow()
+    qtbot.waitUntil(w.isActiveWindow)
+    return w
+
+
+def press(qtbot, w: MainWindow, k) -> None:
+    qtbot.keyClick(w.focusWidget() or w, k)
+
+
+def row_of(w: MainWindow, image_id: int) -> int:
+    row = w.worklist.model.row_of(image_id)
+    assert row is not None
+    return row
+
+
+def cell(w: MainWindow, image_id: int, col: int) -> str:
+    model = w.worklist.model
+    return model.index(row_of(w, image_id), col).data()
+
+
+def wait_queue(qtbot, w: MainWindow) -> None:
+    """The worklist hands its visible order to the review page on a short timer."""
+    qtbot.wait(250)
+
+
+# --------------------------------------------------------------------------- blind mode
+
+
+def test_blind_mode_hides_the_ai_in_worklist_filters_and_dashboard(
+    qtbot, tmp_path, ws_folder, tiny_model
+):
+    w = open_window(qtbot, tmp_path, ws_folder, tiny_model, blind_mode=True)
+    model = w.worklist.model
+    first = model.row(0)
+    assert first["label"] is not None
+    for col in (COL_LABEL, COL_CONFIDENCE, COL_UNCERTAINTY):
+        assert cell(w, first["image_id"], col) == "hidden"
+    if first["triage"] in ("needs-review", "auto-cleared"):
+        assert cell(w, first["image_id"], COL_TRIAGE) == "hidden"
+    # filters and orders that would reveal the AI's answer are not offered
+    bar = w.filter_bar
+    assert bar.current() == "all"
+    for key in ("needs-review", "auto-cleared", "disagrees"):
+        assert not bar.buttons[key].isEnabled()
+    qtbot.keyClick(w, Qt.Key.Key_2, Qt.KeyboardModifier.AltModifier)  # Alt+2 = Cleared
+    assert bar.current() == "all"
+    w.worklist.search.setText(first["display_label"])  # a search by the AI label finds nothing
+    assert w.worklist.proxy.rowCount() == 0
+    w.worklist.search.clear()
+    w.worklist.view.sortByColumn(COL_CONFIDENCE, Qt.SortOrder.AscendingOrder)
+    names = [model.row(i)["name"].lower() for i in range(model.rowCount())]
+    assert names == sorted(names)  # confidence order refused: file-name order instead
+    # the dashboard is covered until the reader has labelled every image
+    w.tabs.setCurrentIndex(1)
+    assert w.dashboard_page.is_covered()
+    assert "Blind mode" in w.dashboard_page.blind_cover.text()
+    w.tabs.setCurrentIndex(0)
+
+    # a blind read is the reader's own label, with the prediction it was blind to
+    target = first["image_id"]
+    w.worklist.select_image(target)
+    qtbot.waitUntil(lambda: w.review_page.current_image_id() == target)
+    labels = ["diabetic_retinopathy", "normal"]
+    with qtbot.waitSignal(w.review_page.reviewed):
+        press(qtbot, w, str(labels.index(first["label"]) + 1))  # the AI's own answer
+    [saved] = reviews(ws_folder)
+    assert saved["labels"] == [first["label"]]
+    assert saved["action"] == "correct"  # not "confirm": the reader did not see the AI
+    assert saved["prediction_id"] == first["prediction_id"]
+    assert "confirmed the AI" not in w.review_page.panel.current_label.text()
+    # once committed, that row shows the AI answer again; the others stay hidden
+    assert cell(w, target, COL_LABEL) == first["display_label"]
+    other = next(
+        model.row(i) for i in range(model.rowCount()) if model.row(i)["image_id"] != target
+    )
+    assert cell(w, other["image_id"], COL_LABEL) == "hidden"
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def test_counts_fall_and_reviewed_rows_are_marked(qtbot, tmp_path, ws_folder, tiny_model):
+    w = open_window(qtbot, tmp_path, ws_folder, tiny_model)
+    bar, model = w.filter_bar, w.worklist.model
+    counts = model.counts()
+    person = sum(counts[s] for s in ("needs-review", "ungradable", "out-of-distribution", "error"))
+    assert counts["person"] == person == counts["person:left"]
+    assert bar.progress_text() == f"Need a person: {person} left of {person}"
+    w.filter_bar.set_current("all")
+    wait_queue(qtbot, w)
+    page = w.review_page
+    queue = w.worklist.proxy.visible_ids()
+    assert page.progress() == (0, len(queue))
+    assert f"{len(queue)} left" in page.panel.progress_label.text()
+
+    needy = next(
+        model.row(i) for i in range(model.rowCount()) if model.row(i)["triage"] != "auto-cleared"
+    )
+    state = needy["triage"]
+    before = counts[f"{state}:left"]
+    assert bar.buttons[state].text().endswith(f" {before}")
+    w.worklist.select_image(needy["image_id"])
+    qtbot.waitUntil(lambda: page.current_image_id() == needy["image_id"])
+    with qtbot.waitSignal(page.reviewed):
+        press(qtbot, w, Qt.Key.Key_U)
+    # the state's count, the "need a person" line and the page's progress all move
+    assert bar.buttons[state].text().endswith(f" {before - 1}")
+    assert bar.progress_text() == f"Need a person: {person - 1} left of {person}"
+    assert page.progress() == (1, len(queue))
+    assert f"{len(queue) - 1} left" in page.panel.progress_label.text()
+    assert cell(w, needy["image_id"], COL_TRIAGE) == "✔ Reviewed"
+    # the dashboard counts what is left, ungradable and OOD images included
+    w.tabs.setCurrentIndex(1)
+    text = w.dashboard_page.reviewed_label.text()
+    assert f"{person - 1} of the {person} images that need a person" in text
+    w.tabs.setCurrentIndex(0)
+
+
+def test_shift_j_goes_to_the_next_unreviewed_image(qtbot, tmp_path, ws_folder, tiny_model):
+    w = open_window(qtbot, tmp_path, ws_folder, tiny_model, auto_advance=False)
+    w.filter_bar.set_current("all")
+    wait_queue(qtbot, w)
+    page = w.review_page
+    queue = w.worklist.proxy.visible_ids()
+    page.show_image(queue[0])
+    press(qtbot, w, Qt.Key.Key_U)  # reviewed; auto-advance off: stays
+    page.show_image(queue[1])
+    press(qtbot, w, Qt.Key.Key_U)
+    page.show_image(queue[0])
+    with qtbot.waitSignal(page.current_changed) as moved:
+        qtbot.keyClick(w.focusWidget() or w, Qt.Key.Key_J, Qt.KeyboardModifier.ShiftModifier)
+    assert moved.args == [queue[2]]  # skips queue[1], already reviewed
+    assert page.panel.next_unreviewed_button.text().startswith("⇧J")
+
+
+# --------------------------------------------------------------------------- end of list
+
+
+def test_keys_past_the_end_of_the_list_do_not_relabel_the_last_image(
+    qtbot, tmp_path, ws_folder, tiny_model
+):
+    w = open_window(qtbot, tmp_path, ws_folder, tiny_model)
+    w.filter_bar.set_current("all")
+    wait_queue(qtbot, w)
+    page = w.review_page
+    queue = w.worklist.proxy.visible_ids()
+    last = queue[-1]
+    page.show_image(last)
+    press(qtbot, w, "1")
+    press(qtbot, w, "2")  # the reader keeps going: nothing may change
+    press(qtbot, w, Qt.Key.Key_Return)
+    press(qtbot, w, Qt.Key.Key_U)
+    saved = reviews(ws_folder)
+    assert [(r["image_id"], r["labels"]) for r in saved] == [(last, ["diabetic_retinopathy"])]
+    assert page.current_image_id() == last
+    assert "End of list" in page.panel.prompt_label.text()
+    # going back and forth releases it: a deliberate change is still possible
+    press(qtbot, w, "k")
+    press(qtbot, w, "j")
+    press(qtbot, w, "2")
+    assert reviews(ws_folder)[-1]["labels"] == ["normal"]
