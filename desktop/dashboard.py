@@ -59,6 +59,7 @@ from .dashboard_data import (
     referral_sentence,
 )
 from .dashboard_parts import Panel, axis, caption, chart_view, is_dark, mix, new_chart, stack
+from .workspaces import workspace_title
 
 __all__ = [
     "MIN_CALIBRATION_N",
@@ -329,16 +330,14 @@ class DashboardPage(QWidget):
 
     def _apply_header(self, data: DashboardData) -> None:
         spec = self._spec
+        where = workspace_title(self._ws_folder)
         if data.ok and data.model_name:
             name = spec.name if spec is not None and spec.name else data.model_name
             self.model_label.setText(
-                f"Workspace {self._ws_folder.name if self._ws_folder else ''} · "
-                f"active model: {name} (version {str(data.model_hash)[:12]})"
+                f"{where} · active model: {name} (version {str(data.model_hash)[:12]})"
             )
         elif data.ok:
-            self.model_label.setText(
-                f"Workspace {self._ws_folder.name if self._ws_folder else ''} · no model yet"
-            )
+            self.model_label.setText(f"{where} · no model yet")
         else:
             self.model_label.setText(data.message)
         self.demo_label.setVisible(bool(spec is not None and spec.demo))

@@ -313,11 +313,20 @@ class EvidencePanel(QWidget):
                 coverage = 1.0 - float(spec.conformal.get("alpha", 0.1))
             shown = ", ".join(label_names(spec, list(cset)))
             if coverage is not None:
-                sentence = f"the answer is one of these with {coverage:.0%} probability"
+                sentence = (
+                    f"sets made this way hold the right answer for about {coverage:.0%} of "
+                    "images (an average over images, not a probability for this one)"
+                )
             else:
-                sentence = "the answer is one of these at the model's stated coverage"
+                sentence = "sets made this way hold the right answer at the model's stated rate"
             self.set_label.setText(f"Plausible answers: {{{shown}}}\n{sentence}")
-        if probs and confidence is not None and not error:
+        ood = bool(pred.get("ood")) or pred.get("triage") == "out-of-distribution"
+        if ood and not error:
+            # a confidence measured on unfamiliar images means little: never "confident" here
+            self.uncertainty_label.setText(
+                "The confidence is not reliable: the image is unlike those the model learned from."
+            )
+        elif probs and confidence is not None and not error:
             self.uncertainty_label.setText(
                 self._uncertainty_words(pred, probs, labels, multilabel, cset)
             )
@@ -341,8 +350,17 @@ class EvidencePanel(QWidget):
                 f'<span style="color:{colour}; font-weight:bold;">{icon} {words}</span>'
             )
             self.triage_label.setAccessibleName(f"Triage: {words}")
-        if pred.get("triage_reason"):
-            self.reason_label.setText(str(pred["triage_reason"]))
+        reason = str(pred.get("triage_reason") or "")
+        if reason and triage == "out-of-distribution" and self.ood_label.text():
+            # the OOD line already says it: the reason is printed once, in that line
+            if reason not in self.ood_label.text():
+                self.ood_label.setText(f"{WARN} {reason[:1].upper()}{reason[1:]}")
+            reason = ""
+        elif reason and triage == "out-of-distribution":
+            self.ood_label.setText(f"{WARN} {reason[:1].upper()}{reason[1:]}")
+            reason = ""
+        if reason:
+            self.reason_label.setText(reason)
 
     @staticmethod
     def _uncertainty_words(

@@ -49,7 +49,7 @@ from .welcome import WelcomePage
 from .window_menus import THEME_MENU, add_action, build_menus, build_toolbar
 from .workers import FunctionJob, ScreenJob, load_worklist_rows
 from .workspace_view import WorkspaceView
-from .workspaces import WorkspaceRegistry
+from .workspaces import WorkspaceRegistry, workspace_name
 
 
 class MainWindow(QMainWindow):
@@ -424,7 +424,7 @@ class MainWindow(QMainWindow):
             self.set_model(Path(active["path"]))
         self._refresh_models()
         self.welcome.set_recent(self.registry.remember(self.settings, folder))
-        self.setWindowTitle(f"EyeTriage — {folder.name}")
+        self.setWindowTitle(f"EyeTriage — {workspace_name(folder)}")
         self.ensure_pages()
         self.worklist.set_thumbnail_dir(ws.cache_dir / "thumbs")
         self.review_page.set_workspace(folder, self.model_path)
@@ -455,9 +455,12 @@ class MainWindow(QMainWindow):
     def _on_rows_loaded(self, folder: Path, result: dict) -> None:
         if folder != self.ws_folder or self._closing:
             return
+        spec = result.get("spec")
+        if spec is not None:
+            self.worklist.model.display_name = spec.display
         self.worklist.model.set_rows(result["rows"])
         self._update_dashboard_blind()
-        self.models.take_spec(result.get("spec"))
+        self.models.take_spec(spec)
         self.worklist.select_first()
         self.worklist_loaded.emit()
 

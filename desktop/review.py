@@ -570,7 +570,8 @@ class ReviewPage(QWidget):
                 f"Reviewed by {review['reviewer']} (their label is hidden in blind mode)"
             )
         else:
-            self.panel.set_current(self._review_words(review).capitalize())
+            words = self._review_words(review)
+            self.panel.set_current(words[:1].upper() + words[1:])
         current = (
             set(review["labels"]) if review is not None and not (self._blind and hidden) else set()
         )

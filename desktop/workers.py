@@ -46,7 +46,8 @@ class ScreenRequest:
 
 
 def _display_fn(spec: Any):  # noqa: ANN202
-    return spec.display if spec is not None else str
+    # without a model description, still never show an internal name like "diabetic_retinopathy"
+    return spec.display if spec is not None else (lambda x: str(x).replace("_", " "))
 
 
 def spec_from_description(description: dict | None) -> Any:

@@ -260,6 +260,8 @@ class WorklistModel(QAbstractTableModel):
         self.thumbnails: ThumbnailCache | None = None
         self._blind = False
         self._reader = ""
+        # label -> display name, for reviewed labels (the AI label's is in the row already)
+        self.display_name: Callable[[str], str] = lambda x: x.replace("_", " ")
 
     # ---- blind mode
     def set_blind(self, blind: bool, reader: str) -> None:
@@ -347,8 +349,7 @@ class WorklistModel(QAbstractTableModel):
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         return None
 
-    @staticmethod
-    def _display(r: dict, col: int) -> str:
+    def _display(self, r: dict, col: int) -> str:
         if col == COL_IMAGE:
             return r["name"]
         if col == COL_PATIENT:
@@ -370,7 +371,8 @@ class WorklistModel(QAbstractTableModel):
             if not r["reviewed_label"]:
                 return "not reviewed"
             flag = "≠ AI " if r["disagrees"] else "✓ "
-            return f"{flag}{r['reviewed_label']} ({r['reviewer']})"
+            shown = ", ".join(self.display_name(x) for x in r["reviewed_label"].split(";"))
+            return f"{flag}{shown} ({r['reviewer']})"
         return ""
 
     @staticmethod

@@ -26,6 +26,8 @@ __all__ = [
     "default_data_dir",
     "read_meta",
     "workspace_for_folder",
+    "workspace_name",
+    "workspace_title",
     "write_meta",
 ]
 
@@ -61,6 +63,20 @@ def workspace_for_folder(image_folder: Path, data_dir: Path) -> Path:
         if not candidate.exists() or meta.get("image_folder") == str(image_folder):
             return candidate
     raise RuntimeError(f"too many workspaces named {name}")
+
+
+def workspace_name(folder: Path) -> str:
+    """The name a workspace is shown by: a folder merely called "workspace" (as the demo's
+    is) goes by its parent's name, so nothing reads "Workspace workspace"."""
+    name = folder.name
+    if name.lower() in ("workspace", "ws") and folder.parent.name:
+        name = folder.parent.name
+    return name
+
+
+def workspace_title(folder: Path | None) -> str:
+    """``Workspace “clinic-a”`` for the dashboard's header."""
+    return "Workspace" if folder is None else f"Workspace “{workspace_name(folder)}”"
 
 
 class WorkspaceRegistry:

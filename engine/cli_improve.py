@@ -174,7 +174,8 @@ def _print_result(result: dict, reason: str) -> None:
     for key in ("balanced_accuracy", "accuracy", "sensitivity", "specificity", "review_workload"):
         if b.get(key) is not None or a.get(key) is not None:
             print(f"  {key:<18} {_fmt(b.get(key))} -> {_fmt(a.get(key))}")
-    print(f"  {len(result['changed'])} audit images changed their answer")
+    changed = len(result["changed"])
+    print(f"  {changed} audit image{'s' if changed != 1 else ''} changed their answer")
     if verdict.workload:
         print(verdict.workload)
     print(reason)

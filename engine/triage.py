@@ -93,14 +93,15 @@ def decide(
         reasons.append("unsure about " + ", ".join(multilabel_uncertain))
     elif policy.kind == "threshold":
         if confidence is not None and confidence < policy.threshold:
-            reasons.append(f"confidence {confidence:.2f} below {policy.threshold:.2f}")
+            reasons.append(f"confidence {_versus(confidence, policy.threshold, 'below')}")
     elif policy.kind == "conformal":
         if conformal_set is not None and len(conformal_set) > 1:
             shown = ", ".join(set_display or conformal_set)
             reasons.append(f"set {{{shown}}} has {len(conformal_set)} labels")
         elif conformal_set is None and confidence is not None and confidence < policy.threshold:
             reasons.append(
-                f"confidence {confidence:.2f} below {policy.threshold:.2f} (model has no conformal calibration)"
+                f"confidence {_versus(confidence, policy.threshold, 'below')}"
+                " (model has no conformal calibration)"
             )
     if policy.refer_findings and label is not None and negative_label and label != negative_label:
         reasons.append(f"finding '{display or label}' is always reviewed")
@@ -109,8 +110,20 @@ def decide(
     if policy.kind == "conformal" and conformal_set is not None:
         return "auto-cleared", f"set {{{display or label}}} has a single label"
     if confidence is not None:
-        return "auto-cleared", f"confidence {confidence:.2f} at or above {policy.threshold:.2f}"
+        return "auto-cleared", (
+            f"confidence {_versus(confidence, policy.threshold, 'at or above')}"
+        )
     return "auto-cleared", "confident on every label"
+
+
+def _versus(value: float, threshold: float, relation: str) -> str:
+    """``"0.849 below 0.85"``: as many decimals as it takes for the two numbers to differ
+    on screen (``"0.85 below 0.85"`` reads as a contradiction)."""
+    for digits in range(2, 7):
+        a, b = f"{value:.{digits}f}", f"{threshold:.{digits}f}"
+        if a != b:
+            return f"{a} {relation} {b}"
+    return f"{value:.2f} {relation} {threshold:.2f}"
 
 
 @dataclass

@@ -350,9 +350,9 @@ class CompareDialog(QDialog):
         broke = sum(
             1 for c in changed if c.get("truth") is not None and c.get("before") == c.get("truth")
         )
-        word = "image" if len(changed) == 1 else "images"
+        noun, pronoun = ("image", "its") if len(changed) == 1 else ("images", "their")
         return (
-            f"{len(changed)} audit {word} changed their answer: "
+            f"{len(changed)} audit {noun} changed {pronoun} answer: "
             f"✓ {fixed} now right, ✕ {broke} now wrong."
         )
 

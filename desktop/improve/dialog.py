@@ -181,11 +181,13 @@ class ImproveDialog(QDialog):
         lines = []
         if new is not None:
             lines.append(
-                f"{new} new reviews since the active model was made; {total} reviewed images in all."
+                f"{new} new review{'' if new == 1 else 's'} since the active model was made; "
+                f"{total} reviewed image{'' if total == 1 else 's'} in all."
             )
         if train is not None and audit is not None:
             lines.append(
-                f"{train} images to learn from · {audit} kept aside as the audit set "
+                f"{train} image{'' if train == 1 else 's'} to learn from · {audit} kept aside "
+                "as the audit set "
                 "(never trained on) to compare old and new."
             )
         lines.append(

@@ -248,7 +248,7 @@ def judge(result: dict) -> Verdict:
     stats = (
         f"balanced accuracy {_pct(ba_b)} → {_pct(ba_a)} ({_pts(d)}, "
         f"{CI_LEVEL * 100:.0f} % CI {_pts(lo)[:-4]} to {_pts(hi)}); "
-        f"{fixed} now right, {broken} now wrong (p = {p:.2g}, {n} audit images)"
+        f"{fixed} now right, {broken} now wrong (p = {p:.2g}, {n} audit image{'s' if n != 1 else ''})"
     )
     if d * 100 >= MIN_RISE_PTS and lo > 0 and p < SIGNIFICANCE and fixed > broken:
         decision, headline = "better", f"▲ The new model is better on the audit set: {stats}."
