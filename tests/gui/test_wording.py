@@ -5,7 +5,6 @@ internal label names, doubled or broken phrases."""
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 
