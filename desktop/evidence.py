@@ -252,8 +252,14 @@ class EvidencePanel(QWidget):
                 widget.hide()
             return
         self._fill(pred)
+        ungradable = pred.get("triage") == "ungradable" and not pred.get("error")
+        if ungradable:  # no grade for an image too poor to grade: the guess is not shown
+            self.answer_label.setText("No grade: the image is ungradable")
         for widget in self._answer_widgets:
-            widget.setVisible(not hidden and bool(self._has_content(widget)))
+            shown = not hidden and bool(self._has_content(widget))
+            if ungradable and widget in (self.bars, self.set_label, self.uncertainty_label):
+                shown = False
+            widget.setVisible(shown)
         self.hidden_label.setVisible(hidden)
         self.triage_label.setVisible(not hidden and bool(self.triage_label.text()))
         for widget in (self.quality_label, self.ood_label, self.error_label):

@@ -74,8 +74,10 @@ class ExportController(QObject):
             )
             return None
         everyone = f"All {len(patients)} patients (one PDF each)"
+        on_screen = self.shell.current_patient()
+        start = patients.index(on_screen) if on_screen in patients else 0
         choice, ok = QInputDialog.getItem(
-            parent, "Patient report", "Patient:", [*patients, everyone], 0, False
+            parent, "Patient report", "Patient:", [*patients, everyone], start, False
         )
         if not ok:
             return None

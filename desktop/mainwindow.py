@@ -44,6 +44,8 @@ from .model_choice import ModelChooser
 from .pages import DashboardView, ReviewView, preload_page_modules
 from .screening_control import ScreeningController
 from .settings import AppSettings, SettingsDialog, ask_reviewer, open_qsettings
+from .shortcut_sheet import ShortcutSheet
+from .shortcuts import PageShortcuts
 from .style import apply_theme
 from .welcome import WelcomePage
 from .window_menus import THEME_MENU, add_action, build_menus, build_toolbar
@@ -154,6 +156,12 @@ class MainWindow(QMainWindow):
         )
         self.act_quit = self._action("Quit", QKeySequence.StandardKey.Quit, self.close)
         self.act_about = self._action("About EyeTriage", None, self.show_about)
+        self.act_shortcuts = self._action(
+            "Keyboard shortcuts", "F1", self.show_shortcuts, "Every key on one page (F1 or ?)"
+        )
+        # "?" as well, except while a text field has the focus (there it types a "?")
+        self._help_keys = PageShortcuts(self, [(["?"], self.show_shortcuts)])
+        self.shortcut_sheet: ShortcutSheet | None = None
         self.act_improve = self._action("Improve model…", "Ctrl+I", lambda: None)
         self.act_improve.setEnabled(False)
         self.act_history = self._action(
@@ -241,7 +249,7 @@ class MainWindow(QMainWindow):
                 ),
                 ("&Model", [self.act_improve, self.act_history]),
                 ("&View", THEME_MENU),
-                ("&Help", [self.act_about]),
+                ("&Help", [self.act_shortcuts, self.act_about]),
             ],
             self.set_theme,
         )
@@ -547,6 +555,15 @@ class MainWindow(QMainWindow):
 
     def _on_queue_changed(self, ids: list) -> None:
         self.review_page.set_queue(list(ids), self.worklist.model.reviewed_ids(ids))
+        if self._shown_id is not None and self._shown_id not in set(ids):
+            # the image on screen is no longer in the list (another filter or a search): a
+            # decision key must never act on an image the reader cannot see in the list
+            if ids:
+                self.worklist.select_image(int(ids[0]))
+                self._on_image_selected(int(ids[0]))
+            else:
+                self._shown_id = None
+                self.review_page.clear_image("No image in this list.\nChoose another filter.")
 
     def _update_dashboard_blind(self) -> None:
         """Blind mode keeps the dashboard (the AI's answers in aggregate) hidden until the
@@ -586,8 +603,27 @@ class MainWindow(QMainWindow):
         )
         return about_text(self.spec, model_hash)
 
+    def current_patient(self) -> str | None:
+        """The patient of the image on screen, for the patient report's first choice."""
+        image_id = self._shown_id if self._shown_id is not None else self.worklist.current_image()
+        if image_id is None:
+            return None
+        row = self.worklist.model.row_of(int(image_id))
+        return None if row is None else self.worklist.model.row(row).get("patient")
+
     def show_about(self) -> None:
         show_about(self, self.about_text())
+
+    def show_shortcuts(self) -> None:
+        """The keyboard shortcut sheet (F1 or ?); pressing either again closes it."""
+        if self.shortcut_sheet is None:
+            self.shortcut_sheet = ShortcutSheet(self)
+        if self.shortcut_sheet.isVisible():
+            self.shortcut_sheet.close()
+            return
+        self.shortcut_sheet.show()
+        self.shortcut_sheet.raise_()
+        self.shortcut_sheet.activateWindow()
 
     def show_model_history(self) -> None:
         """Every model version of the workspace; roll back to any (Ctrl+H)."""

@@ -21,8 +21,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QEvent, QObject, Qt, Signal
+from PySide6.QtGui import QKeyEvent
 from PySide6.QtWidgets import (
+    QApplication,
     QFrame,
     QHBoxLayout,
     QScrollArea,
@@ -34,7 +36,7 @@ from PySide6.QtWidgets import (
 from .evidence import WARN, EvidencePanel, label_names
 from .image_loader import PRIORITY_CURRENT, ImageLoader, ModelHolder
 from .review_panel import MAX_LABEL_KEYS, ReviewPanel, ago
-from .shortcuts import Binding, PageShortcuts
+from .shortcuts import TEXT_FIELDS, Binding, PageShortcuts
 from .viewer import OVERLAY_NAMES, ImageViewer, OverlayBar
 
 if TYPE_CHECKING:
@@ -156,7 +158,6 @@ class ReviewPage(QWidget):
             ([Qt.Key.Key_G], lambda: self.set_overlay_method("gradcam")),
             ([Qt.Key.Key_I], lambda: self.set_overlay_method("ig")),
             ([Qt.Key.Key_O], lambda: self.set_overlay_method("none")),
-            ([Qt.Key.Key_Space], self.viewer.toggle_overlay),
             ([Qt.Key.Key_S], lambda: self.bar.side_button.toggle()),
             ([Qt.Key.Key_F, Qt.Key.Key_0], self.viewer.fit),
             ([Qt.Key.Key_Equal], self.viewer.actual_size),  # Ctrl+1 switches the main tabs
@@ -166,6 +167,29 @@ class ReviewPage(QWidget):
         for i in range(MAX_LABEL_KEYS):
             bindings.append(([getattr(Qt.Key, f"Key_{i + 1}")], lambda i=i: self.press_label(i)))
         self._shortcuts = PageShortcuts(self, bindings)
+        # Space is held, not pressed: the original shows while it is down (a shortcut only
+        # sees the press, so the page watches the key itself)
+        app = QApplication.instance()
+        if app is not None:
+            app.installEventFilter(self)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt override
+        kind = event.type()
+        if (
+            kind in (QEvent.Type.KeyPress, QEvent.Type.KeyRelease)
+            and isinstance(event, QKeyEvent)
+            and event.key() == Qt.Key.Key_Space
+            and not self._closed
+            and self.isVisible()
+            and isinstance(watched, QWidget)
+            and watched.window() is self.window()
+            and watched is (QApplication.focusWidget() or self.window())
+            and not isinstance(watched, TEXT_FIELDS)
+        ):
+            if not event.isAutoRepeat():
+                self.viewer.hold_original(kind == QEvent.Type.KeyPress)
+            return True
+        return super().eventFilter(watched, event)
 
     # ------------------------------------------------------------------ public API
 
@@ -250,6 +274,18 @@ class ReviewPage(QWidget):
             return
         self._show(int(image_id))
 
+    def clear_image(self, message: str) -> None:
+        """Show no image (and accept no decision) with ``message`` in the viewer."""
+        self._current = None
+        self._end_hold = None
+        self.viewer.clear()
+        self.viewer.set_message(message)
+        self.evidence.set_file("")
+        self.evidence.show_prediction(None)
+        self.panel.set_current("")
+        self.panel.note_edit.clear()
+        self.panel.note_edit.hide()
+
     def current_image_id(self) -> int | None:
         return None if self._current is None else int(self._current["image_id"])
 
@@ -276,6 +312,9 @@ class ReviewPage(QWidget):
         if self._closed:
             return
         self._closed = True
+        app = QApplication.instance()
+        if app is not None:
+            app.removeEventFilter(self)
         self.loader.shutdown()
         self._drop_workspace()
 
@@ -408,8 +447,44 @@ class ReviewPage(QWidget):
 
     def _note_done(self) -> None:
         self.viewer.setFocus(Qt.FocusReason.OtherFocusReason)
-        if self.panel.note_edit.text().strip():
-            self.panel.set_prompt("Note kept; it is saved with your decision on this image.")
+        note = self.panel.note_edit.text().strip()
+        if not note:
+            return
+        review = self._current.get("review") if self._current else None
+        if review is not None and review.get("reviewer") == self._reviewer and self._ws:
+            self._save_note(review, note)
+            return
+        self.panel.set_prompt("Note kept; it is saved with your decision on this image.")
+
+    def _save_note(self, review: dict, note: str) -> None:
+        """A note on an image this reader already reviewed: the same decision is appended
+        again with the note (reviews are never edited), so the note is not lost."""
+        assert self._current is not None and self._ws is not None
+        from engine.store import StoreError
+
+        image_id = int(self._current["image_id"])
+        action = review.get("action")
+        try:
+            self._ws.add_review(
+                image_id,
+                self._reviewer,
+                list(review.get("labels") or []),
+                action=action if action in ("confirm", "correct", "ungradable") else "correct",
+                prediction_id=review.get("prediction_id"),
+                note=note,
+            )
+        except StoreError as exc:
+            self.panel.set_prompt(f"Note not saved: {exc}", warning=True)
+            return
+        self._notes.pop(image_id, None)
+        self.panel.note_edit.clear()
+        self.panel.note_edit.hide()
+        self._refresh(image_id)
+        self.reviewed.emit(image_id)
+        self.panel.set_prompt(
+            f"Note saved with your review of {Path(self._current['path']).name} "
+            "(the decision is unchanged)."
+        )
 
     def undo(self) -> None:
         """Z: undo your last decision (a new "undo" review) and go back to that image."""
@@ -611,6 +686,8 @@ class ReviewPage(QWidget):
     def _ai_labels(self, pred: dict | None) -> list[str]:
         if not pred or pred.get("error") or pred.get("label") is None:
             return []
+        if pred.get("triage") == "ungradable":
+            return []  # no grade is given for an ungradable image, so none can be confirmed
         return [x for x in str(pred["label"]).split(";") if x in self._labels or not self._labels]
 
     def _set_labels(self, labels: list[str]) -> None:

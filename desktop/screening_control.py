@@ -89,12 +89,16 @@ class ScreeningDialog(QDialog):
         self.setWindowTitle("Screen images")
         form = QFormLayout()
         self.folder = QLineEdit(str(image_folder) if image_folder else "")
-        browse = QPushButton("Browse…")
-        browse.clicked.connect(self._browse)
+        self.browse = QPushButton("Browse…")
+        self.browse.setAutoDefault(False)  # Enter starts the run; it never opens Browse…
+        self.browse.clicked.connect(self._browse)
         row = QHBoxLayout()
         row.addWidget(self.folder, 1)
-        row.addWidget(browse)
-        form.addRow("Image &folder:", row)
+        row.addWidget(self.browse)
+        # a label with a buddy: Alt+I jumps to the field and the "&" is drawn as an underline
+        self.folder_label = QLabel("&Image folder:")
+        self.folder_label.setBuddy(self.folder)
+        form.addRow(self.folder_label, row)
         self.model = QComboBox()
         for label, path in models:
             self.model.addItem(label, path)
@@ -109,7 +113,10 @@ class ScreeningDialog(QDialog):
         form.addRow("Refer &findings:", self.refer)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Cancel)
         go = buttons.addButton("Screen ▶", QDialogButtonBox.ButtonRole.AcceptRole)
+        cancel = buttons.button(QDialogButtonBox.StandardButton.Cancel)
+        cancel.setAutoDefault(False)  # else the button box makes Cancel the Enter button
         go.setDefault(True)
+        self.go_button = go
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)

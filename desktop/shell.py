@@ -42,6 +42,10 @@ class Shell(Protocol):
 
     def show_error(self, title: str, text: str) -> None: ...
 
+    def current_patient(self) -> str | None:
+        """The patient of the image on screen (None when none is shown or known)."""
+        ...
+
     def run_job(self, job: FunctionJob) -> None:
         """Start a background job and keep it alive until it finished."""
         ...

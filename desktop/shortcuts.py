@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
 )
 
 Binding = tuple[Sequence[Any], Callable[[], None]]  # (keys or key strings, slot)
+TEXT_FIELDS = (QLineEdit, QTextEdit, QPlainTextEdit, QAbstractSpinBox)  # keep their keys
 
 
 class PageShortcuts:
@@ -43,7 +44,7 @@ class PageShortcuts:
         Enter in a note field (or any search box of the window) never triggers the action.
         """
         focus = QApplication.focusWidget()
-        if isinstance(focus, QLineEdit | QTextEdit | QPlainTextEdit | QAbstractSpinBox):
+        if isinstance(focus, TEXT_FIELDS):
             sequence = shortcut.key()
             if sequence.count():
                 combo = sequence[0]

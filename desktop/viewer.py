@@ -80,7 +80,7 @@ class ImageViewer(QGraphicsView):
     """Zoom (wheel, +/-), fit (F or 0), 1:1 (= key), pan by dragging; optional overlay.
 
     The overlay item sits above the image with the same geometry; its opacity is
-    :meth:`set_overlay_opacity` and Space toggles it (show the original). A message (for
+    :meth:`set_overlay_opacity` and holding Space shows the original. A message (for
     errors or loading) replaces the image until the next :meth:`set_image`.
     """
 
@@ -311,11 +311,29 @@ class ImageViewer(QGraphicsView):
         elif key == Qt.Key.Key_Equal or (key == Qt.Key.Key_1 and ctrl):
             self.actual_size()
         elif key == Qt.Key.Key_Space:
-            self.toggle_overlay()
+            if not event.isAutoRepeat():
+                self.hold_original(True)
         else:
             super().keyPressEvent(event)
             return
         event.accept()
+
+    def keyReleaseEvent(self, event: QKeyEvent) -> None:  # noqa: N802 - Qt override
+        """Space released: the overlay comes back."""
+        if event.key() == Qt.Key.Key_Space and not event.isAutoRepeat():
+            self.hold_original(False)
+            event.accept()
+            return
+        super().keyReleaseEvent(event)
+
+    def hold_original(self, held: bool) -> None:
+        """Space held: show the original image; released: the overlay again (if it was on)."""
+        if held:
+            self._held_over = self._overlay_visible
+            self.set_overlay_visible(False)
+        elif getattr(self, "_held_over", False):
+            self._held_over = False
+            self.set_overlay_visible(True)
 
 
 class OverlayBar(QWidget):
@@ -402,11 +420,11 @@ class OverlayBar(QWidget):
         self.status.setObjectName("overlayStatus")
         self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         bottom.addWidget(self.status, 1)
-        self.hints = QLabel("Space: show original · F fit · = 1:1")
+        self.hints = QLabel("hold Space: original · F fit · = 1:1 · F1 keys")
         self.hints.setObjectName("viewerHints")
         self.hints.setToolTip(
-            "Space: overlay on/off · F or 0: fit · =: 1:1 · + / − or the wheel: zoom · "
-            "drag: pan · S: side by side"
+            "hold Space: the original without the overlay · F or 0: fit · =: 1:1 · "
+            "+ / − or the wheel: zoom · drag: pan · S: side by side · F1 or ?: every key"
         )
         self.hints.setStyleSheet("color: palette(placeholder-text);")
         self.hints.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)

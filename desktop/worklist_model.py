@@ -330,6 +330,11 @@ class WorklistModel(QAbstractTableModel):
                 return "Hidden in blind mode until you record your own label for this image"
             if role in (Qt.ItemDataRole.ForegroundRole, Qt.ItemDataRole.DecorationRole):
                 return None
+        if col in (COL_LABEL, COL_CONFIDENCE) and r.get("triage") == "ungradable":
+            if role == Qt.ItemDataRole.DisplayRole:  # no grade for an ungradable image
+                return "—"
+            if role == Qt.ItemDataRole.ToolTipRole:
+                return "No grade: the image is ungradable"
         if role == Qt.ItemDataRole.DisplayRole:
             return self._display(r, col)
         if role == ImageIdRole:

@@ -240,7 +240,7 @@ def test_blind_mode_hides_the_answer_until_the_reviewer_commits(qtbot, page, ws_
     assert not page.evidence.answer_label.isVisible()
 
 
-def test_gradcam_overlay_appears_and_space_shows_the_original(qtbot, page, image_ids):
+def test_gradcam_overlay_appears_and_holding_space_shows_the_original(qtbot, page, image_ids):
     page.show_image(image_ids[0])
     key(qtbot, page, Qt.Key.Key_G)
     assert page.overlay_method() == "gradcam"
@@ -250,9 +250,10 @@ def test_gradcam_overlay_appears_and_space_shows_the_original(qtbot, page, image
     assert overlay.opacity() == pytest.approx(0.4)
     assert overlay.pixmap().size() == page.viewer.image_item().pixmap().size()
     assert page.bar.status.text().startswith("Grad-CAM of “")
-    key(qtbot, page, Qt.Key.Key_Space)
+    target = page.focusWidget() or page
+    qtbot.keyPress(target, Qt.Key.Key_Space)  # held down: the original
     assert not page.viewer.overlay_shown()
-    key(qtbot, page, Qt.Key.Key_Space)
+    qtbot.keyRelease(target, Qt.Key.Key_Space)  # let go: the overlay is back
     assert page.viewer.overlay_shown()
     # the next image was prefetched with its overlay, so switching shows it at once
     qtbot.waitUntil(lambda: not page.is_busy(), timeout=WAIT_MS)

@@ -229,3 +229,146 @@ def test_keys_past_the_end_of_the_list_do_not_relabel_the_last_image(
     press(qtbot, w, "j")
     press(qtbot, w, "2")
     assert reviews(ws_folder)[-1]["labels"] == ["normal"]
+
+
+# --------------------------------------------------------------------------- shortcut sheet
+
+
+def test_f1_and_question_mark_open_the_shortcut_sheet(qtbot, tmp_path, ws_folder, tiny_model):
+    w = open_window(qtbot, tmp_path, ws_folder, tiny_model)
+    qtbot.keyClick(w, Qt.Key.Key_F1)
+    sheet = w.shortcut_sheet
+    assert sheet is not None and sheet.isVisible()
+    text = sheet.texts()
+    for keys in ("Enter", "Shift+J", "Space (hold)", "Alt+1 … Alt+8", "F1  or  ?"):
+        assert keys in text
+    sheet.close()
+    w.activateWindow()
+    qtbot.waitUntil(w.isActiveWindow)
+    w.worklist.search.setFocus()
+    qtbot.keyClick(w.worklist.search, "?")  # typing in a text field types a "?"
+    assert w.worklist.search.text() == "?" and not sheet.isVisible()
+    w.worklist.search.clear()
+    w.worklist.view.setFocus()
+    qtbot.keyClick(w.worklist.view, "?")
+    assert sheet.isVisible()
+
+
+# --------------------------------------------------------------------------- smaller items
+
+
+def test_switching_filters_never_leaves_a_hidden_image_for_enter(
+    qtbot, tmp_path, ws_folder, tiny_model
+):
+    w = open_window(qtbot, tmp_path, ws_folder, tiny_model)
+    model, page = w.worklist.model, w.review_page
+    states = {model.row(i)["triage"] for i in range(model.rowCount())}
+    w.filter_bar.set_current("all")
+    wait_queue(qtbot, w)
+    shown = next(model.row(i) for i in range(model.rowCount()))
+    w.worklist.select_image(shown["image_id"])
+    qtbot.waitUntil(lambda: page.current_image_id() == shown["image_id"])
+    other = next(
+        s
+        for s in ("needs-review", "auto-cleared", "ungradable", "out-of-distribution", "error")
+        if s != shown["triage"]
+    )
+    w.filter_bar.set_current(other)
+    wait_queue(qtbot, w)
+    visible = w.worklist.proxy.visible_ids()
+    if visible:  # the first image of the new list is shown instead
+        assert page.current_image_id() == visible[0]
+    else:
+        assert page.current_image_id() is None
+        press(qtbot, w, Qt.Key.Key_Return)
+        assert reviews(ws_folder) == []
+    assert page.current_image_id() != shown["image_id"]
+    assert other in states or not visible
+
+
+def test_ungradable_image_shows_no_grade(qtbot, tmp_path, ws_folder, tiny_model):
+    from engine.store import Workspace
+
+    w = open_window(qtbot, tmp_path, ws_folder, tiny_model)
+    model, page = w.worklist.model, w.review_page
+    row = model.row(0)
+    # the store as screening wrote it, with this image's triage made "ungradable"
+    with Workspace.open(ws_folder) as ws:
+        record = ws.image_record(row["image_id"])
+    pred = dict(record["prediction"], triage="ungradable", triage_reason="too dark")
+    model.update_row(row["image_id"], triage="ungradable")
+    assert cell(w, row["image_id"], COL_LABEL) == "—"
+    assert cell(w, row["image_id"], COL_CONFIDENCE) == "—"
+    page.evidence.show_prediction(pred)
+    texts = page.evidence.texts()
+    assert texts["answer"] == "No grade: the image is ungradable"
+    assert "uncertainty" not in texts and not page.evidence.bars.isVisible()
+    assert page._ai_labels(pred) == []  # Enter has nothing to confirm
+
+
+def test_a_note_on_an_already_reviewed_image_is_saved(qtbot, tmp_path, ws_folder, tiny_model):
+    w = open_window(qtbot, tmp_path, ws_folder, tiny_model, auto_advance=False)
+    w.filter_bar.set_current("all")
+    wait_queue(qtbot, w)
+    page = w.review_page
+    image_id = w.worklist.proxy.visible_ids()[0]
+    page.show_image(image_id)
+    press(qtbot, w, "2")
+    press(qtbot, w, Qt.Key.Key_N)
+    qtbot.keyClicks(page.panel.note_edit, "drusen near the fovea")
+    qtbot.keyClick(page.panel.note_edit, Qt.Key.Key_Return)
+    first, second = reviews(ws_folder)
+    assert (second["image_id"], second["labels"], second["action"]) == (
+        first["image_id"],
+        first["labels"],
+        first["action"],
+    )
+    assert second["note"] == "drusen near the fovea"
+    assert "Note saved" in page.panel.prompt_label.text()
+
+
+def test_screen_dialog_enter_starts_and_the_folder_label_reads_cleanly(qtbot, tmp_path):
+    from desktop.screening_control import ScreeningDialog
+
+    dlg = ScreeningDialog(None, AppSettings(), [("tiny", "x.safetensors")], None, tmp_path)
+    qtbot.addWidget(dlg)
+    opened: list[bool] = []
+    dlg._browse = lambda: opened.append(True)  # noqa: SLF001 - a file dialog would block
+    dlg.browse.clicked.disconnect()
+    dlg.browse.clicked.connect(dlg._browse)
+    dlg.show()
+    qtbot.waitExposed(dlg)
+    assert dlg.folder_label.buddy() is dlg.folder  # the "&" is a mnemonic, not shown
+    dlg.folder.setFocus()
+    with qtbot.waitSignal(dlg.accepted, timeout=2000):
+        qtbot.keyClick(dlg.folder, Qt.Key.Key_Return)  # Enter in the folder field starts
+    assert opened == []
+
+
+def test_patient_report_starts_at_the_patient_on_screen(
+    qtbot, tmp_path, ws_folder, tiny_model, monkeypatch
+):
+    from PySide6.QtWidgets import QInputDialog
+
+    from desktop.report import patients_in_workspace
+
+    w = open_window(qtbot, tmp_path, ws_folder, tiny_model)
+    patients = patients_in_workspace(ws_folder)
+    assert len(patients) > 1
+    w.filter_bar.set_current("all")
+    wait_queue(qtbot, w)
+    model = w.worklist.model
+    target = next(
+        model.row(i) for i in range(model.rowCount()) if model.row(i)["patient"] == patients[-1]
+    )
+    w.worklist.select_image(target["image_id"])
+    qtbot.waitUntil(lambda: w.review_page.current_image_id() == target["image_id"])
+    asked: list[int] = []
+
+    def get_item(parent, title, label, items, current, editable):
+        asked.append(current)
+        return items[current], False  # cancelled: only the first choice matters here
+
+    monkeypatch.setattr(QInputDialog, "getItem", staticmethod(get_item))
+    w.patient_report()
+    assert asked == [patients.index(patients[-1])]

@@ -83,10 +83,12 @@ def test_overlay_opacity_and_space_toggle(qtbot, viewer):
     viewer.set_overlay_opacity(0.4)
     assert overlay.opacity() == pytest.approx(0.4)
     with qtbot.waitSignal(viewer.overlay_toggled) as toggled:
-        qtbot.keyClick(viewer, Qt.Key.Key_Space)
+        qtbot.keyPress(viewer, Qt.Key.Key_Space)  # held: the original
     assert toggled.args == [False]
     assert not viewer.overlay_shown() and viewer.has_overlay()
-    qtbot.keyClick(viewer, Qt.Key.Key_Space)
+    qtbot.keyRelease(viewer, Qt.Key.Key_Space)  # released: the overlay again
+    assert viewer.overlay_shown()
+    qtbot.keyClick(viewer, Qt.Key.Key_Space)  # a tap leaves it as it was
     assert viewer.overlay_shown()
     viewer.set_image(solid(100, 100, "blue"))  # a new image never inherits the old overlay
     assert not viewer.has_overlay()
@@ -129,7 +131,7 @@ def test_overlay_bar_controls(qtbot):
     with qtbot.waitSignal(bar.opacity_changed) as changed:
         bar.slider.setValue(70)
     assert changed.args == [pytest.approx(0.7)]
-    assert "Space: show original" in bar.hints.text()
+    assert "hold Space: original" in bar.hints.text()
     assert bar.legend.pixmap() is not None and not bar.legend.pixmap().isNull()
 
 
