@@ -206,7 +206,7 @@ class DashboardPage(QWidget):
         self.referral_marker.setMarkerSize(9)
         for series in (self.referral_accuracy, self.referral_sensitivity, self.referral_marker):
             chart.addSeries(series)
-        x = axis("Most uncertain images referred to a clinician", 0, 100)
+        x = axis("Most uncertain images referred", 0, 100)  # whole at 1280 px
         self.referral_y = y = axis("Of the kept images", 0, 100)
         chart.addAxis(x, Qt.AlignmentFlag.AlignBottom)
         chart.addAxis(y, Qt.AlignmentFlag.AlignLeft)
@@ -215,7 +215,10 @@ class DashboardPage(QWidget):
             series.attachAxis(y)
         self.referral_chart = chart
         self.referral_text = caption()
-        return Panel("Referral curve of the model", stack(chart_view(chart), self.referral_text))
+        return Panel(
+            "Referral curve (model's validation images)",
+            stack(chart_view(chart), self.referral_text),
+        )
 
     def _build_calibration(self) -> Panel:
         chart = new_chart()

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QRectF, QSize, Qt
 from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter, QPaintEvent, QPalette
-from PySide6.QtWidgets import QFrame, QLabel, QSizePolicy, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QSizePolicy, QVBoxLayout, QWidget
 
 if TYPE_CHECKING:
     from engine.modelfile import ModelSpec
@@ -29,7 +29,7 @@ TRIAGE_LOOK: dict[str, tuple[str, str, str]] = {
 }
 WARN = "⚠"
 OK = "✓"
-DEMO_BANNER = "⚠ Demo — not for clinical use"
+DEMO_BANNER = "⚠ Demo model"
 
 
 def percent(p: float) -> str:
@@ -79,7 +79,7 @@ class ProbabilityBars(QWidget):
         normal = QFont(painter.font())
         metrics = QFontMetrics(bold)  # the widest case: the AI answer's row is bold
         name_w = min(
-            int(self.width() * 0.5),
+            int(self.width() * 0.62),  # long names ("diabetic retinopathy") stay whole
             max((metrics.horizontalAdvance(n) for n, _, _ in self._rows), default=0) + 8,
         )
         num_w = metrics.horizontalAdvance("0.00") + 10
@@ -141,7 +141,7 @@ class EvidencePanel(QWidget):
         self.demo_banner.setText(DEMO_BANNER)
         self.demo_banner.setStyleSheet(
             "QLabel { background: #fff3cd; color: #5c4400; border: 1px solid #e0b000;"
-            " border-radius: 3px; padding: 3px 6px; font-weight: bold; }"
+            " border-radius: 3px; padding: 0px 4px; font-weight: bold; }"
         )
         self.demo_banner.hide()
         self.file_label = _label("fileLabel", wrap=False, selectable=True)
@@ -175,9 +175,12 @@ class EvidencePanel(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(8, 6, 8, 6)
         layout.setSpacing(4)
-        layout.addWidget(self.demo_banner)
         layout.addWidget(self.file_label)
-        layout.addWidget(heading)
+        top = QHBoxLayout()  # the demo notice shares the heading's line: the panel fits 720 px
+        top.setContentsMargins(0, 0, 0, 0)
+        top.addWidget(heading, 1)
+        top.addWidget(self.demo_banner)
+        layout.addLayout(top)
         layout.addWidget(self.answer_label)
         layout.addWidget(self.hidden_label)
         layout.addWidget(self.bars)
@@ -319,13 +322,14 @@ class EvidencePanel(QWidget):
                 coverage = 1.0 - float(spec.conformal.get("alpha", 0.1))
             shown = ", ".join(label_names(spec, list(cset)))
             if coverage is not None:
-                sentence = (
-                    f"sets made this way hold the right answer for about {coverage:.0%} of "
-                    "images (an average over images, not a probability for this one)"
-                )
+                sentence = f"right for {coverage:.0%} of images on average"
             else:
-                sentence = "sets made this way hold the right answer at the model's stated rate"
-            self.set_label.setText(f"Plausible answers: {{{shown}}}\n{sentence}")
+                sentence = "right at the model's stated average rate"
+            self.set_label.setText(f"Plausible answers: {{{shown}}} · {sentence}")
+            self.set_label.setToolTip(
+                "A conformal prediction set. Its coverage is an average over images like the "
+                "calibration images, not a probability for this one image."
+            )
         ood = bool(pred.get("ood")) or pred.get("triage") == "out-of-distribution"
         if ood and not error:
             # a confidence measured on unfamiliar images means little: never "confident" here

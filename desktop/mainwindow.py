@@ -50,7 +50,7 @@ from .style import apply_theme
 from .welcome import WelcomePage
 from .window_menus import THEME_MENU, add_action, build_menus, build_toolbar
 from .workers import FunctionJob, ScreenJob, load_worklist_rows
-from .workspace_view import WorkspaceView
+from .workspace_view import WorkspaceView, worklist_width
 from .workspaces import WorkspaceRegistry, workspace_name
 
 
@@ -195,6 +195,8 @@ class MainWindow(QMainWindow):
         self.tabs = WorkspaceView()
         self.filter_bar, self.worklist = self.tabs.filter_bar, self.tabs.worklist
         self.splitter = self.tabs.splitter
+        self._splitter_moved = open_qsettings().contains("window/splitter")
+        self.splitter.splitterMoved.connect(lambda *_: setattr(self, "_splitter_moved", True))
         self.worklist.image_selected.connect(self._on_image_selected)
         self.worklist.queue_changed.connect(self._on_queue_changed)
         self.tabs.currentChanged.connect(self._on_tab)
@@ -226,7 +228,16 @@ class MainWindow(QMainWindow):
         self.review_page.current_changed.connect(self._on_review_current)
         self._apply_user_settings()
         if not open_qsettings().contains("window/splitter"):
-            self.splitter.setSizes([600, max(400, self.width() - 600)])
+            self._fit_splitter()
+
+    def _fit_splitter(self) -> None:
+        left = worklist_width(self.width())
+        self.splitter.setSizes([left, max(400, self.width() - left)])
+
+    def resizeEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
+        super().resizeEvent(event)
+        if not self._splitter_moved:
+            self._fit_splitter()  # until the reader drags it, the worklist follows the window
 
     def showEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
         super().showEvent(event)

@@ -125,7 +125,7 @@ class ReviewPage(QWidget):
         splitter.setStretchFactor(1, 0)
         splitter.setCollapsible(0, False)
         splitter.setCollapsible(1, False)
-        splitter.setSizes([700, 320])
+        splitter.setSizes([700, 330])
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(splitter)
@@ -703,13 +703,23 @@ class ReviewPage(QWidget):
         self.panel.set_progress(done, total)
 
     def _update_mode_line(self) -> None:
+        """Who reviews and the modes that change what a key does (one short line)."""
         who = f"Reviewer: {self._reviewer}" if self._reviewer else f"{WARN} No reviewer name set"
         parts = [
             who,
-            f"auto-advance {'on' if self._auto_advance else 'off'}",
-            f"blind mode {'on' if self._blind else 'off'}",
+            "auto-advance" if self._auto_advance else "auto-advance off",
+            "blind mode" if self._blind else "",
         ]
-        self.panel.mode_label.setText(" · ".join(parts))
+        self.panel.mode_label.setText(" · ".join(p for p in parts if p))
+        # the usual case (a name, auto-advance, not blind) is on the status bar already: the
+        # line shows only when a mode changes what the keys do, or the name is missing
+        self.panel.mode_label.setVisible(
+            not self._reviewer or not self._auto_advance or self._blind
+        )
+        self.panel.mode_label.setToolTip(
+            f"Auto-advance {'on' if self._auto_advance else 'off'}, blind mode "
+            f"{'on' if self._blind else 'off'} (Settings, Ctrl+,)"
+        )
 
     # ------------------------------------------------------------------ overlays
 

@@ -11,6 +11,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QCheckBox,
     QGridLayout,
+    QHBoxLayout,
     QLabel,
     QLineEdit,
     QPushButton,
@@ -29,7 +30,7 @@ def _key_button(text: str, tip: str, name: str) -> QPushButton:
     button.setObjectName(name)
     button.setToolTip(tip)
     button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
-    button.setMinimumHeight(28)
+    button.setMinimumHeight(26)
     button.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
     return button
 
@@ -62,13 +63,13 @@ class ReviewPanel(QWidget):
             "Z  Undo", "Undo your last decision (Z); it is kept in the history", "undoButton"
         )
         self.prev_button = _key_button(
-            "K/←  Previous", "Previous image in the worklist (K or ←)", "previousButton"
+            "K ←  Back", "Previous image in the worklist (K or ←)", "previousButton"
         )
         self.next_button = _key_button(
-            "J/→  Next", "Next image in the worklist (J or →)", "nextButton"
+            "J →  Next", "Next image in the worklist (J or →)", "nextButton"
         )
         self.next_unreviewed_button = _key_button(
-            "⇧J  Next unreviewed",
+            "⇧J  Unreviewed",
             "Next image of the list without a review (Shift+J or Shift+→)",
             "nextUnreviewedButton",
         )
@@ -76,14 +77,16 @@ class ReviewPanel(QWidget):
         self.progress_label.setObjectName("reviewProgress")
         self.progress_label.setWordWrap(True)
         actions = QGridLayout()
-        actions.setSpacing(4)
+        actions.setSpacing(3)
         actions.addWidget(self.confirm_button, 0, 0)
         actions.addWidget(self.ungradable_button, 0, 1)
         actions.addWidget(self.note_button, 1, 0)
         actions.addWidget(self.undo_button, 1, 1)
-        actions.addWidget(self.prev_button, 2, 0)
-        actions.addWidget(self.next_button, 2, 1)
-        actions.addWidget(self.next_unreviewed_button, 3, 0, 1, 2)
+        moves = QHBoxLayout()  # the three moves on one row
+        moves.setSpacing(3)
+        for button in (self.prev_button, self.next_button, self.next_unreviewed_button):
+            moves.addWidget(button)
+        actions.addLayout(moves, 2, 0, 1, 2)
         self.note_edit = QLineEdit()
         self.note_edit.setObjectName("noteEdit")
         self.note_edit.setPlaceholderText("Note, saved with your next decision (Enter: done)")
@@ -101,8 +104,8 @@ class ReviewPanel(QWidget):
         self.mode_label.setStyleSheet("color: palette(placeholder-text); font-size: 9pt;")
         self.mode_label.setWordWrap(True)
         layout = QVBoxLayout(self)
-        layout.setContentsMargins(8, 6, 8, 6)
-        layout.setSpacing(5)
+        layout.setContentsMargins(8, 4, 8, 4)
+        layout.setSpacing(4)
         layout.addWidget(self.heading)
         layout.addWidget(self.label_box)
         layout.addLayout(actions)

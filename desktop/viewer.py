@@ -415,27 +415,31 @@ class OverlayBar(QWidget):
         self.masked_note.setStyleSheet("color: palette(placeholder-text);")
         for widget in (against, self.legend, supports, self.masked_note):
             bottom.addWidget(widget)
-        bottom.addSpacing(8)
+        bottom.addStretch(1)
+        bottom.addWidget(self.side_button)
+        # a row of its own, so neither the status nor the key hints are cut at 1280 px
+        third = QHBoxLayout()
+        third.setContentsMargins(0, 0, 0, 0)
+        third.setSpacing(6)
         self.status = QLabel()
         self.status.setObjectName("overlayStatus")
-        self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
-        bottom.addWidget(self.status, 1)
-        self.hints = QLabel("hold Space: original · F fit · = 1:1 · F1 keys")
+        self.status.setWordWrap(True)
+        third.addWidget(self.status, 1)
+        self.hints = QLabel("hold Space: original · F1: every key")
         self.hints.setObjectName("viewerHints")
         self.hints.setToolTip(
             "hold Space: the original without the overlay · F or 0: fit · =: 1:1 · "
             "+ / − or the wheel: zoom · drag: pan · S: side by side · F1 or ?: every key"
         )
         self.hints.setStyleSheet("color: palette(placeholder-text);")
-        self.hints.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
-        bottom.addWidget(self.hints, 1)
-        bottom.addWidget(self.side_button)
+        third.addWidget(self.hints, 0, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignTop)
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 4, 6, 4)
         layout.setSpacing(3)
         layout.addLayout(top)
         layout.addLayout(bottom)
+        layout.addLayout(third)
         self._on_slider(self.slider.value())
 
     def _set_legend(self) -> None:

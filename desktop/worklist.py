@@ -85,6 +85,7 @@ class QuickFilterBar(QWidget):
         )
         layout.addWidget(self.progress)
         self._blind = False
+        self._counts: dict[str, int] = {}
         self.buttons["needs-review"].setChecked(True)
         self.set_counts({})
 
@@ -116,15 +117,20 @@ class QuickFilterBar(QWidget):
             )
         if blind and self.current() in AI_FILTERS:
             self._pick("all")
+        self.set_counts(self._counts)
 
     def set_counts(self, counts: dict[str, int]) -> None:
         """Triage filters count the images still to review (the number falls as they are
         reviewed); the tooltip gives the total."""
+        self._counts = dict(counts)
         for key, b in self.buttons.items():
             short, full = self._names[key]
             n = counts.get(key, 0)
             glyph = triage_style(key).glyph + " " if key in TRIAGE_ORDER else ""
-            if key in TRIAGE_ORDER:
+            if self._blind and key in AI_FILTERS:  # even a count says what the AI answered
+                b.setText(f"{glyph}{short}")
+                b.setAccessibleName(f"{full}: hidden in blind mode")
+            elif key in TRIAGE_ORDER:
                 left = counts.get(f"{key}:left", n)
                 b.setText(f"{glyph}{short} {group_thousands(left)}")
                 b.setAccessibleName(f"{full}: {left} not reviewed, {n} in all")
@@ -187,12 +193,12 @@ class WorklistPanel(QWidget):
         self.view.verticalHeader().setDefaultSectionSize(ICON_SIDE + 6)
         self.view.setHorizontalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
         header = self.view.horizontalHeader()
-        header.setStretchLastSection(True)
+        header.setStretchLastSection(False)  # no empty column taking the image's width
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         for col, width in (
-            (COL_IMAGE, 170),
-            (COL_LABEL, 120),
-            (COL_CONFIDENCE, 80),
+            (COL_IMAGE, 165),
+            (COL_LABEL, 150),
+            (COL_CONFIDENCE, 82),
             (COL_TRIAGE, 135),
             (COL_UNCERTAINTY, 90),
             (COL_REVIEW, 150),

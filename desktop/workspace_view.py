@@ -20,6 +20,12 @@ REVIEW_TITLE = "Review  (Ctrl+1)"
 DASHBOARD_TITLE = "Dashboard  (Ctrl+2)"
 
 
+def worklist_width(window_width: int) -> int:
+    """The worklist's first width: file, AI label and confidence readable at 1280 px, and
+    never more than a third of a wide screen (the image is the largest thing on screen)."""
+    return max(430, min(600, int(window_width * 0.32)))
+
+
 def as_widget(page: ReviewView | DashboardView) -> QWidget:
     """A page is a widget as well as an interface."""
     assert isinstance(page, QWidget), f"{type(page).__name__} is not a widget"
@@ -41,9 +47,10 @@ class WorkspaceView(QTabWidget):
         self.splitter.setObjectName("reviewSplitter")
         self.splitter.addWidget(self.worklist)
         self.splitter.addWidget(as_widget(self.review_page))
-        self.splitter.setStretchFactor(0, 2)
-        self.splitter.setStretchFactor(1, 3)
-        self.splitter.setSizes([520, 840])
+        # the image gets the free width: the worklist keeps its size when the window grows
+        self.splitter.setStretchFactor(0, 0)
+        self.splitter.setStretchFactor(1, 1)
+        self.splitter.setSizes([worklist_width(1366), 1366 - worklist_width(1366)])
         review_tab = QWidget()
         lay = QVBoxLayout(review_tab)
         lay.setContentsMargins(0, 0, 0, 0)

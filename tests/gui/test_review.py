@@ -118,7 +118,7 @@ def test_showing_an_image_fills_the_evidence_panel(qtbot, page, ws_folder, image
         pred["label"] == "normal",
     ]
     if pred["conformal_set"]:
-        assert "hold the right answer for about 90% of images" in texts["set"]
+        assert "right for 90% of images on average" in texts["set"]
         assert all(x.replace("_", " ") in texts["set"] for x in pred["conformal_set"])
     assert texts["uncertainty"].startswith("The model is ")
     icon, word, _ = TRIAGE_LOOK[pred["triage"]]

@@ -112,6 +112,7 @@ def test_blind_mode_hides_the_ai_in_worklist_filters_and_dashboard(
     assert bar.current() == "all"
     for key in ("needs-review", "auto-cleared", "disagrees"):
         assert not bar.buttons[key].isEnabled()
+        assert not any(ch.isdigit() for ch in bar.buttons[key].text())  # no count either
     qtbot.keyClick(w, Qt.Key.Key_2, Qt.KeyboardModifier.AltModifier)  # Alt+2 = Cleared
     assert bar.current() == "all"
     w.worklist.search.setText(first["display_label"])  # a search by the AI label finds nothing
@@ -372,3 +373,42 @@ def test_patient_report_starts_at_the_patient_on_screen(
     monkeypatch.setattr(QInputDialog, "getItem", staticmethod(get_item))
     w.patient_report()
     assert asked == [patients.index(patients[-1])]
+
+
+# --------------------------------------------------------------------------- layout
+
+
+@pytest.mark.parametrize(("size", "share"), [((1280, 720), 0.38), ((1920, 1080), 0.45)])
+def test_the_image_gets_the_free_width_and_nothing_is_cut(
+    qtbot, tmp_path, ws_folder, tiny_model, size, share
+):
+    from PySide6.QtWidgets import QScrollArea
+
+    w = open_window(qtbot, tmp_path, ws_folder, tiny_model)
+    w.resize(*size)
+    qtbot.waitUntil(lambda: w.width() == size[0])
+    w.filter_bar.set_current("all")
+    wait_queue(qtbot, w)
+    page = w.review_page
+    page.show_image(w.worklist.proxy.visible_ids()[0])
+    qtbot.wait(100)
+    viewer = page.viewer.width()
+    # the viewer is the widest pane, wider than the worklist and the evidence together
+    assert viewer > w.worklist.width() and viewer > share * size[0]
+    assert not w.worklist.view.horizontalHeader().stretchLastSection()  # no empty column
+    # file, AI label and confidence are readable without scrolling the list sideways
+    header = w.worklist.view.horizontalHeader()
+    first_three = sum(header.sectionSize(c) for c in range(3))
+    assert first_three <= w.worklist.view.viewport().width()
+    # the evidence and the decision keys fit without scrolling
+    scroll = page.findChild(QScrollArea, "evidenceScroll")
+    assert scroll.verticalScrollBar().maximum() == 0
+    # the overlay bar's status and key hints are whole
+    bar = page.bar
+    assert bar.hints.width() >= bar.hints.sizeHint().width()
+    for button in (
+        page.panel.prev_button,
+        page.panel.next_button,
+        page.panel.next_unreviewed_button,
+    ):
+        assert button.width() >= button.sizeHint().width() - 2

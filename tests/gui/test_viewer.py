@@ -131,7 +131,7 @@ def test_overlay_bar_controls(qtbot):
     with qtbot.waitSignal(bar.opacity_changed) as changed:
         bar.slider.setValue(70)
     assert changed.args == [pytest.approx(0.7)]
-    assert "hold Space: original" in bar.hints.text()
+    assert "hold Space: original" in bar.hints.text() and "F1" in bar.hints.text()
     assert bar.legend.pixmap() is not None and not bar.legend.pixmap().isNull()
 
 

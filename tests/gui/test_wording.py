@@ -85,8 +85,9 @@ def test_conformal_set_is_described_as_an_average_coverage(qtbot):
         }
     )
     text = panel.texts()["set"]
-    assert "probability" not in text.replace("not a probability for this one", "")
-    assert "90%" in text and "average over images" in text
+    assert "probability" not in text
+    assert "90% of images on average" in text
+    assert "not a probability for this one image" in panel.set_label.toolTip()
     assert "diabetic_retinopathy" not in " ".join(panel.texts().values())
 
 
