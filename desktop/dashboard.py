@@ -422,10 +422,17 @@ class DashboardPage(QWidget):
         self.referral_marker.append(
             100 * float(marked["referred"]), 100 * float(marked["accuracy"])
         )
-        self.referral_text.setText(referral_sentence(spec.referral_curve))
+        disease = [spec.display(x) for x in spec.labels if x != spec.negative_label]
+        self.referral_text.setText(
+            referral_sentence(spec.referral_curve, disease=disease if spec.negative_label else None)
+        )
 
     def _apply_calibration(self, data: DashboardData) -> None:
-        from engine.metrics import expected_calibration_error, reliability_bins
+        from engine.metrics import (
+            expected_calibration_error,
+            proportion_interval,
+            reliability_bins,
+        )
 
         self.calibration_series.clear()
         n = len(data.confidence)
@@ -447,18 +454,21 @@ class DashboardPage(QWidget):
                 self.calibration_series.append(100 * b["confidence"], 100 * b["accuracy"])
         ece = expected_calibration_error(data.confidence, data.correct, n_bins=CALIBRATION_BINS)
         mean_conf = sum(data.confidence) / n
-        accuracy = sum(data.correct) / n
-        if abs(mean_conf - accuracy) < 0.02:
-            tendency = "its confidence matches how often it is right"
-        elif mean_conf > accuracy:
-            tendency = "it is over-confident"
+        right = sum(data.correct)
+        accuracy = right / n
+        low, high = proportion_interval(right, n)
+        # a verdict only when the mean confidence lies outside the accuracy's 95% interval
+        if mean_conf > high:
+            tendency = "it looks over-confident"
+        elif mean_conf < low:
+            tendency = "it looks under-confident"
         else:
-            tendency = "it is under-confident"
+            tendency = "too few images to call it over- or under-confident"
         self.calibration_text.setText(
             f"On {n} reviewed images the AI's mean confidence is {pct(mean_conf)} and it was "
-            f"right on {pct(accuracy)}: {tendency} (expected calibration error "
-            f"{100 * ece:.0f} percentage points). Points below the dashed line mean "
-            "over-confidence."
+            f"right on {right} ({pct(accuracy)}; 95% interval {pct(low)}–{pct(high)}): "
+            f"{tendency} (expected calibration error {100 * ece:.0f} percentage points). "
+            "Points below the dashed line mean over-confidence."
         )
 
     def _apply_agreement(self, data: DashboardData) -> None:

@@ -136,8 +136,11 @@ def pct(value: float) -> str:
     return f"{100 * value:.0f}%"
 
 
-def referral_sentence(curve: list[dict] | None, target: float = 0.2) -> str:
-    """One sentence reading the referral curve at about ``target`` referred."""
+def referral_sentence(
+    curve: list[dict] | None, target: float = 0.2, disease: list[str] | None = None
+) -> str:
+    """One sentence reading the referral curve at about ``target`` referred; ``disease``
+    names the classes that count as disease for the sensitivity."""
     points = [p for p in curve or [] if p.get("accuracy") is not None]
     if not points:
         return "This model has no referral curve (it was made without labelled validation images)."
@@ -152,8 +155,12 @@ def referral_sentence(curve: list[dict] | None, target: float = 0.2) -> str:
             f"the AI is right on {pct(point['accuracy'])} of the other {pct(kept)}"
         )
     if point.get("sensitivity") is not None:
-        text += f" (finds {pct(point['sensitivity'])} of the disease among them)"
+        which = f": {', '.join(disease)}" if disease else ""
+        text += f" (finds {pct(point['sensitivity'])} of the disease among them{which})"
     text += "."
     if n:
-        text += f" Measured on {n} labelled validation images when the model was made."
+        text += (
+            f" Measured on {n} labelled validation images when the model was made, "
+            "not on this workspace."
+        )
     return text

@@ -464,3 +464,17 @@ def _evaluate_multilabel(
         "f1_macro": _nanmean([s["f1"] for s in per_label.values()]),
         "f1_micro": _ratio(2 * tp, 2 * tp + fp + fn),
     }
+
+
+def proportion_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``k / n`` (95 % by default); ``(0, 1)`` if empty.
+
+    Used wherever a rate from few images is shown, so its uncertainty is shown with it.
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)

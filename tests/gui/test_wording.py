@@ -180,3 +180,28 @@ def test_dashboard_never_says_workspace_workspace(qtbot, tmp_path):
 def test_counts_agree_with_their_nouns(n, words):
     changed = [{"truth": "normal", "before": "normal", "after": "diabetic_retinopathy"}] * n
     assert CompareDialog._changed_text(changed).startswith(words)
+
+
+def test_calibration_verdict_needs_its_evidence(qtbot):
+    from desktop.dashboard import DashboardPage
+    from desktop.dashboard_data import DashboardData
+
+    page = DashboardPage()
+    qtbot.addWidget(page)
+    few = DashboardData(ok=True, confidence=[0.9] * 23, correct=[True] * 20 + [False] * 3)
+    page._apply_calibration(few)  # noqa: SLF001 - the panel's words for given numbers
+    text = page.calibration_text.text()
+    assert "over-confident" not in text.replace("over-confidence", "")
+    assert "too few images" in text and "right on 20" in text and "interval" in text
+    many = DashboardData(ok=True, confidence=[0.95] * 200, correct=[True] * 120 + [False] * 80)
+    page._apply_calibration(many)  # noqa: SLF001
+    assert "it looks over-confident" in page.calibration_text.text()
+
+
+def test_referral_sentence_names_the_disease_classes_and_where_it_was_measured():
+    from desktop.dashboard_data import referral_sentence
+
+    curve = [{"referred": 0.2, "n_referred": 20, "n_kept": 80, "accuracy": 0.9, "sensitivity": 0.8}]
+    text = referral_sentence(curve, disease=["cataract", "glaucoma"])
+    assert "80% of the disease among them: cataract, glaucoma" in text
+    assert "validation images when the model was made, not on this workspace" in text
