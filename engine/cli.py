@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_COLLAPSED = 3  # training ended with a one-class model; nothing was written
 
 
 class CliError(Exception):
@@ -158,26 +159,41 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .modality import resolve_modality
+    from .recipe import CollapsedModelError
     from .tasks import TaskState
-    from .train import TrainConfig, train_model
+    from .train import DEFAULT_ARCH, DEFAULT_INIT, TrainConfig, train_model
 
     ds = _load_data(args)
     if ds.skipped_empty:
         print(f"left out {ds.skipped_empty} rows with an empty label")
     if ds.missing:
         print(f"left out {len(ds.missing)} rows whose image file is missing (e.g. {ds.missing[0]})")
+    modality_warnings: list[str] = []
+    modality, how = resolve_modality(args.modality, ds, modality_warnings)
+    print(f"modality: {modality} (from {how})")
+    for w in modality_warnings:
+        print(f"WARNING: {w}")
+    init = args.init
+    if init is None:  # no architecture named: the measured default, a pretrained start
+        use_default = not args.arch and not args.init_weights and not args.pretrained
+        init = DEFAULT_INIT if use_default else "none"
+    defaults = TrainConfig()
     cfg = TrainConfig(
-        arch=args.arch,
+        arch=args.arch or DEFAULT_ARCH,
         img_size=args.img_size,
-        epochs=args.epochs,
+        epochs=args.epochs if args.epochs is not None else defaults.epochs,
         batch_size=args.batch_size,
-        lr=args.lr,
+        lr=args.lr if args.lr is not None else defaults.lr,
         seed=args.seed,
         patience=args.patience,
         device=args.device,
         pretrained=args.pretrained,
+        init=init,
         init_weights=args.init_weights,
-        modality=args.modality,
+        ema=not args.no_ema,
+        allow_collapsed=args.allow_collapsed,
+        modality=modality,
         ben_graham=args.ben_graham,
         green=args.green,
         fov_crop=not args.no_fov_crop,
@@ -197,12 +213,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{k} {v}" for k, v in ds.class_counts().items())
     print(f"training {cfg.arch} ({ds.task}) on {len(ds)} images: {counts}")
     state = TaskState(Progress("training", quiet=args.quiet), min_interval=0.5)
-    res = train_model(ds, cfg, args.out, state=state, log=print)
+    try:
+        res = train_model(ds, cfg, args.out, state=state, log=print)
+    except CollapsedModelError as e:
+        _err(str(e))
+        return EXIT_COLLAPSED
     summary = {
         "model": str(res.path),
         "sha256": res.sha256,
         "seconds": round(res.seconds, 1),
         "epochs_run": len(res.history),
+        "best_epoch": res.spec.provenance.get("best_epoch"),
+        "kept_weights": res.spec.provenance.get("kept_weights"),
+        "arch": res.spec.arch,
+        "start": (res.spec.provenance.get("start") or {}).get("kind"),
+        "modality": res.spec.modality,
         "temperature": res.spec.temperature,
         "test": res.test_metrics,
         "warnings": res.warnings,
@@ -210,6 +235,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     }
     if args.json:
         _print_json(_clean_nan(summary))
+    return EXIT_OK
+
+
+def cmd_import_weights(args: argparse.Namespace) -> int:
+    from .weights_import import import_weights
+
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise CliError(f"{out.name}: the output must be a .safetensors file")
+    _, report = import_weights(args.src, args.arch, out)
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        print(report.summary())
+        print(f"wrote {out}; start training from it with --arch {args.arch} --init-weights {out}")
     return EXIT_OK
 
 
@@ -666,19 +706,46 @@ def build_parser() -> argparse.ArgumentParser:
         "data", help="folder of class folders, or the root the CSV paths are relative to"
     )
     _add_data_options(t)
-    t.add_argument("--arch", default="efficientnet_b0", help="any timm architecture name")
+    t.add_argument(
+        "--arch",
+        help="any timm architecture name (default: efficientnet_lite0 with the ImageNet start)",
+    )
+    t.add_argument(
+        "--init",
+        choices=["imagenet", "none"],
+        help="starting weights: 'imagenet' (EfficientNet-Lite0, shipped, no download) or "
+        "'none' (from scratch); default: imagenet when no --arch is given",
+    )
     t.add_argument("--img-size", type=int, default=224)
-    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--epochs", type=int, help="default 12")
     t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--patience", type=int, default=3, help="early stopping patience (epochs)")
+    t.add_argument("--lr", type=float, help="peak learning rate (default 5e-4)")
+    t.add_argument(
+        "--patience",
+        type=int,
+        help="early stopping patience in epochs (default: a third of the epochs, at least 3; "
+        "never before the warm-up ends)",
+    )
+    t.add_argument("--no-ema", action="store_true", help="no averaged weights competing")
+    t.add_argument(
+        "--allow-collapsed",
+        action="store_true",
+        help="save the model even if it predicts one class for nearly every validation image",
+    )
     t.add_argument("--seed", type=int, default=42)
     t.add_argument("--split", help="train,validation,test fractions (default 0.7,0.15,0.15)")
-    t.add_argument("--modality", choices=["fundus", "oct"], default="fundus")
+    t.add_argument(
+        "--modality",
+        choices=["fundus", "oct"],
+        help="default: from the CSV's modality column, else from the images",
+    )
     t.add_argument("--ben-graham", action="store_true", help="local-average colour normalisation")
     t.add_argument("--green", action="store_true", help="green-channel emphasis")
     t.add_argument("--no-fov-crop", action="store_true", help="do not crop to the field of view")
-    t.add_argument("--init-weights", help="start from a local .safetensors checkpoint")
+    t.add_argument(
+        "--init-weights",
+        help="start from a local .safetensors file (see import-weights for .pth checkpoints)",
+    )
     t.add_argument(
         "--pretrained", action="store_true", help="download timm's ImageNet weights (online)"
     )
@@ -696,6 +763,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true")
     t.add_argument("--out", required=True, help="model file to write (.safetensors)")
     t.set_defaults(func=cmd_train)
+
+    iw = sub.add_parser(
+        "import-weights",
+        help="turn a .pth/.pt/.bin/.ckpt/.npz/.safetensors checkpoint into timm-layout safetensors",
+    )
+    iw.add_argument("src", help="the checkpoint (pickled files are read tensors-only, never run)")
+    iw.add_argument("--arch", required=True, help="the timm architecture the weights belong to")
+    iw.add_argument("--out", required=True, help="safetensors file to write")
+    iw.add_argument("--json", action="store_true")
+    iw.set_defaults(func=cmd_import_weights)
 
     e = sub.add_parser("evaluate", help="measure a model on every image of a labelled set")
     e.add_argument("model")
@@ -838,6 +915,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _known_error(e: Exception) -> str | None:
     names = {c.__name__ for c in type(e).__mro__}
     if names & {"ModelFileError", "DatasetError", "StoreError", "ImageError", "CliError"}:
+        return str(e)
+    if "CollapsedModelError" in names:
         return str(e)
     if isinstance(e, ValueError | FileNotFoundError | PermissionError):
         return str(e)

@@ -53,6 +53,10 @@ def model_card_text(spec: ModelSpec, sha256: str = "") -> str:
     if data:
         counts = ", ".join(f"{k} {v}" for k, v in (data.get("counts") or {}).items())
         lines.append(f"  trained on    {data.get('n')} images ({data.get('source')}): {counts}")
+    if prov.get("start"):
+        from .pretrained import describe_start
+
+        lines.append(f"  started from  {describe_start(prov['start'])}")
     split = prov.get("split") or {}
     if split:
         c = split.get("counts", {})

@@ -6,7 +6,6 @@ augmentation then runs batch-wise on tensors, which is far cheaper than decoding
 
 from __future__ import annotations
 
-import copy
 import math
 import random
 import time
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import __version__
+from . import __version__, recipe
 from .data import DatasetError, LabelledSet, split_indices
 from .images import decode_for_model
 from .modelfile import ModelSpec, Preprocessing, save_model_file
@@ -32,19 +31,24 @@ from .tasks import Cancelled, TaskState, format_eta
 Log = Callable[[str], None]
 
 
+DEFAULT_ARCH = "efficientnet_lite0"  # with the ImageNet start when no architecture is named
+DEFAULT_INIT = "imagenet"
+
+
 @dataclass
 class TrainConfig:
-    arch: str = "efficientnet_b0"
+    arch: str = DEFAULT_ARCH
     img_size: int = 224
-    epochs: int = 10
+    epochs: int = 12
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 5e-4
     weight_decay: float = 1e-4
     seed: int = 42
-    patience: int = 3
+    patience: int | None = None  # None: sized to the run (recipe.default_patience)
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     device: str = "auto"
     pretrained: bool = False
+    init: str = "none"  # a named start ("imagenet") or "none"
     init_weights: str | None = None
     head_dropout: float = 0.2
     modality: str = "fundus"
@@ -61,6 +65,9 @@ class TrainConfig:
     demo: bool = False
     negative_label: str | None = None
     half: bool = False  # store weights as float16 (half the file size)
+    ema: bool = True  # let an average of the weights compete for the kept epoch
+    allow_collapsed: bool = False  # save a model that predicts one class anyway
+    warmup_pct: float = 0.15
 
 
 @dataclass
@@ -249,6 +256,18 @@ def predict_arrays(
     return np.concatenate(logits), np.concatenate(feats)
 
 
+def _classifier_left_new(net: nn.Module, skipped: list[str]) -> bool:
+    head = {id(p) for p in net.get_classifier().parameters()}
+    names = {n for n, p in net.named_parameters() if id(p) in head}
+    return bool(names) and names <= set(skipped)
+
+
+def _zero_classifier(net: nn.Module) -> None:
+    with torch.no_grad():
+        for p in net.get_classifier().parameters():
+            p.zero_()
+
+
 def _freeze_backbone(net: nn.Module) -> None:
     head = net.get_classifier()
     head_params = {id(p) for p in head.parameters()}
@@ -278,12 +297,24 @@ def train_model(
         raise DatasetError(
             f"too few images to split ({len(ds)}): need images for training and validation"
         )
+    from .pretrained import init_provenance, named_start, start_weights
+
+    start = named_start(cfg.init) if cfg.init and cfg.init != "none" else None
+    if start is not None and cfg.arch != start.arch:
+        raise ValueError(
+            f"the '{start.name}' start is a {start.arch}; drop --arch {cfg.arch} or start from "
+            "your own weights with --init-weights"
+        )
+    if start is not None and cfg.init_weights:
+        raise ValueError("choose one start: --init or --init-weights, not both")
+    norm = {"mean": start.mean, "std": start.std} if start is not None else {}
     spec = ModelSpec(
         arch=cfg.arch,
         task=ds.task,
         labels=list(ds.labels),
         modality=cfg.modality,
         input_size=cfg.img_size,
+        **norm,
         preprocessing=Preprocessing.for_modality(
             cfg.modality, fov_crop=cfg.fov_crop, ben_graham=cfg.ben_graham, green=cfg.green
         ),
@@ -303,9 +334,17 @@ def train_model(
     te = [ok_index[i] for i in test_idx if i in ok_index]
 
     net = create_network(spec, pretrained=cfg.pretrained)
-    if cfg.init_weights:
+    skipped: list[str] = []
+    start_info = init_provenance(cfg.init, cfg.init_weights, cfg.pretrained, cfg.arch)
+    if start is not None:
+        path, _ = start_weights(start.name)
+        skipped = load_init_weights(net, path)
+        log(f"initial weights: {start.description} ({len(skipped)} tensors left new)")
+    elif cfg.init_weights:
         skipped = load_init_weights(net, cfg.init_weights)
         log(f"initial weights from {Path(cfg.init_weights).name} ({len(skipped)} tensors left new)")
+    if (start is not None or cfg.init_weights) and _classifier_left_new(net, skipped):
+        _zero_classifier(net)  # a new head starts neutral: loss ln(C), no wild first steps
     if cfg.strategy == "head":
         _freeze_backbone(net)
     elif cfg.strategy == "lora":
@@ -325,15 +364,26 @@ def train_model(
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
     total_steps = max(1, steps_per_epoch * cfg.epochs)
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.15
+        opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=cfg.warmup_pct
+    )
+    selector = recipe.EpochSelector(
+        ds.task,
+        cfg.epochs,
+        steps_per_epoch,
+        recipe.warmup_epochs(cfg.epochs, cfg.warmup_pct),
+        cfg.patience,
+        ema=cfg.ema,
+        log=log,
     )
     x_train = torch.from_numpy(arrays[tr])
     y_all = torch.from_numpy(targets)
     y_train = y_all[tr]
-    best = (math.inf, None, -1)
     history: list[dict[str, float]] = []
     step = 0
-    bad_epochs = 0
+
+    def validate(module: nn.Module) -> tuple[dict[str, Any], float]:
+        return _validation_metrics(module, spec, arrays[va], targets[va], loss_fn, device, cfg)
+
     for epoch in range(cfg.epochs):
         net.train()
         if cfg.strategy in ("head", "lora"):
@@ -357,6 +407,7 @@ def train_model(
             torch.nn.utils.clip_grad_norm_(params, 5.0)  # from-scratch nets can spike early
             opt.step()
             sched.step()
+            selector.after_step(net)
             step += 1
             running += float(loss.detach()) * len(idx)
             seen += len(idx)
@@ -366,32 +417,18 @@ def train_model(
                 total_steps,
                 f"epoch {epoch + 1}/{cfg.epochs} loss {running / seen:.4f} ETA {format_eta(eta)}",
             )
-        val_logits, _ = predict_arrays(net, spec, arrays[va], device, cfg.amp)
-        val_loss = float(loss_fn(torch.from_numpy(val_logits), _target_tensor(y_all[va], ds.task)))
-        val_acc = _quick_accuracy(val_logits, targets[va], ds.task)
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "train_loss": running / max(1, seen),
-                "val_loss": val_loss,
-                "val_accuracy": val_acc,
-            }
-        )
+        stop = selector.end_epoch(epoch + 1, net, validate)
+        row = dict(selector.history[-1])
+        row["train_loss"] = running / max(1, seen)
+        history.append(row)
         log(
-            f"epoch {epoch + 1}/{cfg.epochs}: train loss {running / max(1, seen):.4f}  "
-            f"val loss {val_loss:.4f}  val acc {val_acc:.3f}"
+            f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f}  "
+            f"val loss {row['val_loss']:.4f}  val score {row['val_score']:.4f}"
+            + (f"  (averaged weights {row['ema_val_score']:.4f})" if "ema_val_score" in row else "")
         )
-        if val_loss < best[0] - 1e-4:
-            best = (val_loss, copy.deepcopy(net.state_dict()), epoch + 1)
-            bad_epochs = 0
-        else:
-            bad_epochs += 1
-            if bad_epochs >= cfg.patience:
-                log(f"early stop: no validation improvement for {cfg.patience} epochs")
-                break
-    if best[1] is not None:
-        net.load_state_dict(best[1])
-        log(f"restored the best weights (epoch {best[2]}, val loss {best[0]:.4f})")
+        if stop:
+            break
+    kept = selector.restore_best(net)
     if cfg.strategy == "lora":  # a trained-from-here model has no base: store merged weights
         from .lora import merge
 
@@ -415,7 +452,10 @@ def train_model(
             "counts": {"train": len(tr), "validation": len(va), "test": len(te)},
         },
         "epochs_run": len(history),
-        "best_epoch": best[2],
+        "best_epoch": kept.epoch if kept else None,
+        "kept_weights": kept.source if kept else None,
+        "selection": recipe.selection_metric_name(ds.task),
+        "start": start_info,
         "history": history,
         "config": {k: v for k, v in asdict(cfg).items() if k not in ("workers",)},
         "engine_version": __version__,
@@ -424,7 +464,14 @@ def train_model(
         "parent": parent,
         "unusable_files": len(problems),
     }
-    warnings += collapse_warnings(spec, val_metrics)
+    collapsed = recipe.collapse_message(spec.labels, val_metrics.get("confusion_matrix"))
+    if spec.task != "multilabel" and collapsed:
+        if not cfg.allow_collapsed:
+            raise recipe.CollapsedModelError(
+                f"{collapsed}. No model was written. Train longer, balance the data or start "
+                "from pretrained weights; --allow-collapsed saves it anyway"
+            )
+        warnings.append(f"{collapsed}; saved because --allow-collapsed was given")
     for w in warnings:
         log(f"WARNING: {w}")
     spec.provenance["warnings"] = warnings
@@ -448,14 +495,6 @@ def _surviving_index(ds: LabelledSet, problems: list[str]) -> dict[int, int]:
         out[i] = k
         k += 1
     return out
-
-
-def _quick_accuracy(logits: np.ndarray, y: np.ndarray, task: str) -> float:
-    if len(y) == 0:
-        return float("nan")
-    if task == "multilabel":
-        return float(((logits > 0) == (y > 0)).all(1).mean())
-    return float((logits.argmax(1) == y).mean())
 
 
 def finalise_spec(
@@ -546,25 +585,25 @@ def evaluate_arrays(
     return evaluate_predictions(y, probs, spec.task, spec.labels)
 
 
-def collapse_warnings(spec: ModelSpec, metrics: dict[str, Any]) -> list[str]:
-    """Warn when the model predicts (nearly) one class only: it has learnt the prevalence."""
-    cm = metrics.get("confusion_matrix")
-    if spec.task == "multilabel" or not cm:
-        return []
-    cm = np.asarray(cm)
-    pred_counts = cm.sum(0)
-    true_counts = cm.sum(1)
-    n = cm.sum()
-    if n == 0:
-        return []
-    top = int(pred_counts.argmax())
-    if pred_counts[top] / n >= 0.95 and true_counts[top] / n < 0.9:
-        return [
-            f"the model predicts '{spec.labels[top]}' for {100 * pred_counts[top] / n:.0f}% of "
-            f"validation images (true share {100 * true_counts[top] / n:.0f}%): it has collapsed "
-            "to the majority class; train longer, balance the data or start from pretrained weights"
-        ]
-    return []
+def _validation_metrics(
+    net: nn.Module,
+    spec: ModelSpec,
+    arrays: np.ndarray,
+    y: np.ndarray,
+    loss_fn: nn.Module,
+    device: torch.device,
+    cfg: TrainConfig,
+) -> tuple[dict[str, Any], float]:
+    """Uncalibrated validation metrics and loss of ``net`` (for choosing the kept epoch)."""
+    from .calibration import sigmoid, softmax
+    from .metrics import evaluate_predictions
+
+    logits, _ = predict_arrays(net, spec, arrays, device, cfg.amp)
+    if len(y) == 0:
+        return {"n": 0}, float("nan")
+    loss = float(loss_fn(torch.from_numpy(logits), _target_tensor(torch.from_numpy(y), spec.task)))
+    probs = sigmoid(logits) if spec.task == "multilabel" else softmax(logits, 1.0)
+    return evaluate_predictions(y, probs, spec.task, spec.labels), loss
 
 
 def _metrics_line(name: str, m: dict[str, Any]) -> str:

@@ -1,0 +1,121 @@
+"""Train-and-test runs on the real development sets, for choosing the training defaults.
+
+Each named run is one ``eyetriage train`` command (default options plus the data options and
+``--seed``, plus the run's own options) followed by ``eyetriage evaluate --part test`` on the
+model's own held-out patients. Results are appended as JSON lines to ``OUT/results.jsonl``
+and each run's log is kept beside it. Run one at a time on a shared machine; every run
+prints its exact command.
+
+    python benchmarks/compare_recipes.py OUT oct-default dr-default ed4-default
+    python benchmarks/compare_recipes.py --list
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("EYETRIAGE_DEV_DATA", ROOT / ".." / "shared" / "data"))
+MXDME = DATA / "mx-dme"
+ED4 = DATA / "eye-diseases-4"
+
+OCT = [
+    str(MXDME),
+    "--labels", str(MXDME / "labels.csv"), "--image-col", "file", "--label-col", "dme",
+    "--filter", "modality=oct", "--group-col", "dup_group",
+]  # fmt: skip
+DR = [
+    str(MXDME),
+    "--labels", str(MXDME / "labels.csv"), "--image-col", "file", "--label-col", "dr",
+    "--filter", "modality=fundus", "--group-col", "dup_group",
+    "--task", "ordinal", "--label-order", "0,NPDR,PDR",
+]  # fmt: skip
+ED = [str(ED4)]
+
+# name -> (data options, run options); the seed is added to every run
+RUNS: dict[str, tuple[list[str], list[str]]] = {
+    "oct-default": (OCT, []),
+    "oct-scratch": (OCT, ["--init", "none"]),
+    "oct-noema": (OCT, ["--no-ema"]),
+    "oct-old-b0": (OCT, ["--arch", "efficientnet_b0", "--lr", "1e-3"]),
+    "dr-default": (DR, []),
+    "dr-scratch": (DR, ["--init", "none"]),
+    "dr-384": (DR, ["--img-size", "384"]),
+    "dr-bengraham": (DR, ["--ben-graham"]),
+    "dr-green": (DR, ["--green"]),
+    "dr-lr1e-3": (DR, ["--lr", "1e-3"]),
+    "ed4-default": (ED, []),
+    "ed4-scratch": (ED, ["--init", "none"]),
+}
+
+
+def run(name: str, out: Path, seed: int, python: str) -> dict:
+    data, opts = RUNS[name]
+    model = out / f"{name}-s{seed}.safetensors"
+    train = [python, "-m", "engine", "train", *data, *opts, "--seed", str(seed)]
+    train += ["--out", str(model), "--json", "--quiet"]
+    log = out / f"{name}-s{seed}.log"
+    t0 = time.monotonic()
+    with open(log, "w") as f:
+        f.write(" ".join(train) + "\n")
+        f.flush()
+        p = subprocess.run(train, cwd=ROOT, stdout=subprocess.PIPE, stderr=f, text=True)
+        f.write(p.stdout)
+    seconds = time.monotonic() - t0
+    row: dict = {"run": name, "seed": seed, "rc": p.returncode, "train_seconds": round(seconds)}
+    row["command"] = "eyetriage train " + " ".join(
+        a.replace(str(DATA), "../shared/data") for a in [*data, *opts, "--seed", str(seed)]
+    )
+    if p.returncode == 0:
+        summary = json.loads(p.stdout[p.stdout.index("{") :])
+        row.update(
+            {k: summary.get(k) for k in ("epochs_run", "best_epoch", "kept_weights", "start")}
+        )
+        ev = [python, "-m", "engine", "evaluate", str(model), *data, "--part", "test", "--json"]
+        ev += ["--quiet"]
+        e = subprocess.run(ev, cwd=ROOT, capture_output=True, text=True)
+        if e.returncode == 0:
+            m = json.loads(e.stdout)
+            row["test"] = {
+                k: m.get(k)
+                for k in ("n", "accuracy", "balanced_accuracy", "auc", "qwk", "ece")
+                if m.get(k) is not None
+            }
+            row["test"]["ece_uncalibrated"] = m.get("ece_uncalibrated")
+            curve = {round(pt["referred"], 2): pt for pt in m.get("referral_curve") or []}
+            if 0.0 in curve and 0.3 in curve:
+                row["test"]["bal_acc_kept_at_30pct_referred"] = curve[0.3]["balanced_accuracy"]
+        else:
+            row["evaluate_error"] = e.stderr.strip()[-400:]
+    with open(out / "results.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("out", nargs="?")
+    p.add_argument("runs", nargs="*")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--list", action="store_true")
+    a = p.parse_args()
+    if a.list or not a.out:
+        for k, (_, opts) in RUNS.items():
+            print(f"{k:<14} {' '.join(opts)}")
+        return 0
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in a.runs:
+        run(name, out, a.seed, sys.executable)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
