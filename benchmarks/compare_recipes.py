@@ -65,15 +65,16 @@ def run(name: str, out: Path, seed: int, python: str) -> dict:
     with open(log, "w") as f:
         f.write(" ".join(train) + "\n")
         f.flush()
-        p = subprocess.run(train, cwd=ROOT, stdout=subprocess.PIPE, stderr=f, text=True)
-        f.write(p.stdout)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        p = subprocess.run(train, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, text=True, env=env)
     seconds = time.monotonic() - t0
+    text = log.read_text()
     row: dict = {"run": name, "seed": seed, "rc": p.returncode, "train_seconds": round(seconds)}
     row["command"] = "eyetriage train " + " ".join(
         a.replace(str(DATA), "../shared/data") for a in [*data, *opts, "--seed", str(seed)]
     )
     if p.returncode == 0:
-        summary = json.loads(p.stdout[p.stdout.index("{") :])
+        summary = json.loads(text[text.index("\n{") :])
         row.update(
             {k: summary.get(k) for k in ("epochs_run", "best_epoch", "kept_weights", "start")}
         )

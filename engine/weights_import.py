@@ -164,8 +164,13 @@ def _head_names(net: nn.Module) -> set[str]:
     return {n for n, p in net.named_parameters() if id(p) in head}
 
 
-def _comparable(names: list[str]) -> list[str]:
-    return [n for n in names if not n.endswith("num_batches_tracked")]
+def _comparable(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of real weights, in order: counters such as BatchNorm's num_batches_tracked left out."""
+    return [
+        n
+        for n, t in tensors.items()
+        if not n.endswith("num_batches_tracked") and (t.ndim > 0 or t.is_floating_point())
+    ]
 
 
 def map_to_network(
@@ -179,27 +184,27 @@ def map_to_network(
     """
     own = net.state_dict()
     head = _head_names(net)
-    backbone = [k for k in _comparable(list(own)) if k not in head]
+    backbone = [k for k in _comparable(own) if k not in head]
     by_name = {k: v for k, v in tensors.items() if k in own and own[k].shape == v.shape}
     if all(k in by_name for k in backbone):
         missing = [k for k in own if k not in by_name and not k.endswith("num_batches_tracked")]
         unexpected = [k for k in tensors if k not in by_name]
         return by_name, "name", missing, unexpected
-    src_names = _comparable(list(tensors))
+    src_names = _comparable(tensors)
     if len(src_names) >= len(backbone) and all(
         tensors[s].shape == own[t].shape for s, t in zip(src_names, backbone, strict=False)
     ):
         mapped = {t: tensors[s] for s, t in zip(src_names, backbone, strict=False)}
         used = set(src_names[: len(backbone)])
         rest_src = src_names[len(backbone) :]
-        rest_own = [k for k in _comparable(list(own)) if k in head]
+        rest_own = [k for k in _comparable(own) if k in head]
         if len(rest_src) == len(rest_own) and all(
             tensors[s].shape == own[t].shape for s, t in zip(rest_src, rest_own, strict=True)
         ):
             mapped.update({t: tensors[s] for s, t in zip(rest_src, rest_own, strict=True)})
             used.update(rest_src)
-        missing = [k for k in _comparable(list(own)) if k not in mapped]
-        unexpected = [k for k in tensors if k not in used and not k.endswith("num_batches_tracked")]
+        missing = [k for k in _comparable(own) if k not in mapped]
+        unexpected = [k for k in _comparable(tensors) if k not in used]
         return mapped, "order and shape", missing, unexpected
     absent = [k for k in backbone if k not in by_name]
     example = absent[0]

@@ -72,7 +72,7 @@ def wrong_ws(tmp_path_factory) -> SimpleNamespace:
     start = root / "start.safetensors"
     cfg = TrainConfig(
         arch=TINY_ARCH, img_size=64, epochs=3, batch_size=16, seed=1, workers=2,
-        fractions=(0.8, 0.2, 0.0),
+        fractions=(0.8, 0.2, 0.0), allow_collapsed=True,  # the point: a biased start
     )  # fmt: skip
     train_model(load_folder_dataset(bad), cfg, start, log=lambda s: None)
 
