@@ -311,9 +311,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.part:
         ds = _split_part(ds, spec, args.part)
     (lm,) = _load_models([args.model], args.device)
+    seen = _modality_warning(spec.modality, [s.path for s in ds.samples])
     out = evaluate_model_on(
         lm, ds, args.batch_size, args.workers, args.quiet or args.json, args.plot
     )
+    if seen:
+        out["warnings"] = [seen]
     if args.part:
         out["part"] = args.part
     out = _clean_nan(out)
@@ -322,6 +325,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         _print_evaluation(out, spec)
     return EXIT_OK
+
+
+def _modality_warning(model_modality: str, paths: Sequence[Path]) -> str | None:
+    """Say so (on stderr) when the images are clearly of the other kind than the model's."""
+    from .modality import mismatch_warning
+
+    text = mismatch_warning(model_modality, paths)
+    if text:
+        _err(f"WARNING: {text}")
+    return text
 
 
 def _split_part(ds, spec, part: str):  # noqa: ANN001, ANN202
@@ -441,6 +454,7 @@ def cmd_screen(args: argparse.Namespace) -> int:
     if not paths:
         raise CliError(f"{args.folder}: no images found (jpg, jpeg, png, tif, tiff, bmp)")
     models = _load_models(args.model, args.device)
+    _modality_warning(models[0].spec.modality, paths)
     uncertainty = args.uncertainty or ("ensemble" if len(models) > 1 else "none")
     policy = TriagePolicy(
         kind=args.policy,
