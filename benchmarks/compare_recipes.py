@@ -50,6 +50,11 @@ RUNS: dict[str, tuple[list[str], list[str]]] = {
     "dr-bengraham": (DR, ["--ben-graham"]),
     "dr-green": (DR, ["--green"]),
     "dr-lr1e-3": (DR, ["--lr", "1e-3"]),
+    # a shorter budget for a shared machine: the same recipe over 6 epochs
+    "oct-e6": (OCT, ["--epochs", "6"]),
+    "oct-e6-scratch": (OCT, ["--epochs", "6", "--init", "none"]),
+    "dr-e6": (DR, ["--epochs", "6"]),
+    "dr-e6-scratch": (DR, ["--epochs", "6", "--init", "none"]),
     "ed4-default": (ED, []),
     "ed4-scratch": (ED, ["--init", "none"]),
 }

@@ -464,8 +464,12 @@ def train_model(
         "parent": parent,
         "unusable_files": len(problems),
     }
-    collapsed = recipe.collapse_message(spec.labels, val_metrics.get("confusion_matrix"))
-    if spec.task != "multilabel" and collapsed:
+    collapsed = (
+        None
+        if spec.task == "multilabel"
+        else recipe.collapse_message(spec.labels, val_metrics.get("confusion_matrix"))
+    )
+    if collapsed:
         if not cfg.allow_collapsed:
             raise recipe.CollapsedModelError(
                 f"{collapsed}. No model was written. Train longer, balance the data or start "
