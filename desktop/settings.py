@@ -25,6 +25,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from engine.triage import DEFAULT_THRESHOLD
+
 ORG = APP = "EyeTriage"
 DEVICES = ("auto", "cpu", "cuda")
 UNCERTAINTY_METHODS = ("none", "mc", "tta", "mc-full")
@@ -59,7 +61,7 @@ class AppSettings:
     blind_mode: bool = False
     device: str = "auto"
     batch_size: int = 32
-    threshold: float = 0.85
+    threshold: float = DEFAULT_THRESHOLD
     uncertainty: str = "mc"
     policy: str = "threshold"
     refer_findings: bool = False

@@ -22,7 +22,6 @@ import hashlib
 import logging
 import math
 import os
-import tempfile
 import threading
 import weakref
 from collections import OrderedDict
@@ -37,6 +36,8 @@ from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Occ
 from PIL import Image
 from torch import nn
 from torchvision.transforms.functional import gaussian_blur
+
+from .fileio import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -588,27 +589,18 @@ class AttributionCache:
             raise ValueError("refusing to cache an attribution map with NaN or infinite values")
         scale = float(np.abs(amap).max()) or 1.0  # float16 keeps relative precision
         path = self.path_for(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez_compressed(
-                    fh,
-                    map=(amap / scale).astype(np.float16),
-                    scale=np.float32(scale),
-                    method=np.str_(attribution.method),
-                    target=np.int64(attribution.target),
-                    delta=np.float64(
-                        np.nan
-                        if attribution.convergence_delta is None
-                        else attribution.convergence_delta
-                    ),
-                    key=np.str_(text),
-                )
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(path, "wb") as fh:
+            np.savez_compressed(
+                fh,
+                map=(amap / scale).astype(np.float16),
+                scale=np.float32(scale),
+                method=np.str_(attribution.method),
+                target=np.int64(attribution.target),
+                delta=np.float64(
+                    np.nan
+                    if attribution.convergence_delta is None
+                    else attribution.convergence_delta
+                ),
+                key=np.str_(text),
+            )
         self._remember(text, self._copy(attribution))

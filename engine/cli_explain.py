@@ -6,9 +6,10 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def add_explain_commands(sub: Any) -> None:
@@ -51,6 +52,8 @@ def _method_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from .explain import explain_file, load_display_image, render_explanation
     from .images import ImageError, discover_images
     from .models import load_model
@@ -92,6 +95,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def _mask_in_model_frame(mask_path: Path, box: tuple[float, ...], size: int) -> np.ndarray:
     """The finding mask cut and scaled exactly like the model's input square."""
+    import numpy as np
     from PIL import Image
 
     with Image.open(mask_path) as m:
@@ -105,6 +109,7 @@ def _mask_in_model_frame(mask_path: Path, box: tuple[float, ...], size: int) -> 
 def cmd_explain_eval(args: argparse.Namespace) -> int:
     import csv
 
+    import numpy as np
     import torch
 
     from .explain import explain_file

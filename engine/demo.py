@@ -144,11 +144,9 @@ def run_demo(out: Path | None = None, quick: bool = False) -> int:
     print("3. evaluating on a fresh synthetic set ...")
     synthesize(root / "eval", "fundus", n=48 if quick else 120, seed=12, size=256, difficulty=0.4)
     lm = load_model(res.path)
-    from .cli import evaluate_model_on
+    from .evaluate import evaluate_model_on
 
-    ev = evaluate_model_on(
-        lm, load_folder_dataset(root / "eval", label_order=lm.spec.labels), 32, None, True, None
-    )
+    ev = evaluate_model_on(lm, load_folder_dataset(root / "eval", label_order=lm.spec.labels))
     print(
         f"   n={ev['n']}  accuracy {ev['accuracy']:.3f}  balanced accuracy {ev['balanced_accuracy']:.3f}"
         f"  AUC {ev['auc']:.3f}  ECE {ev['ece']:.3f} (uncalibrated {ev['ece_uncalibrated']:.3f})"

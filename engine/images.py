@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -252,11 +251,3 @@ def _fit(im: Image.Image, longest: int) -> Image.Image:
         return im
     s = longest / max(im.size)
     return im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))), Image.BILINEAR)
-
-
-def image_stats(paths: Iterable[Path]) -> dict[str, int]:
-    """Counts by extension, for summaries."""
-    counts: dict[str, int] = {}
-    for p in paths:
-        counts[p.suffix.lower()] = counts.get(p.suffix.lower(), 0) + 1
-    return counts

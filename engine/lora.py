@@ -123,10 +123,6 @@ def merge(net: nn.Module) -> nn.Module:
     return net
 
 
-def is_adapter(spec: ModelSpec) -> bool:
-    return bool((spec.provenance or {}).get("lora"))
-
-
 def find_base(base_hash: str, adapter_path: Path, search: Sequence[Path] = ()) -> Path:
     """The base model file with sha256 ``base_hash``.
 

@@ -8,11 +8,11 @@ magnitude, so pixels the model did not use show the untouched image.
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+from .fileio import atomic_file
 
 SUPPORTS_TEXT = "supports the answer"
 OPPOSES_TEXT = "speaks against it"
@@ -106,18 +106,8 @@ def render_overlay(
 
 def save_png(img: Image.Image, path: str | os.PathLike[str]) -> None:
     """Save ``img`` as PNG atomically: a reader never sees a half-written file."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            img.save(fh, format="PNG")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as fh:
+        img.save(fh, format="PNG")
 
 
 def colour_legend(width: int, height: int) -> Image.Image:

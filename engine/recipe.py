@@ -9,16 +9,15 @@ training never stops before the warm-up has ended, patience grows with the run, 
 exponential moving average (EMA) of the weights competes with the raw weights at every
 epoch. A model that still predicts one class for nearly every validation image is refused.
 
-The loop calls three hooks: :meth:`EpochSelector.after_step` after each optimiser step,
-:meth:`EpochSelector.end_epoch` after each epoch (returns True to stop), and
-:meth:`EpochSelector.restore_best` at the end.
+:class:`ScoreSelector` is the epoch selector :func:`engine.fit.fit` uses for ``train`` and
+``improve``; the collapse check (:func:`collapse_message`) guards both before a model is
+written or offered.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,9 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-Log = Callable[[str], None]
-# evaluate(net) -> (validation metrics dict, validation loss)
-Evaluate = Callable[[nn.Module], tuple[dict[str, Any], float]]
+from .fit import FitPlan, FitResult, Validate, Validation
 
 
 class CollapsedModelError(Exception):
@@ -72,9 +69,14 @@ def warmup_epochs(epochs: int, pct_start: float) -> int:
     return max(1, math.ceil(epochs * pct_start))
 
 
-def collapse_message(labels: list[str], confusion: Any) -> str | None:
-    """A sentence when one class takes ≥ 95 % of predictions but < 90 % of the truth."""
-    if not confusion:
+def collapse_message(
+    labels: list[str], confusion: Any, images: str = "validation images"
+) -> str | None:
+    """A sentence when one class takes ≥ 95 % of predictions but < 90 % of the truth.
+
+    ``confusion[true][predicted]`` counts; ``images`` names the images in the sentence.
+    """
+    if confusion is None or len(confusion) == 0:
         return None
     cm = np.asarray(confusion)
     n = cm.sum()
@@ -85,7 +87,7 @@ def collapse_message(labels: list[str], confusion: Any) -> str | None:
     if pred_counts[top] / n >= 0.95 and true_counts[top] / n < 0.9:
         return (
             f"the model predicts '{labels[top]}' for {100 * pred_counts[top] / n:.0f}% of "
-            f"validation images (true share {100 * true_counts[top] / n:.0f}%): it has collapsed "
+            f"{images} (true share {100 * true_counts[top] / n:.0f}%): it has collapsed "
             "to one class"
         )
     return None
@@ -122,88 +124,98 @@ class WeightEMA:
 class Candidate:
     score: float
     epoch: int
-    source: str  # "weights" or "ema"
-    metrics: dict[str, Any]
+    source: str  # "raw" or "averaged"
     val_loss: float
     state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 
 
-class EpochSelector:
-    """Keeps the best weights by the task's validation score; decides when to stop."""
+class ScoreSelector:
+    """Keeps the best weights by the task's validation score; decides when to stop.
 
-    def __init__(
-        self,
-        task: str,
-        epochs: int,
-        steps_per_epoch: int,
-        warmup: int,
-        patience: int | None = None,
-        ema: bool = True,
-        log: Log = print,
-    ) -> None:
+    ``patience`` None: a third of the epochs, at least 3 (:func:`default_patience`); never
+    stops before the one-cycle warm-up has ended. With ``ema`` an average of the weights
+    (half-life one epoch) competes with the raw weights from epoch 2 on.
+    """
+
+    def __init__(self, task: str, patience: int | None = None, ema: bool = True) -> None:
         self.task = task
-        self.epochs = epochs
-        self.warmup = warmup
-        self.patience = patience if patience is not None else default_patience(epochs)
+        self.patience_setting = patience
         self.ema_enabled = ema
-        self.steps_per_epoch = max(1, steps_per_epoch)
-        self.log = log
+        self.plan = FitPlan(0, 1, 0.15, print)
+        self.patience = 3
+        self.warmup = 1
         self.ema: WeightEMA | None = None
         self.best: Candidate | None = None
         self.bad_epochs = 0
-        self.history: list[dict[str, Any]] = []
+
+    def begin(self, plan: FitPlan) -> None:
+        self.plan = plan
+        self.patience = (
+            self.patience_setting
+            if self.patience_setting is not None
+            else default_patience(plan.epochs)
+        )
+        self.warmup = warmup_epochs(plan.epochs, plan.pct_start)
+        self.ema, self.best, self.bad_epochs = None, None, 0
 
     def after_step(self, net: nn.Module) -> None:
-        """Hook after every optimiser step: update the weight average."""
+        """Update the weight average."""
         if not self.ema_enabled:
             return
         if self.ema is None:
-            self.ema = WeightEMA(net, half_life_steps=self.steps_per_epoch)
+            self.ema = WeightEMA(net, half_life_steps=max(1, self.plan.steps_per_epoch))
         self.ema.update(net)
 
-    def end_epoch(self, epoch: int, net: nn.Module, evaluate: Evaluate) -> bool:
-        """Hook after epoch ``epoch`` (1-based): score raw and averaged weights; True = stop."""
-        candidates = []
-        metrics, loss = evaluate(net)
-        candidates.append(self._candidate(metrics, loss, epoch, "weights"))
+    def end_epoch(self, epoch: int, net: nn.Module, validate: Validate, entry: dict) -> bool:
+        """Score raw and averaged weights of epoch ``epoch`` (1-based); True = stop."""
+        raw = validate(net)
+        candidates = [self._candidate(raw, epoch, "raw")]
         if self.ema is not None and epoch >= 2:
-            em, el = evaluate(self.ema.module)
-            candidates.append(self._candidate(em, el, epoch, "ema"))
-        row: dict[str, Any] = {"epoch": epoch, "val_loss": loss, "val_score": candidates[0].score}
-        for key in ("accuracy", "balanced_accuracy", "auc", "qwk"):
-            if metrics.get(key) is not None:
-                row[f"val_{key}"] = metrics[key]
+            candidates.append(self._candidate(validate(self.ema.module), epoch, "averaged"))
+        entry.update(val_loss=raw.loss, val_accuracy=raw.accuracy, val_score=candidates[0].score)
+        m = raw.metrics()
+        for key in ("balanced_accuracy", "auc", "qwk"):
+            if isinstance(m.get(key), int | float):
+                entry[f"val_{key}"] = m[key]
         if len(candidates) > 1:
-            row["ema_val_score"] = candidates[1].score
-        self.history.append(row)
+            entry["averaged_val_score"] = candidates[1].score
+        self.plan.log(
+            f"{self.plan.label}epoch {epoch}/{self.plan.epochs}: train loss "
+            f"{entry['train_loss']:.4f}  val loss {raw.loss:.4f}  val score "
+            f"{candidates[0].score:.4f}"
+            + (f"  (averaged weights {candidates[1].score:.4f})" if len(candidates) > 1 else "")
+        )
         top = max(candidates, key=lambda c: c.score)
         if self.best is None or top.score > self.best.score + 1e-4:
-            module = net if top.source == "weights" else self.ema.module  # type: ignore[union-attr]
+            module = net if top.source == "raw" else self.ema.module  # type: ignore[union-attr]
             top.state = {k: v.detach().clone() for k, v in module.state_dict().items()}
             self.best = top
             self.bad_epochs = 0
         else:
             self.bad_epochs += 1
-        if epoch >= self.warmup and self.bad_epochs >= self.patience and epoch < self.epochs:
-            self.log(
-                f"early stop after epoch {epoch}: no better validation score for "
-                f"{self.patience} epochs (warm-up ended at epoch {self.warmup})"
+        if epoch >= self.warmup and self.bad_epochs >= self.patience and epoch < self.plan.epochs:
+            self.plan.log(
+                f"{self.plan.label}early stop after epoch {epoch}: no better validation score "
+                f"for {self.patience} epochs (warm-up ended at epoch {self.warmup})"
             )
             return True
         return False
 
-    def restore_best(self, net: nn.Module) -> Candidate | None:
-        """Hook at the end: load the kept weights into ``net``; returns what was kept."""
-        if self.best is None or self.best.state is None:
-            return None
-        net.load_state_dict(self.best.state)
+    def restore_best(self, net: nn.Module, result: FitResult) -> None:
+        """Load the kept weights into ``net`` and record them in ``result``."""
+        result.selection = selection_metric_name(self.task)
         b = self.best
-        self.log(
-            f"kept epoch {b.epoch} ({'averaged' if b.source == 'ema' else 'raw'} weights): "
-            f"validation {selection_metric_name(self.task)} {b.score:.4f}, loss {b.val_loss:.4f}"
+        if b is None or b.state is None:
+            return
+        net.load_state_dict(b.state)
+        result.best_epoch, result.best_val_loss = b.epoch, b.val_loss
+        result.best_score, result.kept_weights = b.score, b.source
+        self.plan.log(
+            f"{self.plan.label}kept epoch {b.epoch} ({b.source} weights): validation "
+            f"{selection_metric_name(self.task)} {b.score:.4f}, loss {b.val_loss:.4f}"
         )
         b.state = None
-        return b
+        self.ema = None
 
-    def _candidate(self, metrics: dict[str, Any], loss: float, epoch: int, src: str) -> Candidate:
-        return Candidate(selection_score(self.task, metrics), epoch, src, metrics, loss)
+    def _candidate(self, v: Validation, epoch: int, source: str) -> Candidate:
+        return Candidate(selection_score(self.task, v.metrics()), epoch, source, v.loss)

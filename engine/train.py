@@ -17,16 +17,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import __version__, recipe
 from .data import DatasetError, LabelledSet, split_indices
+from .fit import FitConfig, fit, make_loss, predict_arrays
 from .images import decode_for_model
 from .modelfile import ModelSpec, Preprocessing, save_model_file
-from .models import autocast_for, create_network, load_init_weights, pick_device
+from .models import create_network, load_init_weights, pick_device
 from .pipeline import iter_decoded_batches
-from .tasks import Cancelled, TaskState, format_eta
+from .tasks import Cancelled, TaskState
 
 Log = Callable[[str], None]
 
@@ -127,135 +127,6 @@ def decode_set(
     return arrays[ok], targets[ok], problems
 
 
-class Augmenter:
-    """Training-only augmentation on uint8 NHWC batches, done as one affine warp per image.
-
-    Random resized crop (scale 0.75–1), small rotation (±15°), horizontal flip (and vertical
-    flip for fundus), brightness/contrast/saturation jitter.
-    """
-
-    def __init__(self, modality: str, generator: torch.Generator) -> None:
-        self.modality = modality
-        self.g = generator
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """(N,3,H,W) float in [0,255] -> augmented, same shape."""
-        n = x.shape[0]
-        g = self.g
-
-        def u(lo: float, hi: float) -> torch.Tensor:
-            return lo + (hi - lo) * torch.rand(n, generator=g)
-
-        angle = (
-            u(-15, 15) * math.pi / 180 if self.modality == "fundus" else u(-5, 5) * math.pi / 180
-        )
-        scale = torch.sqrt(u(0.75, 1.0))
-        flip_h = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
-        flip_v = (
-            torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
-            if self.modality == "fundus"
-            else torch.ones(n)
-        )
-        max_shift = 1 - scale
-        tx, ty = u(-1, 1) * max_shift, u(-1, 1) * max_shift
-        cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
-        theta = torch.stack(
-            [
-                torch.stack([cos * flip_h, -sin, tx], 1),
-                torch.stack([sin * flip_h * flip_v, cos * flip_v, ty], 1),
-            ],
-            1,
-        ).to(x)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        b = u(0.8, 1.2).view(n, 1, 1, 1).to(x)
-        c = u(0.8, 1.2).view(n, 1, 1, 1).to(x)
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        x = (x - mean) * c + mean * b
-        if self.modality == "fundus":
-            s = u(0.9, 1.1).view(n, 1, 1, 1).to(x)
-            grey = x.mean(dim=1, keepdim=True)
-            x = (x - grey) * s + grey
-        return x.clamp(0, 255)
-
-
-def make_loss(task: str, targets: np.ndarray, n_out: int, ordinal_weight: float) -> nn.Module:
-    """Class-balanced loss: weighted CE, ordinal CE + expected squared grade error, or BCE."""
-    if task == "multilabel":
-        t = targets.reshape(len(targets), -1).astype(np.float64)
-        pos = t.sum(0)
-        pos_weight = torch.tensor(np.clip((len(t) - pos) / np.maximum(pos, 1), 0.1, 10.0)).float()
-        return nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    counts = np.bincount(targets.astype(int), minlength=n_out).astype(np.float64)
-    w = np.where(counts > 0, len(targets) / (n_out * np.maximum(counts, 1)), 0.0)
-    weight = torch.tensor(w / w[counts > 0].mean()).float()
-    if task == "ordinal":
-        return OrdinalLoss(weight, ordinal_weight)
-    return nn.CrossEntropyLoss(weight=weight)
-
-
-class OrdinalLoss(nn.Module):
-    """Cross-entropy plus the expected squared distance between predicted and true grade.
-
-    The second term punishes "PDR called none" far more than "PDR called NPDR", which is
-    what quadratic weighted kappa measures; the output stays a class distribution, so
-    calibration, conformal sets and attribution work unchanged.
-    """
-
-    def __init__(self, weight: torch.Tensor, lam: float) -> None:
-        super().__init__()
-        self.register_buffer("weight", weight)
-        self.lam = lam
-
-    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        ce = F.cross_entropy(logits, y, weight=self.weight)
-        p = torch.softmax(logits.float(), dim=1)
-        grades = torch.arange(logits.shape[1], device=logits.device).float()
-        dist = (grades.view(1, -1) - y.float().view(-1, 1)) ** 2
-        w = self.weight[y]
-        return ce + self.lam * ((p * dist).sum(1) * w).sum() / w.sum()
-
-
-def _batches(n: int, bs: int, g: torch.Generator | None) -> list[torch.Tensor]:
-    order = torch.randperm(n, generator=g) if g is not None else torch.arange(n)
-    return [order[i : i + bs] for i in range(0, n, bs)]
-
-
-def _to_input(x_uint8: torch.Tensor, spec: ModelSpec, device: torch.device) -> torch.Tensor:
-    x = x_uint8.permute(0, 3, 1, 2).float()
-    return x.to(device)
-
-
-def _normalise(x: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
-    mean = torch.tensor(spec.mean, device=x.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(spec.std, device=x.device).view(1, 3, 1, 1) * 255
-    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
-
-
-def predict_arrays(
-    net: nn.Module,
-    spec: ModelSpec,
-    arrays: np.ndarray,
-    device: torch.device,
-    amp: bool,
-    bs: int = 64,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and penultimate features for in-memory uint8 images (eval mode)."""
-    from .models import penultimate_and_logits
-
-    net.eval()
-    logits, feats = [], []
-    with torch.inference_mode(), autocast_for(device, amp):
-        for i in range(0, len(arrays), bs):
-            x = _normalise(_to_input(torch.from_numpy(arrays[i : i + bs]), spec, device), spec)
-            f, z = penultimate_and_logits(net, x)
-            logits.append(z.float().cpu().numpy())
-            feats.append(f.float().cpu().numpy())
-    if not logits:
-        return np.zeros((0, spec.num_outputs), np.float32), np.zeros((0, 0), np.float32)
-    return np.concatenate(logits), np.concatenate(feats)
-
-
 def _classifier_left_new(net: nn.Module, skipped: list[str]) -> bool:
     head = {id(p) for p in net.get_classifier().parameters()}
     names = {n for n, p in net.named_parameters() if id(p) in head}
@@ -266,13 +137,6 @@ def _zero_classifier(net: nn.Module) -> None:
     with torch.no_grad():
         for p in net.get_classifier().parameters():
             p.zero_()
-
-
-def _freeze_backbone(net: nn.Module) -> None:
-    head = net.get_classifier()
-    head_params = {id(p) for p in head.parameters()}
-    for p in net.parameters():
-        p.requires_grad = id(p) in head_params
 
 
 def train_model(
@@ -345,90 +209,31 @@ def train_model(
         log(f"initial weights from {Path(cfg.init_weights).name} ({len(skipped)} tensors left new)")
     if (start is not None or cfg.init_weights) and _classifier_left_new(net, skipped):
         _zero_classifier(net)  # a new head starts neutral: loss ln(C), no wild first steps
-    if cfg.strategy == "head":
-        _freeze_backbone(net)
-    elif cfg.strategy == "lora":
+    if cfg.strategy == "lora":
         from .lora import inject, lora_settings
 
         net = inject(net, lora_settings(net, cfg.arch))
-    elif cfg.strategy != "full":
+    elif cfg.strategy not in ("full", "head"):
         raise ValueError(f"unknown strategy {cfg.strategy!r} (full, head or lora)")
     net = net.to(device).to(memory_format=torch.channels_last)
     loss_fn = make_loss(ds.task, targets[tr], spec.num_outputs, cfg.ordinal_weight).to(device)
-    params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    g = torch.Generator().manual_seed(cfg.seed)
-    aug = Augmenter(cfg.modality, g)
-    steps_per_epoch = math.ceil(len(tr) / cfg.batch_size)
-    if cfg.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
-    total_steps = max(1, steps_per_epoch * cfg.epochs)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=cfg.warmup_pct
+    fit_cfg = FitConfig(
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        patience=cfg.patience if cfg.patience is not None else 3,
+        seed=cfg.seed,
+        amp=cfg.amp,
+        strategy=cfg.strategy,
+        max_steps_per_epoch=cfg.max_steps_per_epoch,
+        pct_start=cfg.warmup_pct,
     )
-    selector = recipe.EpochSelector(
-        ds.task,
-        cfg.epochs,
-        steps_per_epoch,
-        recipe.warmup_epochs(cfg.epochs, cfg.warmup_pct),
-        cfg.patience,
-        ema=cfg.ema,
-        log=log,
+    selector = recipe.ScoreSelector(ds.task, cfg.patience, ema=cfg.ema)
+    fitted = fit(
+        net, spec, arrays, targets, tr, va, loss_fn, fit_cfg, device, state, log, selector=selector
     )
-    x_train = torch.from_numpy(arrays[tr])
-    y_all = torch.from_numpy(targets)
-    y_train = y_all[tr]
-    history: list[dict[str, float]] = []
-    step = 0
-
-    def validate(module: nn.Module) -> tuple[dict[str, Any], float]:
-        return _validation_metrics(module, spec, arrays[va], targets[va], loss_fn, device, cfg)
-
-    for epoch in range(cfg.epochs):
-        net.train()
-        if cfg.strategy in ("head", "lora"):
-            net.eval()
-            net.get_classifier().train()
-        running, seen = 0.0, 0
-        for bi, idx in enumerate(_batches(len(tr), cfg.batch_size, g)):
-            if bi >= steps_per_epoch:
-                break
-            state.check()
-            x = _to_input(x_train[idx], spec, device)
-            x = _normalise(aug(x), spec)
-            y = y_train[idx].to(device)
-            if ds.task == "multilabel":
-                y = y.float()
-            with autocast_for(device, cfg.amp):
-                logits = net(x)
-            loss = loss_fn(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 5.0)  # from-scratch nets can spike early
-            opt.step()
-            sched.step()
-            selector.after_step(net)
-            step += 1
-            running += float(loss.detach()) * len(idx)
-            seen += len(idx)
-            eta = (time.monotonic() - t0) / step * (total_steps - step)
-            state.progress(
-                step,
-                total_steps,
-                f"epoch {epoch + 1}/{cfg.epochs} loss {running / seen:.4f} ETA {format_eta(eta)}",
-            )
-        stop = selector.end_epoch(epoch + 1, net, validate)
-        row = dict(selector.history[-1])
-        row["train_loss"] = running / max(1, seen)
-        history.append(row)
-        log(
-            f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f}  "
-            f"val loss {row['val_loss']:.4f}  val score {row['val_score']:.4f}"
-            + (f"  (averaged weights {row['ema_val_score']:.4f})" if "ema_val_score" in row else "")
-        )
-        if stop:
-            break
-    kept = selector.restore_best(net)
+    history = fitted.history
     if cfg.strategy == "lora":  # a trained-from-here model has no base: store merged weights
         from .lora import merge
 
@@ -452,9 +257,9 @@ def train_model(
             "counts": {"train": len(tr), "validation": len(va), "test": len(te)},
         },
         "epochs_run": len(history),
-        "best_epoch": kept.epoch if kept else None,
-        "kept_weights": kept.source if kept else None,
-        "selection": recipe.selection_metric_name(ds.task),
+        "best_epoch": fitted.best_epoch,
+        "kept_weights": fitted.kept_weights,
+        "selection": fitted.selection,
         "start": start_info,
         "history": history,
         "config": {k: v for k, v in asdict(cfg).items() if k not in ("workers",)},
@@ -483,10 +288,6 @@ def train_model(
     sha = save_model_file(out, spec, net.state_dict(), extra=extra, half=cfg.half)
     log(f"saved {out} (sha256 {sha[:12]})")
     return TrainResult(spec, out, sha, history, test_metrics, warnings, time.monotonic() - t0)
-
-
-def _target_tensor(y: torch.Tensor, task: str) -> torch.Tensor:
-    return y.float() if task == "multilabel" else y.long()
 
 
 def _surviving_index(ds: LabelledSet, problems: list[str]) -> dict[int, int]:
@@ -551,9 +352,13 @@ def calibrate_spec_on(
     probs = softmax(logits, spec.temperature)
     try:
         cal = fit_conformal(probs, y, alpha=alpha)
-    except ValueError as e:
+    except ValueError:
         spec.conformal = None
-        warnings.append(f"no conformal sets: {e}")
+        need = math.ceil((1 - alpha) / alpha)
+        warnings.append(
+            f"no conformal prediction sets: {len(y)} calibration images are too few for "
+            f"{100 * (1 - alpha):.0f}% coverage (at least {need} are needed)"
+        )
     else:
         spec.conformal = cal.to_dict()
         log(
@@ -587,27 +392,6 @@ def evaluate_arrays(
         else softmax(logits, spec.temperature)
     )
     return evaluate_predictions(y, probs, spec.task, spec.labels)
-
-
-def _validation_metrics(
-    net: nn.Module,
-    spec: ModelSpec,
-    arrays: np.ndarray,
-    y: np.ndarray,
-    loss_fn: nn.Module,
-    device: torch.device,
-    cfg: TrainConfig,
-) -> tuple[dict[str, Any], float]:
-    """Uncalibrated validation metrics and loss of ``net`` (for choosing the kept epoch)."""
-    from .calibration import sigmoid, softmax
-    from .metrics import evaluate_predictions
-
-    logits, _ = predict_arrays(net, spec, arrays, device, cfg.amp)
-    if len(y) == 0:
-        return {"n": 0}, float("nan")
-    loss = float(loss_fn(torch.from_numpy(logits), _target_tensor(torch.from_numpy(y), spec.task)))
-    probs = sigmoid(logits) if spec.task == "multilabel" else softmax(logits, 1.0)
-    return evaluate_predictions(y, probs, spec.task, spec.labels), loss
 
 
 def _metrics_line(name: str, m: dict[str, Any]) -> str:

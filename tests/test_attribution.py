@@ -467,7 +467,7 @@ def test_cache_round_trip_survives_a_new_session(tmp_path: Path) -> None:
     assert got.map.dtype == np.float32 and got.map.shape == (24, 32)
     np.testing.assert_allclose(got.map, amap, atol=1e-3 * np.abs(amap).max())
     assert fresh.path_for(key).suffix == ".npz"
-    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".tmp")]
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
 
 
 def test_cache_keys_are_kept_apart(tmp_path: Path) -> None:

@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from engine.cli import EXIT_COLLAPSED, main
+from engine.fit import FitPlan, FitResult, Validation
 from engine.recipe import (
-    EpochSelector,
+    ScoreSelector,
     WeightEMA,
     collapse_message,
     default_patience,
@@ -22,41 +23,56 @@ from engine.recipe import (
 from tests.conftest import TINY_ARCH
 
 
-def _selector(epochs: int = 10, warmup: int = 2, patience: int | None = None) -> EpochSelector:
-    return EpochSelector("binary", epochs, 5, warmup, patience, ema=False, log=lambda s: None)
+def _selector(
+    epochs: int = 10, pct_start: float = 0.15, patience: int | None = None, ema: bool = False
+) -> ScoreSelector:
+    sel = ScoreSelector("binary", patience, ema=ema)
+    sel.begin(FitPlan(epochs, 5, pct_start, lambda s: None))
+    return sel
+
+
+def _validation(score: float, loss: float) -> Validation:
+    return Validation(
+        np.zeros((1, 2)), loss, score, lambda: {"auc": score, "balanced_accuracy": score}
+    )
 
 
 def _eval_returning(scores: list[tuple[float, float]]):
-    """An evaluate() that reports the next (AUC = balanced accuracy, loss) pair each call."""
+    """A validate() that reports the next (AUC = balanced accuracy, loss) pair each call."""
     it = iter(scores)
 
-    def evaluate(net: nn.Module):
-        s, loss = next(it)
-        return {"auc": s, "balanced_accuracy": s}, loss
+    def validate(net: nn.Module) -> Validation:
+        return _validation(*next(it))
 
-    return evaluate
+    return validate
+
+
+def _end(sel: ScoreSelector, epoch: int, net: nn.Module, validate) -> bool:  # noqa: ANN001
+    return sel.end_epoch(epoch, net, validate, {"epoch": epoch, "train_loss": 0.0})
 
 
 def test_the_kept_epoch_is_the_best_score_not_the_lowest_loss():
     net = nn.Linear(2, 2)
-    sel = _selector(epochs=4, warmup=1, patience=10)
+    sel = _selector(epochs=4, patience=10)
     # loss rises while the score improves: the DR pattern that made "best loss" keep epoch 1
     evaluate = _eval_returning([(0.55, 2.7), (0.62, 3.5), (0.71, 5.0), (0.66, 4.0)])
     for epoch in range(1, 5):
         with torch.no_grad():
             net.weight.fill_(float(epoch))
-        sel.end_epoch(epoch, net, evaluate)
-    kept = sel.restore_best(net)
-    assert kept is not None and kept.epoch == 3
+        _end(sel, epoch, net, evaluate)
+    result = FitResult()
+    sel.restore_best(net, result)
+    assert result.best_epoch == 3 and result.best_score == pytest.approx(0.71)
+    assert result.best_val_loss == 5.0 and result.kept_weights == "raw"
     assert float(net.weight.detach()[0, 0]) == 3.0  # the weights of epoch 3 are back
 
 
 def test_training_never_stops_before_the_warm_up_has_ended():
-    sel = _selector(epochs=20, warmup=6, patience=2)
+    sel = _selector(epochs=20, pct_start=0.3, patience=2)  # warm-up ends at epoch 6
     evaluate = _eval_returning([(0.9, 1.0)] + [(0.5, 9.0)] * 19)
     stopped_at = None
     for epoch in range(1, 21):
-        if sel.end_epoch(epoch, nn.Linear(1, 1), evaluate):
+        if _end(sel, epoch, nn.Linear(1, 1), evaluate):
             stopped_at = epoch
             break
     assert stopped_at == 6  # two bad epochs by epoch 3, but no stop before warm-up ends
@@ -66,15 +82,15 @@ def test_patience_grows_with_the_run():
     assert default_patience(6) == 3
     assert default_patience(12) == 4
     assert default_patience(30) == 10
-    sel = _selector(epochs=30, warmup=1)
+    sel = _selector(epochs=30, pct_start=0.01)
     evaluate = _eval_returning([(0.9, 1.0)] + [(0.5, 1.0)] * 29)
-    epochs_run = next(e for e in range(1, 31) if sel.end_epoch(e, nn.Linear(1, 1), evaluate))
+    epochs_run = next(e for e in range(1, 31) if _end(sel, e, nn.Linear(1, 1), evaluate))
     assert epochs_run == 11  # 1 good + 10 without improvement
 
 
 def test_averaged_weights_win_when_they_score_better():
     net = nn.Linear(1, 1, bias=False)
-    sel = EpochSelector("binary", 5, 4, 1, 10, ema=True, log=lambda s: None)
+    sel = _selector(epochs=5, patience=10, ema=True)
     with torch.no_grad():
         net.weight.fill_(1.0)
     sel.after_step(net)
@@ -82,15 +98,14 @@ def test_averaged_weights_win_when_they_score_better():
         net.weight.fill_(5.0)
     sel.after_step(net)
 
-    def evaluate(module: nn.Module):  # the averaged net (weight below 5) scores higher
-        w = float(module.weight.detach()[0, 0])
-        s = 0.9 if w < 4.99 else 0.6
-        return {"auc": s, "balanced_accuracy": s}, 1.0
+    def evaluate(module: nn.Module) -> Validation:  # the averaged net (weight < 5) scores higher
+        return _validation(0.9 if float(module.weight.detach()[0, 0]) < 4.99 else 0.6, 1.0)
 
-    sel.end_epoch(1, net, evaluate)
-    sel.end_epoch(2, net, evaluate)
-    kept = sel.restore_best(net)
-    assert kept.source == "ema"
+    _end(sel, 1, net, evaluate)
+    _end(sel, 2, net, evaluate)
+    result = FitResult()
+    sel.restore_best(net, result)
+    assert result.kept_weights == "averaged" and result.best_epoch == 2
     assert 1.0 < float(net.weight.detach()[0, 0]) < 5.0
 
 
@@ -166,5 +181,6 @@ def test_training_history_records_the_validation_score(capsys, tmp_path, synth_f
     prov = json.loads(capsys.readouterr()[0])["provenance"]
     assert [h["epoch"] for h in prov["history"]] == [1, 2]
     assert all(np.isfinite(h["val_score"]) for h in prov["history"])
-    assert prov["best_epoch"] in (1, 2) and prov["kept_weights"] in ("weights", "ema")
+    assert prov["best_epoch"] in (1, 2) and prov["kept_weights"] in ("raw", "averaged")
     assert prov["start"]["kind"] == "random initialisation (from scratch)"
+    assert prov["selection"] == "mean of AUC and balanced accuracy"
