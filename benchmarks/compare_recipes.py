@@ -7,7 +7,12 @@ and each run's log is kept beside it. Run one at a time on a shared machine; eve
 prints its exact command.
 
     python benchmarks/compare_recipes.py OUT oct-default dr-default ed4-default
+    python benchmarks/compare_recipes.py --screen OUT oct-default
     python benchmarks/compare_recipes.py --list
+
+``--screen`` also screens the test part into a fresh workspace through the default path
+(``eyetriage screen FOLDER --model M --workspace W``, the way a clinic measures) and records
+the triage counts, per true class. ``OUT/NAME-sSEED.eval.json`` keeps the full evaluation.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ DR = [
     "--filter", "modality=fundus", "--group-col", "dup_group",
     "--task", "ordinal", "--label-order", "0,NPDR,PDR",
 ]  # fmt: skip
-ED = [str(ED4)]
+ED = [str(ED4)]  # the seed protocol is the default split: stratified 70/15/15
 
 # name -> (data options, run options); the seed is added to every run
 RUNS: dict[str, tuple[list[str], list[str]]] = {
@@ -57,10 +62,52 @@ RUNS: dict[str, tuple[list[str], list[str]]] = {
     "dr-e6-scratch": (DR, ["--epochs", "6", "--init", "none"]),
     "ed4-default": (ED, []),
     "ed4-scratch": (ED, ["--init", "none"]),
+    "oct-resnet18": (OCT, ["--arch", "resnet18"]),
+    "dr-resnet18": (DR, ["--arch", "resnet18"]),
+    "ed4-resnet18": (ED, ["--arch", "resnet18"]),
 }
 
 
-def run(name: str, out: Path, seed: int, python: str) -> dict:
+def screen_test_part(name: str, model: Path, data: list[str], out: Path, python: str) -> dict:
+    """Screen the model's own test part into a fresh workspace; triage counts per true class."""
+    import shutil
+
+    sys.path.insert(0, str(ROOT))
+    from engine.cli import _load_data, _split_part, build_parser
+    from engine.modelfile import read_spec
+    from engine.store import Workspace
+
+    spec = read_spec(model)
+    args = build_parser().parse_args(["evaluate", str(model), *data])
+    ds = _split_part(_load_data(args, label_order=spec.labels), spec, "test")
+    folder = out / f"{model.stem}-testpart"
+    ws = out / f"{model.stem}-ws"
+    for d in (folder, ws):
+        shutil.rmtree(d, ignore_errors=True)
+    folder.mkdir(parents=True)
+    truth: dict[str, str] = {}
+    for i, smp in enumerate(ds.samples):  # links, not copies: the source images stay put
+        link = folder / f"{i:05d}_{smp.path.name}"
+        link.symlink_to(smp.path.resolve())
+        truth[link.name] = spec.labels[smp.target]
+    cmd = [python, "-m", "engine", "screen", str(folder), "--model", str(model)]
+    cmd += ["--workspace", str(ws), "--quiet"]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if p.returncode:
+        return {"error": p.stderr.strip()[-400:]}
+    counts: dict[str, int] = {}
+    by_class: dict[str, dict[str, int]] = {}
+    with Workspace.open(ws, create=False) as w:
+        for r in w.latest_predictions():
+            t = truth.get(Path(r["path"]).name, "?")
+            counts[r["triage"]] = counts.get(r["triage"], 0) + 1
+            cls = by_class.setdefault(t, {})
+            cls[r["triage"]] = cls.get(r["triage"], 0) + 1
+    line = next((x for x in p.stdout.splitlines() if x.startswith("screened")), "")
+    return {"n": len(ds.samples), "triage": counts, "by_true_class": by_class, "summary": line}
+
+
+def run(name: str, out: Path, seed: int, python: str, screen: bool = False) -> dict:
     data, opts = RUNS[name]
     model = out / f"{name}-s{seed}.safetensors"
     train = [python, "-m", "engine", "train", *data, *opts, "--seed", str(seed)]
@@ -87,6 +134,7 @@ def run(name: str, out: Path, seed: int, python: str) -> dict:
         ev += ["--quiet"]
         e = subprocess.run(ev, cwd=ROOT, capture_output=True, text=True)
         if e.returncode == 0:
+            (out / f"{model.stem}.eval.json").write_text(e.stdout)
             m = json.loads(e.stdout)
             row["test"] = {
                 k: m.get(k)
@@ -96,9 +144,12 @@ def run(name: str, out: Path, seed: int, python: str) -> dict:
             row["test"]["ece_uncalibrated"] = m.get("ece_uncalibrated")
             curve = {round(pt["referred"], 2): pt for pt in m.get("referral_curve") or []}
             if 0.0 in curve and 0.3 in curve:
+                row["test"]["bal_acc_kept_at_0pct_referred"] = curve[0.0]["balanced_accuracy"]
                 row["test"]["bal_acc_kept_at_30pct_referred"] = curve[0.3]["balanced_accuracy"]
         else:
             row["evaluate_error"] = e.stderr.strip()[-400:]
+        if screen:
+            row["screen"] = screen_test_part(name, model, data, out, python)
     with open(out / "results.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
     print(json.dumps(row), flush=True)
@@ -111,6 +162,7 @@ def main() -> int:
     p.add_argument("runs", nargs="*")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--list", action="store_true")
+    p.add_argument("--screen", action="store_true", help="also screen the test part")
     a = p.parse_args()
     if a.list or not a.out:
         for k, (_, opts) in RUNS.items():
@@ -119,7 +171,7 @@ def main() -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in a.runs:
-        run(name, out, a.seed, sys.executable)
+        run(name, out, a.seed, sys.executable, a.screen)
     return 0
 
 
