@@ -64,6 +64,12 @@ def model_card_text(spec: ModelSpec, sha256: str = "") -> str:
             f"  split         train {c.get('train')} / validation {c.get('validation')} / "
             f"test {c.get('test')} (seed {split.get('seed')}, {split.get('method')})"
         )
+    if prov.get("best_epoch") and prov.get("selection"):
+        how = f" ({prov['kept_weights']} weights)" if prov.get("kept_weights") else ""
+        lines.append(
+            f"  kept epoch    {prov['best_epoch']} of {prov.get('epochs_run')}{how}, by the "
+            f"validation {prov['selection']}"
+        )
     if prov.get("created_at"):
         lines.append(f"  created       {prov['created_at']} (engine {prov.get('engine_version')})")
     if prov.get("parent"):

@@ -184,3 +184,8 @@ def test_training_history_records_the_validation_score(capsys, tmp_path, synth_f
     assert prov["best_epoch"] in (1, 2) and prov["kept_weights"] in ("raw", "averaged")
     assert prov["start"]["kind"] == "random initialisation (from scratch)"
     assert prov["selection"] == "mean of AUC and balanced accuracy"
+    main(["info", str(out)])
+    card = capsys.readouterr()[0]
+    assert (
+        f"kept epoch    {prov['best_epoch']} of 2 ({prov['kept_weights']} weights), by the " in card
+    )
