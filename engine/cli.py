@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -336,8 +337,9 @@ SCREEN_FIXED_COLUMNS = [
 
 
 def cmd_screen(args: argparse.Namespace) -> int:
+    from .engines import engine_cache_dir
     from .images import discover_images
-    from .screen import ScreenSettings
+    from .screen import ScreenSettings, attach_engine
     from .triage import TriagePolicy
 
     if not args.out and not args.workspace:
@@ -365,10 +367,20 @@ def cmd_screen(args: argparse.Namespace) -> int:
         k=args.k,
         quality=not args.no_quality,
         policy=policy,
+        engine=args.engine,
+        engine_cache=engine_cache_dir(args.workspace),
     )
+    models = attach_engine(models, settings)
     if args.workspace:
         return _screen_workspace(args, paths, models, settings)
     return _screen_csv(args, paths, models, settings)
+
+
+def _runs_on(lm) -> str:  # noqa: ANN001 - LoadedModel
+    """``cpu, onnxruntime``: the device and the engine the backbone ran in."""
+    from .backends import engine_name
+
+    return f"{lm.device.type}, {engine_name(lm)}"
 
 
 def _screen_csv(args, paths, models, settings) -> int:  # noqa: ANN001
@@ -399,7 +411,7 @@ def _screen_csv(args, paths, models, settings) -> int:  # noqa: ANN001
             interrupted = True
             state.cancel()
     dt = time.monotonic() - t0
-    _summary(counts, written, len(paths), dt, models[0].device.type, out)
+    _summary(counts, written, len(paths), dt, _runs_on(models[0]), out)
     if interrupted:
         err(f"interrupted: {written} of {len(paths)} rows written to {out}")
         return EXIT_INTERRUPTED
@@ -447,7 +459,9 @@ def _screen_workspace(args, paths, models, settings) -> int:  # noqa: ANN001
     state = TaskState(Progress("screening", quiet=args.quiet))
     t0 = time.monotonic()
     try:
-        report = screen_into_workspace(args.workspace, paths, models, settings, state)
+        report = screen_into_workspace(
+            args.workspace, paths, models, settings, state, actor=args.actor
+        )
     except KeyboardInterrupt:
         state.cancel()
         err("interrupted: finished images are saved; run the same command again to resume")
@@ -459,8 +473,11 @@ def _screen_workspace(args, paths, models, settings) -> int:  # noqa: ANN001
         else "screening every image"
     )
     _summary(
-        report["counts"], report["screened"], len(paths), dt, models[0].device.type, args.workspace
+        report["counts"], report["screened"], len(paths), dt, _runs_on(models[0]), args.workspace
     )
+    activation = report.get("activation") or {}
+    if activation.get("message"):
+        print(activation["message"])
     if args.out:
         from .store import Workspace
 
@@ -496,6 +513,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .engines import ENGINES
 
     p = argparse.ArgumentParser(
         prog="eyetriage",
@@ -635,7 +653,19 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--batch-size", type=int, default=32)
     sc.add_argument("--workers", type=int)
     sc.add_argument("--device", default="auto")
+    sc.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="auto",
+        help="CPU inference engine for the backbone (auto: the fastest measured on this "
+        "computer, remembered; a GPU keeps torch)",
+    )
     sc.add_argument("--quiet", action="store_true")
+    sc.add_argument(
+        "--actor",
+        default=os.environ.get("USER", "cli"),
+        help="name recorded in the audit log if the run makes its model the active one",
+    )
     sc.set_defaults(func=cmd_screen)
 
     i = sub.add_parser("info", help="show a model file's description (model card)")

@@ -40,6 +40,7 @@ def create_demo_workspace(
     model is registered and made active. Screening is left to the caller (the desktop runs
     it in the background with progress).
     """
+    from .activation import register_model
     from .modelfile import file_sha256, read_spec
     from .store import Workspace
     from .synth import synthesize
@@ -56,18 +57,7 @@ def create_demo_workspace(
     ws_dir = parent / "workspace"
     spec = read_spec(model_path)
     with Workspace.open(ws_dir) as ws:
-        import json
-
-        ws.register_model(
-            file_sha256(model_path),
-            model_path,
-            spec.name,
-            parent=spec.provenance.get("parent"),
-            created_at=spec.provenance.get("created_at"),
-            metrics=spec.metrics,
-            description=json.loads(spec.to_json()),
-            activate=ws.active_model() is None,
-        )
+        register_model(ws, file_sha256(model_path), model_path, spec)
     return {"workspace": ws_dir, "images": images, "model": model_path}
 
 

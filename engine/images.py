@@ -185,6 +185,14 @@ def decode_for_model(
     return _decode_fundus(path, size, prep, want_analysis)
 
 
+def load_display_image(path: str | Path, longest: int | None = None) -> Image.Image:
+    """The original image, oriented, as RGB, reduced to ``longest`` pixels if larger (for
+    showing it; the model's input comes from :func:`decode_for_model`)."""
+    im, _ = open_image(path, min_side=None)
+    rgb = to_rgb(im)
+    return _fit(rgb, longest) if longest else rgb
+
+
 def _decode_fundus(path: Path, size: int, prep: Preprocessing, want_analysis: bool) -> Decoded:
     from . import fundus
 

@@ -36,8 +36,15 @@ class ScreenSettings:
     amp: bool = True
     quality: bool = True
     policy: TriagePolicy = field(default_factory=TriagePolicy)
+    # CPU inference engine for the backbone (see engine.backends); a GPU always keeps torch
+    engine: str = "auto"
+    # where exported backbones are cached: a workspace's cache, else the user cache folder
+    engine_cache: str | Path | None = None
 
     def __post_init__(self) -> None:
+        from .engines import check_engine
+
+        check_engine(self.engine)
         if self.uncertainty not in METHODS:
             raise ValueError(
                 f"unknown uncertainty method {self.uncertainty!r}; choose from {', '.join(METHODS)}"
@@ -124,6 +131,7 @@ def screen(
         raise ValueError("no model given")
     check_ensemble(models)
     check_method(models, settings.uncertainty)
+    models = attach_engine(models, settings) if paths else models
     lm = models[0]
     spec = lm.spec
     multilabel = spec.task == "multilabel"
@@ -165,6 +173,20 @@ def screen(
                 )
         yield [results[i] for i in range(batch.start, batch.stop)]
         state.progress(batch.stop, total, "screening")
+
+
+def attach_engine(models: Sequence[LoadedModel], settings: ScreenSettings) -> list[LoadedModel]:
+    """The models with their backbones on the settings' engine (copies; the callers' models
+    keep their torch networks for attribution). Full-network MC dropout needs dropout inside
+    the backbone, so it stays on torch."""
+    from .backends import prepare
+
+    if settings.uncertainty == "mc-full":
+        return list(models)
+    return [
+        prepare(m, settings.engine, settings.engine_cache, settings.batch_size, settings.amp)
+        for m in models
+    ]
 
 
 def _quality_gate(d: Decoded) -> None:
