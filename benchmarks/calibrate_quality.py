@@ -596,7 +596,24 @@ def main() -> int:
     judge(rows, "fundus", thresholds)
     other = collect("fundus", OTHER_SETS, {}, args.part, args.per_set, args.input_size, cache)
     judge(other, "fundus", thresholds)
-    lines = [f"## Fundus photographs ({args.part} part, input {args.input_size} px)", ""]
+    shown, skip = [], False
+    for a in sys.argv[1:]:  # --cache names a local folder: not part of the recipe
+        if not skip and not a.startswith("--cache"):
+            shown.append(a)
+        skip = a == "--cache"
+    command = " ".join(["python benchmarks/calibrate_quality.py", *shown])
+    lines = [
+        f"# Quality gate on the {args.part} part of the real sets",
+        "",
+        f"Written by `{command}`. Each set is split in two by patient (see the script);",
+        "the thresholds and the focus model were fitted on the calibration part only.",
+        "Degraded copies are made from the sampled photographs at 512 px and go through",
+        "the screener's decoder like any file. \"never auto-cleared\" counts copies that are",
+        "flagged or pass with a caution (slightly soft focus), which triage never clears.",
+        "",
+        f"## Fundus photographs ({args.part} part, input {args.input_size} px)",
+        "",
+    ]
     lines += report(rows, FUNDUS_DEGRADATIONS, "fundus")
     lines += ["", "Ben-Graham filtered thumbnails (no dark border; not a supported input):", ""]
     lines += report(other, {}, "fundus")

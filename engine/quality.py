@@ -125,7 +125,7 @@ class OctThresholds:
 
     min_signal: float = 75.0
     max_top_touch: float = 0.3
-    max_bottom_cut: float = 0.7
+    max_bottom_cut: float = 0.45
     max_empty_columns: float = 0.2
 
 
@@ -350,8 +350,9 @@ def assess_quality(
             or m["mean_brightness"] > t.max_mean_brightness
         ):
             problems.append("bright")
-        elif m["red_green"] >= t.min_red_green and m["mean_brightness"] >= 15:
-            problems.append("fov_incomplete")
+        elif m["red_green"] >= t.min_red_green:
+            fundus_dark = m["mean_brightness"] < t.min_mean_brightness
+            problems.append("dark" if fundus_dark else "fov_incomplete")
         else:
             problems.append("no_fov")
     else:
@@ -359,11 +360,13 @@ def assess_quality(
             problems.append("small_fov")
         if m["fov_visible"] < t.min_fov_visible:
             problems.append("partial_fov")
-        dim = m["mean_brightness"] < t.dim_mean_brightness and m["edge_level"] < t.min_dim_edge
+        # a dim or mostly dark photograph is still gradable when its edges stand out
+        # (a darkly pigmented fundus with a sharp disc and vessels)
+        faint = m["edge_level"] < t.min_dim_edge
         if (
             m["mean_brightness"] < t.min_mean_brightness
-            or m["dark_fraction"] > t.max_dark_fraction
-            or dim
+            or (m["dark_fraction"] > t.max_dark_fraction and faint)
+            or (m["mean_brightness"] < t.dim_mean_brightness and faint)
         ):
             problems.append("dark")
         if (
@@ -430,9 +433,9 @@ def oct_measures(img: np.ndarray) -> dict[str, float]:
         "peak": hi,
         "signal": hi - bg,
         "top_touch": float((top > bg + 0.3 * span).mean()),
-        # the brightest band (the RPE) in the lowest fifth of the scan: the retina sits so
-        # low that its outer layers are cut off
-        "bottom_cut": float(((brightest >= 0.8 * h) & has_signal).mean()),
+        # the brightest band (normally the RPE) in the lowest 12 % of the scan: the retina
+        # sits so low that its outer layers are cut off
+        "bottom_cut": float(((brightest >= 0.88 * h) & has_signal).mean()),
         "empty_columns": float((~has_signal).mean()),
     }
     return m

@@ -193,14 +193,17 @@ def test_mirror_artefact_is_named_in_the_reason(oct_scan):
 
 # ------------------------------------------------------------------------ real images
 
+# clearly gradable photographs from every real set, including a mild cataract
 REAL_GRADABLE = [
     "chase-db1/Image_01L.jpg",
     "chase-db1/Image_05R.jpg",
     "fullres-fundus/0001_OD_f_1.jpg",
-    "mx-dme/fundus/0002_OD_f_1.jpg",
-    "eye-diseases-4/normal/2512_left.jpg",
+    "mx-dme/fundus/1320_OI_f_1.jpg",
+    "mx-dme/fundus/1247_OI_f_4.jpg",
+    "eye-diseases-4/normal/3138_left.jpg",
     "eye-diseases-4/diabetic_retinopathy/102_right.jpeg",
     "eye-diseases-4/glaucoma/1486_left.jpg",
+    "eye-diseases-4/cataract/_31_8523261.jpg",
 ]
 
 
