@@ -136,10 +136,9 @@ def screen(
     spec = lm.spec
     multilabel = spec.task == "multilabel"
     cal = ConformalCalibrator.from_dict(spec.conformal) if spec.conformal else None
-    want_quality = settings.quality and spec.modality == "fundus"
-    decode = model_decoder(
-        lm, want_analysis=want_quality, post=_quality_gate if want_quality else None
-    )
+    want_quality = settings.quality and spec.modality in ("fundus", "oct")
+    gate = _oct_gate if spec.modality == "oct" else _fundus_gate
+    decode = model_decoder(lm, want_analysis=want_quality, post=gate if want_quality else None)
     total = len(paths)
     state.progress(0, total, "screening")
     for batch in iter_decoded_batches(paths, decode, settings.batch_size, settings.workers, state):
@@ -189,12 +188,20 @@ def attach_engine(models: Sequence[LoadedModel], settings: ScreenSettings) -> li
     ]
 
 
-def _quality_gate(d: Decoded) -> None:
-    """Runs in the decode thread: the quality gate costs no time on the model's thread."""
+def _fundus_gate(d: Decoded) -> None:
+    """Runs in the decode thread, on the crop the decoder already made (no file re-read)."""
     from .quality import assess_quality
 
     if d.analysis is not None:
-        d.quality = assess_quality(d.analysis).to_dict()
+        d.quality = assess_quality(d.analysis, d.analysis_fov, visible=d.fov_visible).to_dict()
+
+
+def _oct_gate(d: Decoded) -> None:
+    """Runs in the decode thread, on the scan as the model sees it."""
+    from .quality import assess_oct_quality
+
+    if d.analysis is not None:
+        d.quality = assess_oct_quality(d.analysis).to_dict()
 
 
 def _result(
