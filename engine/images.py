@@ -134,15 +134,7 @@ def open_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(path)
-            w, h = im.size
-            orientation = im.getexif().get(0x0112, 1)
-            full = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
-            if min_side and im.format == "JPEG":
-                s = min_side / max(1, min(w, h))
-                im.draft("RGB", (math.ceil(w * s), math.ceil(h * s)))
-            im = ImageOps.exif_transpose(im)  # loads the pixel data
-            im.load()
+            im, full = _load_oriented(path, min_side)
     except PermissionError:
         raise ImageError(path, "permission denied") from None
     except UnidentifiedImageError:
@@ -160,6 +152,25 @@ def open_image(
         raise ImageError(path, reason) from None
     if im.width < 8 or im.height < 8:
         raise ImageError(path, f"image is too small ({im.width}×{im.height} px)")
+    return im, full
+
+
+def _load_oriented(path: Path, min_side: int | None) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode ``path`` (draft-sized for JPEG), oriented by EXIF; the file is closed whether
+    decoding succeeds or fails (a bad file must not leave a handle open in a long batch)."""
+    opened = Image.open(path)
+    try:
+        w, h = opened.size
+        orientation = opened.getexif().get(0x0112, 1)
+        full = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+        if min_side and opened.format == "JPEG":
+            s = min_side / max(1, min(w, h))
+            opened.draft("RGB", (math.ceil(w * s), math.ceil(h * s)))
+        im = ImageOps.exif_transpose(opened)  # loads the pixel data
+        im.load()
+    except BaseException:
+        opened.close()
+        raise
     return im, full
 
 
