@@ -167,7 +167,7 @@ def test_ordinary_oct_scan_passes(oct_scan):
 
 
 @pytest.mark.parametrize(
-    "mode, problem",
+    ("mode", "problem"),
     [
         ("top", "oct_top"),
         ("mirror", "oct_top"),
