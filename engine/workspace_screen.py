@@ -7,14 +7,13 @@ interrupted (Ctrl+C, a crash, ``kill -9``) resumes where it stopped.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .models import LoadedModel
-from .screen import ScreenResult, ScreenSettings, screen
+from .screen import ScreenResult, ScreenSettings
+from .screen_backend import LocalBackend, ScreenBackend
 from .tasks import TaskState
 
 
@@ -39,7 +38,8 @@ def register(ws, lm: LoadedModel, activate_if_none: bool = True) -> None:  # noq
     )
 
 
-def _file_facts(path: Path) -> dict[str, Any]:
+def file_facts(path: Path) -> dict[str, Any]:
+    """What the workspace records about a file: resolved path, hash, size, patient, eye."""
     from .naming import parse_patient_eye
     from .store import sha256_file
 
@@ -65,10 +65,15 @@ def screen_into_workspace(
     settings: ScreenSettings,
     state: TaskState | None = None,
     on_chunk: Any = None,
+    backend: ScreenBackend | None = None,
+    known_facts: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Run the screen and record it; returns counts, the run id and what was skipped."""
     report: dict[str, Any] = {}
-    for event in iter_screen_into_workspace(workspace, paths, models, settings, state):
+    events = iter_screen_into_workspace(
+        workspace, paths, models, settings, state, backend, known_facts
+    )
+    for event in events:
         if event["kind"] == "chunk" and on_chunk is not None:
             on_chunk(event["results"])
         if event["kind"] == "done":
@@ -82,11 +87,18 @@ def iter_screen_into_workspace(
     models: Sequence[LoadedModel],
     settings: ScreenSettings,
     state: TaskState | None = None,
+    backend: ScreenBackend | None = None,
+    known_facts: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Generator form for the desktop: yields ``chunk`` events and a final ``done`` event."""
+    """Generator form for the desktop: yields ``chunk`` events and a final ``done`` event.
+
+    ``backend`` hashes and screens (default: this workstation); ``known_facts`` maps a
+    resolved path to facts a manifest gave (patient, eye), which win over the file name.
+    """
     from .store import Workspace, settings_key
 
     state = state or TaskState()
+    backend = backend or LocalBackend()
     lm = models[0]
     run_settings = settings.prediction_key()
     run_settings["models"] = [m.sha256 for m in models]
@@ -95,8 +107,9 @@ def iter_screen_into_workspace(
         for m in models:
             register(ws, m)
         state.progress(0, len(paths), "hashing files")
-        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2)) as pool:
-            facts = list(pool.map(_file_facts, paths))
+        facts = backend.file_facts(paths)
+        if known_facts:
+            facts = [_with_known(f, known_facts.get(f["path"])) for f in facts]
         readable = [f for f in facts if "error" not in f]
         ids = ws.add_images([{**f, "modality": lm.spec.modality} for f in readable])
         id_by_path = {f["path"]: i for f, i in zip(readable, ids, strict=True)}
@@ -109,7 +122,7 @@ def iter_screen_into_workspace(
         status = "failed"
         screened = 0
         try:
-            for chunk in screen(todo, models, settings, state):
+            for chunk in backend.screen(todo, models, settings, state):
                 rows = [_row(r, id_by_path) for r in chunk]
                 pred_ids = ws.add_predictions(run_id, rows)
                 for r, pid in zip(chunk, pred_ids, strict=True):
@@ -143,6 +156,12 @@ def iter_screen_into_workspace(
             "skipped": skipped,
             "unreadable": [(f["path"], f["error"]) for f in unreadable],
         }
+
+
+def _with_known(facts: dict[str, Any], known: Mapping[str, Any] | None) -> dict[str, Any]:
+    if not known or "error" in facts:
+        return facts
+    return {**facts, **{k: v for k, v in known.items() if v is not None}}
 
 
 def _row(r: ScreenResult, id_by_path: dict[str, int]) -> dict[str, Any]:
