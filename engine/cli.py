@@ -8,7 +8,6 @@ second.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -388,19 +387,27 @@ SCREEN_FIXED_COLUMNS = [
 
 
 def cmd_screen(args: argparse.Namespace) -> int:
-    from .images import discover_images
+    from .cli_cluster import make_backend, start_backend
+    from .manifest import load_source
     from .screen import ScreenSettings
     from .triage import TriagePolicy
 
     if not args.out and not args.workspace:
-        raise CliError("say where results go: --out results.csv and/or --workspace W")
+        raise CliError("say where results go: --out results.csv|.parquet and/or --workspace W")
+    if args.workspace and args.out and Path(args.out).suffix.lower() == ".parquet":
+        raise CliError("with --workspace, --out exports the workspace as CSV; give a .csv name")
+    backend = make_backend(args)
     try:
-        paths = discover_images(args.folder)
+        source = load_source(args.folder)
     except FileNotFoundError as e:
         raise CliError(str(e)) from None
+    paths = source.paths
     if not paths:
         raise CliError(f"{args.folder}: no images found (jpg, jpeg, png, tif, tiff, bmp)")
-    models = _load_models(args.model, args.device)
+    if source.duplicates and not args.quiet:
+        print(f"{source.duplicates} manifest rows name a file listed before: screened once")
+    # on Ray the models run in the workers; the driver only reads their descriptions
+    models = _load_models(args.model, "cpu" if backend else args.device)
     uncertainty = args.uncertainty or ("ensemble" if len(models) > 1 else "none")
     policy = TriagePolicy(
         kind=args.policy,
@@ -416,13 +423,25 @@ def cmd_screen(args: argparse.Namespace) -> int:
         k=args.k,
         quality=not args.no_quality,
         policy=policy,
+        amp=not args.fp32,
     )
-    if args.workspace:
-        return _screen_workspace(args, paths, models, settings)
-    return _screen_csv(args, paths, models, settings)
+    try:
+        if backend is not None:
+            start_backend(backend, args.quiet)
+        if args.workspace:
+            return _screen_workspace(args, source, models, settings, backend)
+        return _screen_file(args, paths, models, settings, backend)
+    finally:
+        if backend is not None:
+            backend.close()
 
 
-def _screen_csv(args, paths, models, settings) -> int:  # noqa: ANN001
+def _where(models, backend) -> str:  # noqa: ANN001
+    return backend.describe() if backend is not None else models[0].device.type
+
+
+def _screen_file(args, paths, models, settings, backend) -> int:  # noqa: ANN001
+    from .results_file import ResultsFile
     from .screen import screen
     from .tasks import TaskState
 
@@ -431,31 +450,32 @@ def _screen_csv(args, paths, models, settings) -> int:  # noqa: ANN001
         SCREEN_FIXED_COLUMNS[:4] + [f"p_{lab}" for lab in spec.labels] + SCREEN_FIXED_COLUMNS[4:]
     )
     state = TaskState(Progress("screening", quiet=args.quiet))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial")
+    out = ResultsFile(args.out, columns, spec.labels, _csv_row)
     counts: dict[str, int] = {}
-    written = 0
     interrupted = False
     t0 = time.monotonic()
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=columns)
-        w.writeheader()
-        try:
-            for chunk in screen(paths, models, settings, state):
-                for r in chunk:
-                    w.writerow(_csv_row(r, spec.labels))
-                    counts[r.triage] = counts.get(r.triage, 0) + 1
-                written += len(chunk)
-                f.flush()
-        except KeyboardInterrupt:
-            interrupted = True
-            state.cancel()
-    os.replace(tmp, out)
+    chunks = (
+        backend.screen(paths, models, settings, state)
+        if backend
+        else screen(paths, models, settings, state)
+    )
+    try:
+        for chunk in chunks:
+            out.write(chunk)
+            for r in chunk:
+                counts[r.triage] = counts.get(r.triage, 0) + 1
+    except KeyboardInterrupt:
+        interrupted = True
+        state.cancel()
+        chunks.close()
+    except BaseException:
+        out.close(publish=False)  # a failed run leaves only its hidden partial file
+        raise
+    out.close()
     dt = time.monotonic() - t0
-    _summary(counts, written, len(paths), dt, models[0].device.type, out)
+    _summary(counts, out.rows, len(paths), dt, _where(models, backend), out.out)
     if interrupted:
-        _err(f"interrupted: {written} of {len(paths)} rows written to {out}")
+        _err(f"interrupted: {out.rows} of {len(paths)} rows written to {out.out}")
         return EXIT_INTERRUPTED
     return EXIT_OK
 
@@ -494,14 +514,23 @@ def _summary(
     print(f"results: {where}")
 
 
-def _screen_workspace(args, paths, models, settings) -> int:  # noqa: ANN001
+def _screen_workspace(args, source, models, settings, backend) -> int:  # noqa: ANN001
     from .tasks import TaskState
     from .workspace_screen import screen_into_workspace
 
+    paths = source.paths
     state = TaskState(Progress("screening", quiet=args.quiet))
     t0 = time.monotonic()
     try:
-        report = screen_into_workspace(args.workspace, paths, models, settings, state)
+        report = screen_into_workspace(
+            args.workspace,
+            paths,
+            models,
+            settings,
+            state,
+            backend=backend,
+            known_facts=source.known_facts,
+        )
     except KeyboardInterrupt:
         state.cancel()
         _err("interrupted: finished images are saved; run the same command again to resume")
@@ -513,7 +542,12 @@ def _screen_workspace(args, paths, models, settings) -> int:  # noqa: ANN001
         else "screening every image"
     )
     _summary(
-        report["counts"], report["screened"], len(paths), dt, models[0].device.type, args.workspace
+        report["counts"],
+        report["screened"],
+        len(paths),
+        dt,
+        _where(models, backend),
+        args.workspace,
     )
     if args.out:
         from .store import Workspace
@@ -643,6 +677,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .cli_cluster import add_backend_options
 
     p = argparse.ArgumentParser(
         prog="eyetriage",
@@ -727,12 +762,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True)
     c.set_defaults(func=cmd_calibrate)
 
-    sc = sub.add_parser("screen", help="screen a folder of images")
-    sc.add_argument("folder")
+    sc = sub.add_parser("screen", help="screen a folder of images or a manifest")
+    sc.add_argument(
+        "folder",
+        metavar="SOURCE",
+        help="folder of images, or a manifest (.csv or .parquet: a path column, optional "
+        "patient and eye columns; relative paths from the manifest's folder)",
+    )
     sc.add_argument(
         "--model", action="append", required=True, help="model file (repeat for an ensemble)"
     )
-    sc.add_argument("--out", help="CSV of results")
+    sc.add_argument("--out", help="results file (.csv, or .parquet with pyarrow)")
     sc.add_argument("--workspace", help="workspace folder to record the run in")
     sc.add_argument("--uncertainty", choices=["none", "mc", "mc-full", "tta", "ensemble"])
     sc.add_argument("--k", type=int, help="stochastic passes (default: mc 20, tta 8)")
@@ -742,10 +782,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--refer-findings", action="store_true", help="every non-normal answer goes to review"
     )
     sc.add_argument("--no-quality", action="store_true", help="skip the image-quality gate")
+    sc.add_argument(
+        "--fp32",
+        action="store_true",
+        help="full float32 (no bf16/fp16 autocast): slower, the same numbers on any machine",
+    )
     sc.add_argument("--batch-size", type=int, default=32)
     sc.add_argument("--workers", type=int)
     sc.add_argument("--device", default="auto")
     sc.add_argument("--quiet", action="store_true")
+    add_backend_options(sc)
     sc.set_defaults(func=cmd_screen)
 
     i = sub.add_parser("info", help="show a model file's description (model card)")
@@ -837,7 +883,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _known_error(e: Exception) -> str | None:
     names = {c.__name__ for c in type(e).__mro__}
-    if names & {"ModelFileError", "DatasetError", "StoreError", "ImageError", "CliError"}:
+    if names & {
+        "ModelFileError",
+        "DatasetError",
+        "StoreError",
+        "ImageError",
+        "CliError",
+        "ClusterError",
+    }:
         return str(e)
     if isinstance(e, ValueError | FileNotFoundError | PermissionError):
         return str(e)

@@ -79,3 +79,16 @@ def tiny_model(tmp_path_factory, synth_fundus) -> Path:
     cfg = TrainConfig(arch=TINY_ARCH, img_size=64, epochs=2, batch_size=16, seed=1, workers=2)
     train_model(ds, cfg, out, log=lambda s: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the whole session (2 CPUs, no dashboard); skips without the extra."""
+    ray = pytest.importorskip("ray", reason="the cluster extra (ray) is not installed")
+    pytest.importorskip("ray.data", reason="the cluster extra (ray[data]) is not installed")
+    import logging
+
+    logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
+    yield ray
+    ray.shutdown()
