@@ -134,9 +134,12 @@ class RayBackend:
 
     # ----------------------------------------------------------------- the two steps
 
-    def file_facts(self, paths: Sequence[Path]) -> list[dict[str, Any]]:
+    def file_facts(
+        self, paths: Sequence[Path], state: TaskState | None = None
+    ) -> list[dict[str, Any]]:
         """Hash the files on the cluster (reading every byte is the costly part at scale)."""
         self.start()
+        state = state or TaskState()
         if not paths:
             return []
         ds = self._ray.data.from_items(
@@ -144,9 +147,12 @@ class RayBackend:
             override_num_blocks=max(1, math.ceil(len(paths) / FACTS_BATCH)),
         ).map_batches(_facts_batch, batch_size=FACTS_BATCH, batch_format="numpy")
         facts: list[dict[str, Any] | None] = [None] * len(paths)
+        done = 0
         for block in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for i, text in zip(block["i"], block["facts"], strict=True):
                 facts[int(i)] = json.loads(text)
+            done += len(block["i"])
+            state.progress(done, len(paths), "hashing files")
         missing = [str(paths[i]) for i, f in enumerate(facts) if f is None]
         if missing:
             raise ClusterError(f"Ray returned no file facts for {len(missing)} files")

@@ -23,7 +23,9 @@ class ScreenBackend(Protocol):
 
     name: str
 
-    def file_facts(self, paths: Sequence[Path]) -> list[dict[str, Any]]:
+    def file_facts(
+        self, paths: Sequence[Path], state: TaskState | None = None
+    ) -> list[dict[str, Any]]:
         """One :func:`engine.workspace_screen.file_facts` dict per path, in input order."""
         ...
 
@@ -43,7 +45,9 @@ class LocalBackend:
 
     name = "local"
 
-    def file_facts(self, paths: Sequence[Path]) -> list[dict[str, Any]]:
+    def file_facts(
+        self, paths: Sequence[Path], state: TaskState | None = None
+    ) -> list[dict[str, Any]]:
         from .workspace_screen import file_facts
 
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2)) as pool:

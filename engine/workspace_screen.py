@@ -107,7 +107,7 @@ def iter_screen_into_workspace(
         for m in models:
             register(ws, m)
         state.progress(0, len(paths), "hashing files")
-        facts = backend.file_facts(paths)
+        facts = backend.file_facts(paths, state)
         if known_facts:
             facts = [_with_known(f, known_facts.get(f["path"])) for f in facts]
         readable = [f for f in facts if "error" not in f]
