@@ -50,7 +50,6 @@ def make_backend(args: argparse.Namespace) -> Any:
         model_workers=args.model_workers or 1,
         gpus_per_worker=args.gpus_per_worker or 0.0,
         cpus_per_worker=args.cpus_per_worker,
-        batch_size=args.batch_size,
     )
     return RayBackend(options)
 

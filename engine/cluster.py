@@ -42,6 +42,10 @@ RAY_MISSING = "--backend ray needs Ray, which is not installed: pip install 'eye
 # steps with equal resource requests) and stops a small node from taking too many at once
 DECODE_MEMORY_BYTES = 512 * 1024**2
 FACTS_BATCH = 64
+# results are handed on (one workspace transaction each) once 256 have arrived, or a
+# second after the last hand-over: fewer, larger writes for the one serial step
+WRITE_CHUNK_ROWS = 256
+WRITE_CHUNK_SECONDS = 1.0
 
 
 class ClusterError(RuntimeError):
@@ -66,7 +70,6 @@ class RayOptions:
     model_workers: int = 1
     gpus_per_worker: float = 0.0
     cpus_per_worker: float | None = None  # default: 1 (fewer on a small machine)
-    batch_size: int = 32
     num_cpus: int | None = None  # CPUs of a local Ray (default: all of this machine's)
 
     def __post_init__(self) -> None:
@@ -76,8 +79,6 @@ class RayOptions:
             raise ValueError("--gpus-per-worker cannot be negative")
         if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
             raise ValueError("--cpus-per-worker must be positive")
-        if self.batch_size < 1:
-            raise ValueError("batch size must be at least 1")
 
 
 class RayBackend:
@@ -185,16 +186,17 @@ class RayBackend:
             return
         ray = self._ray
         o = self.options
+        batch = settings.batch_size
         spec = models[0].spec
         cpus = self._worker_cpus()
         ds = (
             ray.data.from_items(
                 [{"i": i, "path": str(p)} for i, p in enumerate(paths)],
-                override_num_blocks=max(1, math.ceil(total / o.batch_size)),
+                override_num_blocks=max(1, math.ceil(total / batch)),
             )
             .map_batches(
                 _decode_batch,
-                batch_size=o.batch_size,
+                batch_size=batch,
                 batch_format="numpy",
                 fn_kwargs={"spec": spec, "settings": settings},
                 num_cpus=1,
@@ -202,7 +204,7 @@ class RayBackend:
             )
             .map_batches(
                 _ModelWorker,
-                batch_size=o.batch_size,
+                batch_size=batch,
                 batch_format="numpy",
                 fn_constructor_kwargs={
                     "files": [(str(m.path), m.sha256) for m in models],
@@ -216,23 +218,38 @@ class RayBackend:
             )
         )
         seen = np.zeros(total, dtype=bool)
-        duplicates = 0
+        got = duplicates = 0
+        pending: list[ScreenResult] = []
+        last_yield = time.monotonic()
         blocks = iter(ds.iter_batches(batch_size=None, batch_format="numpy"))
         try:
             for block in blocks:
-                chunk = []
                 for text in block["result"]:
                     r = ScreenResult(**json.loads(text))
-                    if seen[r.index]:  # a retried block delivered twice: keep the first
+                    if seen[r.index]:  # never expected from Ray: keep the first result
                         duplicates += 1
                         continue
                     seen[r.index] = True
-                    chunk.append(r)
-                if chunk:
+                    pending.append(r)
+                # the driver's writes are the serial part: larger chunks, fewer transactions
+                now = time.monotonic()
+                cancelled = state.cancelled()
+                if pending and (
+                    len(pending) >= WRITE_CHUNK_ROWS
+                    or now - last_yield >= WRITE_CHUNK_SECONDS
+                    or cancelled
+                ):
+                    got += len(pending)
+                    chunk, pending = pending, []
                     yield chunk
-                state.progress(int(seen.sum()), total, "screening")
-                if state.cancelled():
+                    last_yield = time.monotonic()
+                    state.progress(got, total, "screening")
+                if cancelled:
                     return
+            if pending:
+                got += len(pending)
+                yield pending
+                state.progress(got, total, "screening")
         finally:
             close = getattr(blocks, "close", None)
             if close is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import os
 import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -66,7 +67,7 @@ def test_ray_workspace_run_equals_local_row_by_row_and_resumes_after_interrupt(
     assert local[str((archive / "empty.jpg").resolve())].error == "file is empty (0 bytes)"
     assert "truncated" in local[str((archive / "corrupt.png").resolve())].error
     ws = tmp_path / "ws"
-    backend = RayBackend(RayOptions(batch_size=16))
+    backend = RayBackend(RayOptions())
 
     def ctrl_c(chunk: list) -> None:  # the user presses Ctrl+C once rows are stored
         raise KeyboardInterrupt
@@ -145,17 +146,29 @@ def test_a_model_worker_killed_mid_run_is_restarted_and_no_image_is_lost(
     # small batches and heavy test-time augmentation keep the model worker busy
     settings = ScreenSettings(batch_size=2, amp=False, uncertainty="tta", k=16)
     paths = discover_images(archive)[:60]
-    killed: set[int] = set()
     after_kill: set[int] = set()
+    killed_event, done = threading.Event(), threading.Event()
+
+    def watch() -> None:  # every model-worker process alive after the kill
+        while not done.wait(0.1):
+            if killed_event.is_set():
+                after_kill.update(_model_worker_pids())
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    killed: set[int] = set()
     results = []
-    for chunk in RayBackend(RayOptions(batch_size=2)).screen(paths, [lm], settings):
-        results += chunk
-        if not killed:
-            killed = _model_worker_pids()
-            assert killed
-            for pid in killed:
-                os.kill(pid, signal.SIGKILL)  # as the kernel's out-of-memory killer would
-        else:
-            after_kill |= _model_worker_pids()
+    try:
+        for chunk in RayBackend(RayOptions()).screen(paths, [lm], settings):
+            results += chunk
+            if not killed:
+                killed = _model_worker_pids()
+                assert killed
+                for pid in killed:
+                    os.kill(pid, signal.SIGKILL)  # as the kernel's out-of-memory killer would
+                killed_event.set()
+    finally:
+        done.set()
+        watcher.join()
     assert sorted(r.index for r in results) == list(range(len(paths)))
-    assert after_kill - killed  # a new worker finished the run
+    assert after_kill - killed  # Ray started a new model worker in place of the dead one
