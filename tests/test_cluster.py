@@ -37,6 +37,17 @@ def archive(tmp_path_factory) -> Path:
     return folder
 
 
+def _with_conformal_sets(model: Path, out: Path) -> Path:
+    """A copy of ``model`` with a conformal threshold, so prediction sets are compared too."""
+    from engine.conformal import ConformalCalibrator
+    from engine.modelfile import load_model_file, save_model_file
+
+    spec, weights, extra = load_model_file(model)
+    spec.conformal = ConformalCalibrator("aps", 0.1, 0.8, 50).to_dict()
+    save_model_file(out, spec, weights, extra=extra)
+    return out
+
+
 def _assert_same_answers(ray_rows: dict[str, dict], local: dict[str, object]) -> None:
     assert set(ray_rows) == set(local)
     for path, row in ray_rows.items():
@@ -47,6 +58,10 @@ def _assert_same_answers(ray_rows: dict[str, dict], local: dict[str, object]) ->
             ref.triage_reason,
             ref.error,
         ), path
+        assert row["conformal_set"] == ref.conformal_set, path
+        assert bool(row["ood"]) == ref.ood, path
+        if ref.ood_score is not None:
+            assert abs(row["ood_score"] - ref.ood_score) <= 1e-3, path
         probs = row["probabilities"] or {}
         assert set(probs) == set(ref.probabilities), path
         for lab, p in ref.probabilities.items():
@@ -58,10 +73,13 @@ def test_ray_workspace_run_equals_local_row_by_row_and_resumes_after_interrupt(
 ):
     from engine.cluster import RayBackend, RayOptions
     from engine.store import Workspace
+    from engine.triage import TriagePolicy
     from engine.workspace_screen import screen_into_workspace
 
-    lm = load_model(tiny_model, device="cpu")
-    settings = ScreenSettings(batch_size=16, amp=False, uncertainty="tta", k=2)
+    lm = load_model(_with_conformal_sets(tiny_model, tmp_path / "cal.safetensors"), device="cpu")
+    assert lm.spec.ood and lm.spec.conformal  # OOD score and prediction sets both compared
+    policy = TriagePolicy(kind="conformal")
+    settings = ScreenSettings(batch_size=16, amp=False, uncertainty="tta", k=2, policy=policy)
     paths = discover_images(archive)
     local = {str(Path(r.path).resolve()): r for r in screen_all(paths, [lm], settings)}
     assert local[str((archive / "empty.jpg").resolve())].error == "file is empty (0 bytes)"
