@@ -785,7 +785,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument(
         "--fp32",
         action="store_true",
-        help="full float32 (no bf16/fp16 autocast): slower, the same numbers on any machine",
+        help="float32 throughout (no bf16/fp16 autocast): slower, comparable across machines",
     )
     sc.add_argument("--batch-size", type=int, default=32)
     sc.add_argument("--workers", type=int)
