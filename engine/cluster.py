@@ -4,16 +4,21 @@ The pipeline is Ray Data's streaming batch inference:
 
     paths -> decode tasks (CPU: the engine's decode, field-of-view crop and quality gate)
           -> model workers (actors that load the model files once, on a GPU when given one,
-             and run the engine's :class:`~engine.screen.BatchScorer`: model, uncertainty,
-             OOD, conformal set and triage)
+             and run the engine's :class:`~engine.screen.BatchScorer`: inference engine
+             choice, model, uncertainty, OOD, conformal set and triage)
           -> results streamed back to the driver, in the order they finish.
 
 Nothing here re-implements a screening step: the decode function, the error rows and the
 scorer are the ones :func:`engine.screen.screen` uses, so an image gets the same label,
 triage and reason on either backend (probabilities agree to float rounding at equal
-precision). Ray retries a task whose worker died and restarts a dead model worker; a
-block's results reach the driver once, and the driver checks that every image got exactly
-one result. The driver alone writes the workspace (:mod:`engine.workspace_screen`).
+precision). That includes the inference engine: each model worker attaches the settings'
+engine (:func:`engine.screen.attach_engine`; ``auto`` uses the choice measured and
+remembered on its node, a GPU keeps torch) and runs it with the worker's share of CPUs.
+Exported backbones are cached in each node's user cache, not in the workspace, which
+belongs to the driver and need not be visible to the workers.
+
+Ray retries a task whose worker died and restarts a dead model worker; a block's results
+reach the driver once, and the driver checks that every image got exactly one result. The driver alone writes the workspace (:mod:`engine.workspace_screen`).
 
 Ray is the optional ``cluster`` extra: it is imported inside functions only, so the engine
 and the desktop bundle run without it and ``--backend ray`` says what to install.
@@ -24,9 +29,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +42,7 @@ from .modelfile import ModelSpec
 from .models import LoadedModel
 from .screen import BatchScorer, ScreenResult, ScreenSettings, check_ensemble, error_result
 from .tasks import TaskState
+from .uncertainty import check_method
 
 RAY_MISSING = "--backend ray needs Ray, which is not installed: pip install 'eyetriage[cluster]'"
 # a decode task's memory reservation: keeps decoding out of the model workers (Ray fuses
@@ -93,6 +100,7 @@ class RayBackend:
         self.startup_seconds: float | None = None
         self._ray = require_ray()
         self._started = False
+        self.engines: set[str] = set()  # the inference engines the model workers ran
 
     # ----------------------------------------------------------------- lifetime
 
@@ -131,7 +139,9 @@ class RayBackend:
         o = self.options
         gpu = f", {o.gpus_per_worker:g} GPU each" if o.gpus_per_worker else ""
         where = o.address or "local Ray"
-        return f"ray ({where}, {o.model_workers} model worker{'s' * (o.model_workers > 1)}{gpu})"
+        engines = f", {'/'.join(sorted(self.engines))}" if self.engines else ""
+        workers = f"{o.model_workers} model worker{'s' * (o.model_workers > 1)}"
+        return f"ray ({where}, {workers}{gpu}{engines})"
 
     # ----------------------------------------------------------------- the two steps
 
@@ -176,10 +186,14 @@ class RayBackend:
         if not models:
             raise ValueError("no model given")
         check_ensemble(models)
+        check_method(models, settings.uncertainty)
         for m in models:
             if m.path is None:
                 raise ValueError("a model screened on Ray must come from a model file")
         self.start()
+        self.engines = set()
+        # the workers' exports go to their own node's cache (see the module docstring)
+        worker_settings = replace(settings, engine_cache=None)
         total = len(paths)
         state.progress(0, total, "screening")
         if not total:
@@ -208,7 +222,7 @@ class RayBackend:
                 batch_format="numpy",
                 fn_constructor_kwargs={
                     "files": [(str(m.path), m.sha256) for m in models],
-                    "settings": settings,
+                    "settings": worker_settings,
                     "device": "cuda" if o.gpus_per_worker > 0 else "cpu",
                     "threads": max(1, round(cpus)),
                 },
@@ -224,6 +238,7 @@ class RayBackend:
         blocks = iter(ds.iter_batches(batch_size=None, batch_format="numpy"))
         try:
             for block in blocks:
+                self.engines.update(str(e) for e in block["engine"])
                 for text in block["result"]:
                     r = ScreenResult(**json.loads(text))
                     if seen[r.index]:  # never expected from Ray: keep the first result
@@ -334,7 +349,8 @@ def _decode_batch(
 
 
 class _ModelWorker:
-    """Ray actor: loads the model files once, then scores decoded batches."""
+    """Ray actor: loads the model files once, puts them on the settings' inference engine,
+    then scores decoded batches."""
 
     def __init__(
         self,
@@ -345,9 +361,12 @@ class _ModelWorker:
     ) -> None:
         import torch
 
+        from .backends import engine_name
         from .models import load_model
 
+        # torch and the exported engine both keep to the CPUs this worker reserved
         torch.set_num_threads(threads)
+        os.environ["EYETRIAGE_ENGINE_THREADS"] = str(threads)
         models = []
         for path, sha in files:
             lm = load_model(path, device=device)
@@ -357,7 +376,8 @@ class _ModelWorker:
                     f"{lm.sha256[:12]} vs {sha[:12]}); keep model files on storage all nodes share"
                 )
             models.append(lm)
-        self.scorer = BatchScorer(models, settings)
+        self.scorer = BatchScorer(models, settings)  # attaches the engine, as screen() does
+        self.engine = engine_name(self.scorer.lm)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from .images import Decoded
@@ -383,4 +403,7 @@ class _ModelWorker:
             indices = [int(batch["i"][j]) for j in ok]
             paths = [str(batch["path"][j]) for j in ok]
             results += self.scorer(indices, paths, decoded, arrays)
-        return {"result": np.array([json.dumps(asdict(r)) for r in results], dtype=object)}
+        return {
+            "result": np.array([json.dumps(asdict(r)) for r in results], dtype=object),
+            "engine": np.array([self.engine] * len(results), dtype=object),
+        }

@@ -1,19 +1,21 @@
 """Screening results as a CSV or Parquet file, written as they come.
 
-Rows go to a hidden ``.NAME.partial`` file beside the target, which is renamed into place
-when the run ends, also after Ctrl+C, so the file never holds half a row. A name ending in
+Rows go to the hidden temporary file of :func:`engine.fileio.atomic_file` beside the
+target, which replaces it when the run ends, also after Ctrl+C (with the rows so far), so
+the file never holds half a row; a failed run leaves the target untouched. A name ending in
 ``.parquet`` gives Parquet, which keeps numbers as numbers (full precision) and needs
 pyarrow (part of the ``cluster`` extra); any other name gives CSV.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .fileio import atomic_file
 from .screen import ScreenResult
 
 NUMBER_COLUMNS = ("confidence", "entropy", "mutual_info", "top_std", "ood_score")
@@ -59,12 +61,13 @@ class ResultsFile:
         self.kind = ".parquet" if self.out.suffix.lower() == ".parquet" else ".csv"
         self.columns = list(columns)
         self.labels = list(labels)
-        self.partial = self.out.with_name(f".{self.out.name}.partial")
         self.rows = 0
-        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self._closing = contextlib.ExitStack()
         if self.kind == ".csv":
             self._csv_row = csv_row
-            self._file = open(self.partial, "w", newline="", encoding="utf-8")  # noqa: SIM115
+            self._file = self._closing.enter_context(
+                atomic_file(self.out, "w", newline="", encoding="utf-8")
+            )
             self._csv = csv.DictWriter(self._file, fieldnames=self.columns)
             self._csv.writeheader()
         else:
@@ -90,7 +93,8 @@ class ResultsFile:
                     for c in self.columns
                 ]
             )
-            self._parquet = pq.ParquetWriter(self.partial, self._schema)
+            self._file = self._closing.enter_context(atomic_file(self.out, "wb"))
+            self._parquet = pq.ParquetWriter(self._file, self._schema)
 
     def write(self, chunk: Sequence[ScreenResult]) -> None:
         if self.kind == ".csv":
@@ -107,11 +111,15 @@ class ResultsFile:
     def close(self, publish: bool = True) -> None:
         """Finish the file (also after an interruption) and move it into place.
 
-        ``publish=False`` (a failed run) leaves the rows in the hidden partial file only.
+        ``publish=False`` (a failed run) removes the temporary file; the target is untouched.
         """
-        if self.kind == ".csv":
-            self._file.close()
-        else:
-            self._parquet.close()
         if publish:
-            os.replace(self.partial, self.out)
+            if self.kind == ".parquet":
+                self._parquet.close()  # writes the footer; the file itself stays open
+            self._closing.close()
+            return
+        if self.kind == ".parquet":
+            with contextlib.suppress(Exception):  # the run already failed; say that instead
+                self._parquet.close()
+        failed = RuntimeError("the run failed")
+        self._closing.__exit__(RuntimeError, failed, None)

@@ -1,7 +1,8 @@
 """Screening on Ray gives the same rows as this workstation, survives a dead worker, resumes.
 
 One local Ray (2 CPUs) serves the whole session; the tests skip when the cluster extra is
-not installed (``make test`` installs it). Both backends compute in float32 here, so the
+not installed (``make test`` installs it). Both backends compute in float32 here (torch on
+one side, ONNX Runtime in the Ray workers on the other in the workspace test), so the
 probabilities must agree to 1e-4 and every label, triage state and reason exactly.
 """
 
@@ -71,40 +72,66 @@ def _assert_same_answers(ray_rows: dict[str, dict], local: dict[str, object]) ->
 def test_ray_workspace_run_equals_local_row_by_row_and_resumes_after_interrupt(
     ray_local, tmp_path, archive, tiny_model
 ):
+    """Local screening in torch fp32 against Ray workers in ONNX Runtime fp32: the same
+    answers, the stored rows handed back per chunk, and the same activation rule."""
+    from dataclasses import replace
+
     from engine.cluster import RayBackend, RayOptions
     from engine.store import Workspace
     from engine.triage import TriagePolicy
-    from engine.workspace_screen import screen_into_workspace
+    from engine.workspace_screen import iter_screen_into_workspace, screen_into_workspace
 
+    first = load_model(tiny_model, device="cpu")
     lm = load_model(_with_conformal_sets(tiny_model, tmp_path / "cal.safetensors"), device="cpu")
     assert lm.spec.ood and lm.spec.conformal  # OOD score and prediction sets both compared
     policy = TriagePolicy(kind="conformal")
-    settings = ScreenSettings(batch_size=16, amp=False, uncertainty="tta", k=2, policy=policy)
+    settings = ScreenSettings(
+        batch_size=16, amp=False, uncertainty="tta", k=2, policy=policy, engine="torch"
+    )
     paths = discover_images(archive)
     local = {str(Path(r.path).resolve()): r for r in screen_all(paths, [lm], settings)}
     assert local[str((archive / "empty.jpg").resolve())].error == "file is empty (0 bytes)"
     assert "truncated" in local[str((archive / "corrupt.png").resolve())].error
     ws = tmp_path / "ws"
+    # another model version screened a few images first and is the active one
+    screen_into_workspace(ws, paths[:6], [first], settings)
+    ray_settings = replace(settings, engine="onnxruntime")
     backend = RayBackend(RayOptions())
 
     def ctrl_c(chunk: list) -> None:  # the user presses Ctrl+C once rows are stored
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        screen_into_workspace(ws, paths, [lm], settings, on_chunk=ctrl_c, backend=backend)
+        screen_into_workspace(ws, paths, [lm], ray_settings, on_chunk=ctrl_c, backend=backend)
+    assert backend.engines == {"onnxruntime"}  # the workers attached the settings' engine
     with Workspace.open(ws, create=False) as w:
-        first = w.predictions()
-        assert [r["status"] for r in w.runs()] == ["cancelled"]
-    first_ok = [p for p in first if p["error"] is None]
-    assert 0 < len(first) < len(paths)
+        before = [p for p in w.predictions() if p["model_hash"] == lm.sha256]
+        assert [r["status"] for r in w.runs()] == ["finished", "cancelled"]
+        assert w.active_model()["hash"] == first.sha256  # a cancelled run changes nothing
+    before_ok = [p for p in before if p["error"] is None]
+    assert 0 < len(before) < len(paths)
 
-    report = screen_into_workspace(ws, paths, [lm], settings, backend=backend)
-    assert report["status"] == "finished"
-    assert report["skipped"] == len(first_ok)  # failed files are tried again, as locally
-    assert report["screened"] == len(paths) - len(first_ok)
+    events = list(iter_screen_into_workspace(ws, paths, [lm], ray_settings, backend=backend))
+    done = events[-1]
+    assert done["status"] == "finished"
+    assert done["skipped"] == len(before_ok)  # failed files are tried again, as locally
+    assert done["screened"] == len(paths) - len(before_ok)
+    # every image the active model screened now has a result of this one: it becomes active
+    assert done["activation"]["changed"] and done["activation"]["active_hash"] == lm.sha256
+    handed_back = {}
+    for event in events[:-1]:
+        ids = [r.prediction_id for r in event["results"]]
+        assert [rec["id"] for rec in event["records"]] == ids  # exactly the rows stored
+        handed_back.update((rec["id"], rec) for rec in event["records"])
     with Workspace.open(ws, create=False) as w:
+        assert w.active_model()["hash"] == lm.sha256
         path_of = {img["id"]: img["path"] for img in w.images()}
-        preds = w.predictions()
+        preds = [p for p in w.predictions() if p["model_hash"] == lm.sha256]
+    stored = {p["id"]: p for p in preds if p["run_id"] == done["run_id"]}
+    assert set(handed_back) == set(stored)  # every row of the run was handed back once
+    for pid, rec in handed_back.items():
+        keys = ("image_id", "label", "triage", "triage_reason", "probabilities")
+        assert {k: rec[k] for k in keys} == {k: stored[pid][k] for k in keys}
     per_run = collections.Counter((p["run_id"], p["image_id"]) for p in preds)
     assert set(per_run.values()) == {1}  # no image twice in a run
     latest = {path_of[p["image_id"]]: p for p in preds}  # oldest first: the last one wins
