@@ -19,6 +19,10 @@
   stored per second by the driver in a workspace (chunks of 256 as the Ray backend hands
   them over, one transaction each; SQLite has one writer).
 
+Both backends run the backbone in torch (``BENCH_RAY_ENGINE=onnxruntime`` or ``auto``
+compares another inference engine; on Ray each model worker attaches it on its node), so
+the figures compare the backends, not the engines (``bench_engines.py`` does that).
+
 Skipped when Ray (the ``cluster`` extra) or the real photographs are missing.
 """
 
@@ -30,6 +34,7 @@ import time
 from pathlib import Path
 
 N_IMAGES = 400
+ENGINE = os.environ.get("BENCH_RAY_ENGINE", "torch")
 
 
 def _rate_of_run(chunks, n: int) -> tuple[float, float, float]:  # noqa: ANN001
@@ -119,18 +124,22 @@ def run() -> dict:
         print("../shared/data not found: Ray figures skipped")
         return {}
     torch.set_num_threads(os.cpu_count() or 2)
-    out: dict = {"ray_n_images": len(paths), "ray_cpus": os.cpu_count()}
+    out: dict = {"ray_n_images": len(paths), "ray_cpus": os.cpu_count(), "ray_engine": ENGINE}
     with tempfile.TemporaryDirectory() as d:
         lm = make_model(Path(d))
         _per_image_costs(lm, paths, out)  # also reads every file once (page cache)
         out["driver_write_rows_s"] = _driver_write_rate(Path(d))
-        settings = ScreenSettings(batch_size=32)
+        settings = ScreenSettings(batch_size=32, engine=ENGINE)
         list(screen(paths[:8], [lm], settings))  # warm-up
         out["local_ips"], _, _ = _rate_of_run(screen(paths, [lm], settings), len(paths))
         # the same with one torch thread: each Ray model worker runs one, and a busy machine
         # penalises multi-threaded torch far more than single-threaded (cores contended)
         torch.set_num_threads(1)
-        out["local_t1_ips"], _, _ = _rate_of_run(screen(paths, [lm], settings), len(paths))
+        os.environ["EYETRIAGE_ENGINE_THREADS"] = "1"  # ONNX Runtime / OpenVINO, if chosen
+        try:
+            out["local_t1_ips"], _, _ = _rate_of_run(screen(paths, [lm], settings), len(paths))
+        finally:
+            del os.environ["EYETRIAGE_ENGINE_THREADS"]
         torch.set_num_threads(os.cpu_count() or 2)
         backend = RayBackend(RayOptions())
         try:
@@ -144,6 +153,7 @@ def run() -> dict:
                 out[f"ray_w{workers}_steady_ips"] = steady
                 out[f"ray_w{workers}_first_result_s"] = first
                 out[f"ray_w{workers}_ratio"] = total / out["local_ips"]
+                out[f"ray_w{workers}_engines"] = "/".join(sorted(backend.engines))
         finally:
             backend.close()
     return out
@@ -154,7 +164,7 @@ def print_table(r: dict) -> None:
         return
     print(
         f"Ray vs local on this machine ({r['ray_n_images']} camera JPEGs, 3000 px, "
-        f"efficientnet_b0 224 px, {r['ray_cpus']} CPUs)"
+        f"efficientnet_b0 224 px, {r['ray_cpus']} CPUs, engine {r['ray_engine']})"
     )
     print(f"  local                            {r['local_ips']:7.1f} img/s")
     print(f"  local, one torch thread          {r['local_t1_ips']:7.1f} img/s")
@@ -162,7 +172,8 @@ def print_table(r: dict) -> None:
         print(
             f"  ray, {w} model worker{'s' if w > 1 else ' '}           {r[f'ray_w{w}_ips']:7.1f} img/s"
             f"  ({r[f'ray_w{w}_ratio']:.2f}× local; first result after "
-            f"{r[f'ray_w{w}_first_result_s']:.1f} s, then {r[f'ray_w{w}_steady_ips']:.1f} img/s)"
+            f"{r[f'ray_w{w}_first_result_s']:.1f} s, then {r[f'ray_w{w}_steady_ips']:.1f} img/s; "
+            f"workers ran {r[f'ray_w{w}_engines']})"
         )
     print(f"  Ray start-up (local, excluded)   {r['ray_startup_s']:7.1f} s")
     print("  per image, one core:")
