@@ -10,8 +10,9 @@
   own start-up, which is ``ray_startup_s``. ``ray_w*_first_result_s`` is the wait for the
   first result and ``ray_w*_steady_ips`` the rate after it. ``ray_w*_ratio`` = ray / local
   (the goal: overhead under 30 %, ratio >= 0.7). ``local_t1_ips`` is local screening with
-  one torch thread, as each Ray model worker runs: on a busy machine multi-threaded torch
-  loses far more than single-threaded, so read the ratios against it too.
+  one thread (torch and engine), as each Ray model worker runs: on a busy machine
+  multi-threaded torch loses far more than single-threaded, so read the ratios against it
+  too.
 - Per-image costs for the sizing in docs/scale.md, measured on one core:
   ``decode_core_s`` (decode, crop and quality gate of one camera JPEG), ``hash_core_s``
   (SHA-256 of the file), and the model's ``model_ips_t1``/``model_ips_t2`` (forward pass,
@@ -167,7 +168,7 @@ def print_table(r: dict) -> None:
         f"efficientnet_b0 224 px, {r['ray_cpus']} CPUs, engine {r['ray_engine']})"
     )
     print(f"  local                            {r['local_ips']:7.1f} img/s")
-    print(f"  local, one torch thread          {r['local_t1_ips']:7.1f} img/s")
+    print(f"  local, one thread (torch, engine){r['local_t1_ips']:7.1f} img/s")
     for w in (1, 2):
         print(
             f"  ray, {w} model worker{'s' if w > 1 else ' '}           {r[f'ray_w{w}_ips']:7.1f} img/s"
