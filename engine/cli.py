@@ -12,7 +12,6 @@ workspace, improve, explain and cluster commands already live in ``cli_*`` modul
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -36,7 +35,6 @@ from .cli_common import (
 from .cli_explain import add_explain_commands
 from .cli_improve import add_improve_commands
 from .cli_workspace import add_workspace_commands
-from .fileio import atomic_file
 from .triage import DEFAULT_THRESHOLD
 
 
@@ -341,20 +339,28 @@ SCREEN_FIXED_COLUMNS = [
 
 
 def cmd_screen(args: argparse.Namespace) -> int:
+    from .cli_cluster import make_backend, start_backend
     from .engines import engine_cache_dir
-    from .images import discover_images
+    from .manifest import load_source
     from .screen import ScreenSettings, attach_engine
     from .triage import TriagePolicy
 
     if not args.out and not args.workspace:
-        raise CliError("say where results go: --out results.csv and/or --workspace W")
+        raise CliError("say where results go: --out results.csv|.parquet and/or --workspace W")
+    if args.workspace and args.out and Path(args.out).suffix.lower() == ".parquet":
+        raise CliError("with --workspace, --out exports the workspace as CSV; give a .csv name")
+    backend = make_backend(args)
     try:
-        paths = discover_images(args.folder)
+        source = load_source(args.folder)
     except FileNotFoundError as e:
         raise CliError(str(e)) from None
+    paths = source.paths
     if not paths:
         raise CliError(f"{args.folder}: no images found (jpg, jpeg, png, tif, tiff, bmp)")
-    models = _load_models(args.model, args.device)
+    if source.duplicates and not args.quiet:
+        print(f"{source.duplicates} manifest rows name a file listed before: screened once")
+    # on Ray the models run in the workers; the driver only reads their descriptions
+    models = _load_models(args.model, "cpu" if backend else args.device)
     _modality_warning(models[0].spec.modality, paths)
     uncertainty = args.uncertainty or ("ensemble" if len(models) > 1 else "none")
     policy = TriagePolicy(
@@ -371,23 +377,36 @@ def cmd_screen(args: argparse.Namespace) -> int:
         k=args.k,
         quality=not args.no_quality,
         policy=policy,
+        amp=not args.fp32,
         engine=args.engine,
         engine_cache=engine_cache_dir(args.workspace),
     )
-    models = attach_engine(models, settings)
-    if args.workspace:
-        return _screen_workspace(args, paths, models, settings)
-    return _screen_csv(args, paths, models, settings)
+    if backend is None:  # on Ray each model worker attaches the engine on its own node
+        models = attach_engine(models, settings)
+    try:
+        if backend is not None:
+            start_backend(backend, args.quiet)
+        if args.workspace:
+            return _screen_workspace(args, source, models, settings, backend)
+        return _screen_file(args, paths, models, settings, backend)
+    finally:
+        if backend is not None:
+            backend.close()
 
 
-def _runs_on(lm) -> str:  # noqa: ANN001 - LoadedModel
-    """``cpu, onnxruntime``: the device and the engine the backbone ran in."""
+def _where(models, backend) -> str:  # noqa: ANN001
+    """Where the models ran: the Ray backend's description, or this machine's device and
+    engine (``cpu, onnxruntime``)."""
     from .backends import engine_name
 
+    if backend is not None:
+        return backend.describe()
+    lm = models[0]
     return f"{lm.device.type}, {engine_name(lm)}"
 
 
-def _screen_csv(args, paths, models, settings) -> int:  # noqa: ANN001
+def _screen_file(args, paths, models, settings, backend) -> int:  # noqa: ANN001
+    from .results_file import ResultsFile
     from .screen import screen
     from .tasks import TaskState
 
@@ -396,28 +415,32 @@ def _screen_csv(args, paths, models, settings) -> int:  # noqa: ANN001
         SCREEN_FIXED_COLUMNS[:4] + [f"p_{lab}" for lab in spec.labels] + SCREEN_FIXED_COLUMNS[4:]
     )
     state = TaskState(Progress("screening", quiet=args.quiet))
-    out = Path(args.out)
+    out = ResultsFile(args.out, columns, spec.labels, _csv_row)
     counts: dict[str, int] = {}
-    written = 0
     interrupted = False
     t0 = time.monotonic()
-    with atomic_file(out, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=columns)
-        w.writeheader()
-        try:
-            for chunk in screen(paths, models, settings, state):
-                for r in chunk:
-                    w.writerow(_csv_row(r, spec.labels))
-                    counts[r.triage] = counts.get(r.triage, 0) + 1
-                written += len(chunk)
-                f.flush()
-        except KeyboardInterrupt:  # the rows screened so far are still written
-            interrupted = True
-            state.cancel()
+    chunks = (
+        backend.screen(paths, models, settings, state)
+        if backend
+        else screen(paths, models, settings, state)
+    )
+    try:
+        for chunk in chunks:
+            out.write(chunk)
+            for r in chunk:
+                counts[r.triage] = counts.get(r.triage, 0) + 1
+    except KeyboardInterrupt:
+        interrupted = True
+        state.cancel()
+        chunks.close()
+    except BaseException:
+        out.close(publish=False)  # a failed run removes its temporary file; the target is untouched
+        raise
+    out.close()
     dt = time.monotonic() - t0
-    _summary(counts, written, len(paths), dt, _runs_on(models[0]), out)
+    _summary(counts, out.rows, len(paths), dt, _where(models, backend), out.out)
     if interrupted:
-        err(f"interrupted: {written} of {len(paths)} rows written to {out}")
+        err(f"interrupted: {out.rows} of {len(paths)} rows written to {out.out}")
         return EXIT_INTERRUPTED
     return EXIT_OK
 
@@ -456,15 +479,23 @@ def _summary(
     print(f"results: {where}")
 
 
-def _screen_workspace(args, paths, models, settings) -> int:  # noqa: ANN001
+def _screen_workspace(args, source, models, settings, backend) -> int:  # noqa: ANN001
     from .tasks import TaskState
     from .workspace_screen import screen_into_workspace
 
+    paths = source.paths
     state = TaskState(Progress("screening", quiet=args.quiet))
     t0 = time.monotonic()
     try:
         report = screen_into_workspace(
-            args.workspace, paths, models, settings, state, actor=args.actor
+            args.workspace,
+            paths,
+            models,
+            settings,
+            state,
+            actor=args.actor,
+            backend=backend,
+            known_facts=source.known_facts,
         )
     except KeyboardInterrupt:
         state.cancel()
@@ -477,7 +508,12 @@ def _screen_workspace(args, paths, models, settings) -> int:  # noqa: ANN001
         else "screening every image"
     )
     _summary(
-        report["counts"], report["screened"], len(paths), dt, _runs_on(models[0]), args.workspace
+        report["counts"],
+        report["screened"],
+        len(paths),
+        dt,
+        _where(models, backend),
+        args.workspace,
     )
     activation = report.get("activation") or {}
     if activation.get("message"):
@@ -517,6 +553,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .cli_cluster import add_backend_options
     from .engines import ENGINES
 
     p = argparse.ArgumentParser(
@@ -639,12 +676,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True)
     c.set_defaults(func=cmd_calibrate)
 
-    sc = sub.add_parser("screen", help="screen a folder of images")
-    sc.add_argument("folder")
+    sc = sub.add_parser("screen", help="screen a folder of images or a manifest")
+    sc.add_argument(
+        "folder",
+        metavar="SOURCE",
+        help="folder of images, or a manifest (.csv or .parquet: a path column, optional "
+        "patient and eye columns; relative paths from the manifest's folder)",
+    )
     sc.add_argument(
         "--model", action="append", required=True, help="model file (repeat for an ensemble)"
     )
-    sc.add_argument("--out", help="CSV of results")
+    sc.add_argument("--out", help="results file (.csv, or .parquet with pyarrow)")
     sc.add_argument("--workspace", help="workspace folder to record the run in")
     sc.add_argument("--uncertainty", choices=["none", "mc", "mc-full", "tta", "ensemble"])
     sc.add_argument("--k", type=int, help="stochastic passes (default: mc 20, tta 8)")
@@ -654,6 +696,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--refer-findings", action="store_true", help="every non-normal answer goes to review"
     )
     sc.add_argument("--no-quality", action="store_true", help="skip the image-quality gate")
+    sc.add_argument(
+        "--fp32",
+        action="store_true",
+        help="float32 throughout (no bf16/fp16 autocast): slower, comparable across machines",
+    )
     sc.add_argument("--batch-size", type=int, default=32)
     sc.add_argument("--workers", type=int)
     sc.add_argument("--device", default="auto")
@@ -662,7 +709,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=ENGINES,
         default="auto",
         help="CPU inference engine for the backbone (auto: the fastest measured on this "
-        "computer, remembered; a GPU keeps torch)",
+        "computer, remembered; a GPU keeps torch; on Ray each model worker chooses on its "
+        "own node)",
     )
     sc.add_argument("--quiet", action="store_true")
     sc.add_argument(
@@ -670,6 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("USER", "cli"),
         help="name recorded in the audit log if the run makes its model the active one",
     )
+    add_backend_options(sc)
     sc.set_defaults(func=cmd_screen)
 
     i = sub.add_parser("info", help="show a model file's description (model card)")

@@ -24,6 +24,7 @@ KNOWN_ERRORS = {
     "CliError",
     "ImproveError",
     "CollapsedModelError",
+    "ClusterError",
 }
 
 

@@ -114,6 +114,28 @@ def tiny_model(tmp_path_factory, synth_fundus) -> Path:
 
 
 @pytest.fixture(scope="session")
+def ray_local(_user_cache):
+    """One local Ray for the whole session (2 CPUs, no dashboard); skips without the extra.
+
+    Its workers get the test user cache too (exported engines, remembered engine choices).
+    """
+    ray = pytest.importorskip("ray", reason="the cluster extra (ray) is not installed")
+    pytest.importorskip("ray.data", reason="the cluster extra (ray[data]) is not installed")
+    import logging
+
+    logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        logging_level=logging.ERROR,
+        runtime_env={"env_vars": {"EYETRIAGE_CACHE_DIR": str(_user_cache)}},
+    )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
 def second_model(tmp_path_factory, tiny_model) -> Path:
     """Another model version (same weights, another name, so another file hash)."""
     from engine.modelfile import load_model_file, save_model_file
