@@ -608,7 +608,7 @@ def main() -> int:
         f"Written by `{command}`. Each set is split in two by patient (see the script);",
         "the thresholds and the focus model were fitted on the calibration part only.",
         "Degraded copies are made from the sampled photographs at 512 px and go through",
-        "the screener's decoder like any file. \"never auto-cleared\" counts copies that are",
+        'the screener\'s decoder like any file. "never auto-cleared" counts copies that are',
         "flagged or pass with a caution (slightly soft focus), which triage never clears.",
         "",
         f"## Fundus photographs ({args.part} part, input {args.input_size} px)",
