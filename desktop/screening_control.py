@@ -104,9 +104,12 @@ class ScreeningDialog(QDialog):
                 self.model.setCurrentIndex(i)
         form.addRow("&Model:", self.model)
         self.uncertainty, self.policy, self.threshold = add_screening_fields(form, settings)
-        self.refer = QCheckBox("Send every finding to review")
+        self.refer = QCheckBox("Review every finding before referral")
+        self.refer.setToolTip(
+            "A confident finding is normally 'Refer'; with this on it goes to Needs review first."
+        )
         self.refer.setChecked(settings.refer_findings)
-        form.addRow("Refer &findings:", self.refer)
+        form.addRow("Fi&ndings:", self.refer)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Cancel)
         go = buttons.addButton("Screen ▶", QDialogButtonBox.ButtonRole.AcceptRole)
         go.setDefault(True)

@@ -44,7 +44,7 @@ ICON_SIDE = 44  # shown size in logical pixels
 
 
 class QuickFilterBar(QWidget):
-    """Tab-like, mutually exclusive filter buttons with live counts (Alt+1…Alt+8)."""
+    """Tab-like, mutually exclusive filter buttons with live counts (Alt+1, Alt+2, …)."""
 
     changed = Signal(str)
 
@@ -71,9 +71,10 @@ class QuickFilterBar(QWidget):
             self._group.addButton(b)
             self.buttons[key] = b
             layout.addWidget(b)
-        hint = QLabel("Alt+1…8")
+        last = len(QUICK_FILTERS)
+        hint = QLabel(f"Alt+1…{last}")
         hint.setObjectName("notice")
-        hint.setToolTip("Alt+1 … Alt+8 switch between these filters")
+        hint.setToolTip(f"Alt+1 … Alt+{last} switch between these filters")
         layout.addWidget(hint)
         layout.addStretch(1)
         self.buttons["needs-review"].setChecked(True)

@@ -28,7 +28,9 @@ from PySide6.QtCore import (
 )
 from PySide6.QtGui import QBrush, QIcon
 
-from .style import current_is_dark, triage_style
+from engine.triage import TRIAGE_STATES
+
+from .style import current_is_dark, triage_style, triage_text
 from .thumbnails import ThumbnailCache
 
 ImageIdRole = Qt.ItemDataRole.UserRole + 1
@@ -50,6 +52,7 @@ HEADER_TIPS = (
 
 # Quick filters: key, short button text, full name.
 QUICK_FILTERS: tuple[tuple[str, str, str], ...] = (
+    ("refer", "Refer", "Refer: a confident finding"),
     ("needs-review", "Needs review", "Needs review"),
     ("auto-cleared", "Cleared", "Auto-cleared"),
     ("ungradable", "Ungradable", "Ungradable"),
@@ -77,13 +80,8 @@ SORTS: tuple[tuple[str, int, Qt.SortOrder], ...] = (
 )
 
 _NEG_INF = float("-inf")
-TRIAGE_ORDER = {
-    "needs-review": 0,
-    "ungradable": 1,
-    "out-of-distribution": 2,
-    "error": 3,
-    "auto-cleared": 4,
-}
+# Most urgent first: the triage rule's own order (a confident finding leads).
+TRIAGE_ORDER = {state: i for i, state in enumerate(TRIAGE_STATES)}
 
 
 def group_thousands(n: int) -> str:
@@ -287,7 +285,7 @@ class WorklistModel(QAbstractTableModel):
             u = uncertainty_value(r)
             return "" if u is None else f"{u:.3f}"
         if col == COL_TRIAGE:
-            return triage_style(r["triage"]).text
+            return triage_text(r["triage"], r["display_label"])
         if col == COL_REVIEW:
             if not r["reviewed_label"]:
                 return "not reviewed"
@@ -299,11 +297,8 @@ class WorklistModel(QAbstractTableModel):
     def _tooltip(r: dict, col: int) -> str | None:
         if col == COL_TRIAGE:
             reason = r["triage_reason"] or r["error"] or ""
-            return (
-                f"{triage_style(r['triage']).word}: {reason}"
-                if reason
-                else triage_style(r["triage"]).word
-            )
+            words = triage_text(r["triage"], r["display_label"]).split(" ", 1)[-1]
+            return f"{words} — {reason}" if reason else words
         if col == COL_IMAGE:
             extra = "\nThe file changed since it was screened." if r["stale"] else ""
             return r["path"] + extra

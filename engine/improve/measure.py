@@ -85,10 +85,11 @@ def measure(
 
 
 def negative_index(spec: ModelSpec) -> int | None:
-    """Index of the "no finding" class (binary models: the first class), else None."""
-    if spec.negative_label in spec.labels:
-        return spec.labels.index(spec.negative_label)
-    return 0 if spec.task == "binary" else None
+    """Index of the first "no finding" class (:mod:`engine.findings`), else None."""
+    from ..findings import negative_indices
+
+    found = negative_indices(spec)
+    return found[0] if found else None
 
 
 def answers(spec: ModelSpec, logits: np.ndarray) -> list[int]:
