@@ -274,3 +274,51 @@ def test_migration_widens_the_triage_check_and_keeps_every_column_row_and_link(t
                 " image_sha256, triage, created_at) VALUES (1, 99, 'h', 'k', 's', 'refer', 'now')"
             )
         assert ws.schema_version() == len(MIGRATIONS)
+
+
+# ---------------------------------------------------------------- command line
+
+
+def test_cli_screen_refers_confident_findings_and_checks_per_finding_rules(
+    capsys, tmp_path, synth_fundus, tiny_model
+):
+    import csv
+
+    from engine.cli import main
+
+    out = tmp_path / "results.csv"
+    argv = ["screen", str(synth_fundus), "--model", str(tiny_model), "--out", str(out)]
+    code = main([*argv, "--threshold", "0", "--no-quality", "--quiet"])
+    stdout = capsys.readouterr().out
+    assert code == 0
+    rows = list(csv.DictReader(out.open()))
+    graded = [r for r in rows if r["triage"] in ("refer", "auto-cleared")]
+    assert graded
+    for r in graded:  # confident everywhere: the finding decides the state
+        assert r["triage"] == ("auto-cleared" if r["label"] == "normal" else "refer"), r
+    human = sum(r["triage"] != "auto-cleared" for r in rows)
+    assert f"{human} need a person" in stdout
+
+    code = main([*argv, "--review-finding", "glaucoma"])
+    assert code != 0
+    assert "glaucoma: not a finding of this model" in capsys.readouterr().err
+    code = main([*argv, "--threshold", "0", "--quiet", "--review-finding", "diabetic_retinopathy"])
+    assert code == 0
+    rows = list(csv.DictReader(out.open()))
+    assert not any(r["triage"] == "refer" for r in rows)
+
+
+def test_cli_train_records_the_named_no_finding_labels(capsys, tmp_path, synth_fundus):
+    from engine.cli import main
+    from engine.modelfile import read_spec
+
+    from .conftest import TINY_ARCH
+
+    out = tmp_path / "m.safetensors"
+    base = ["train", str(synth_fundus), "--arch", TINY_ARCH, "--img-size", "64"]
+    base += ["--epochs", "1", "--batch-size", "16", "--out", str(out), "--quiet"]
+    assert main([*base, "--negative-label", "diabetic_retinopathy"]) == 0
+    assert read_spec(out).negative_labels == ["diabetic_retinopathy"]
+    capsys.readouterr()
+    assert main([*base, "--negative-label", "healthy"]) != 0
+    assert "'healthy' is not a label" in capsys.readouterr().err
