@@ -29,6 +29,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from engine.triage import TRIAGE_STATES
+
 from .settings import AppSettings, add_screening_fields
 from .shell import Shell
 from .style import triage_style
@@ -57,9 +59,10 @@ def progress_text(done: int, total: int, rate: float, device: str) -> str:
 def summary_text(summary: dict) -> str:
     """``Screening finished: 48 images — ● 30 needs review, … · 12 already screened``."""
     counts = summary.get("counts") or {}
+    order = {state: i for i, state in enumerate(TRIAGE_STATES)}  # most urgent first
     parts = [
         f"{triage_style(k).glyph} {n} {triage_style(k).word.lower()}"
-        for k, n in counts.items()
+        for k, n in sorted(counts.items(), key=lambda kv: order.get(kv[0], len(order)))
         if n
     ]
     word = {"cancelled": "Screening cancelled", "finished": "Screening finished"}.get(

@@ -144,7 +144,7 @@ class WorklistPanel(QWidget):
             (COL_IMAGE, 170),
             (COL_LABEL, 120),
             (COL_CONFIDENCE, 80),
-            (COL_TRIAGE, 135),
+            (COL_TRIAGE, 190),  # room for "⚑ Refer: diabetic retinopathy"
             (COL_UNCERTAINTY, 90),
             (COL_REVIEW, 150),
         ):

@@ -188,7 +188,7 @@ def test_referral_curve_says_how_much_disease_reaches_a_person():
 
 def test_store_accepts_refer_and_counts_it_as_needing_a_person(tmp_path: Path):
     with Workspace.open(tmp_path / "ws") as ws:
-        ids = add_images(ws, tmp_path, 2)
+        ids = add_images(ws, tmp_path, 2, patient="7", eye="left")
         ws.register_model(MODEL, None, "m", activate=True)
         run = ws.start_run(MODEL, SETTINGS)
         ws.add_predictions(
@@ -198,6 +198,10 @@ def test_store_accepts_refer_and_counts_it_as_needing_a_person(tmp_path: Path):
         totals = ws.dashboard_totals()
         assert totals["triage_counts"]["refer"] == 1
         assert totals["triage_counts"]["auto-cleared"] == 1
+        exported = {r["path"]: r["triage"] for r in ws.export_rows()}
+        assert sorted(exported.values()) == ["auto-cleared", "refer"]
+        (patient,) = ws.patient_rollup()
+        assert patient["referred"] and patient["eyes"] == {"left": "refer"}
 
 
 def _version_1_workspace(folder: Path) -> Path:

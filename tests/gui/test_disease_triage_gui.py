@@ -113,3 +113,12 @@ def test_the_report_names_the_finding_of_a_referral():
     }
     lines = dict(_ai_lines(row, None))
     assert lines["Triage"].startswith("refer: glaucoma — confident finding")
+
+
+def test_the_screening_summary_lists_referrals_first():
+    from desktop.screening_control import summary_text
+
+    text = summary_text(
+        {"status": "finished", "screened": 5, "counts": {"auto-cleared": 2, "refer": 3}}
+    )
+    assert text == "Screening finished: 5 images — ⚑ 3 refer, ✓ 2 auto-cleared"
