@@ -326,3 +326,31 @@ def test_cli_train_records_the_named_no_finding_labels(capsys, tmp_path, synth_f
     capsys.readouterr()
     assert main([*base, "--negative-label", "healthy"]) != 0
     assert "'healthy' is not a label" in capsys.readouterr().err
+
+
+def test_model_comparison_counts_every_no_finding_label_as_negative():
+    from engine.improve.verdict import judge
+
+    labels = ["cataract", "glaucoma", "normal", "no_dr"]
+    # 8 images with a finding, 8 without (4 'normal', 4 'no_dr'); the new model calls two
+    # findings 'no_dr' that the current model found
+    truth = [0, 1] * 4 + [2, 3] * 4
+    before = list(truth)
+    after = [3, 3] + truth[2:]
+    result = {
+        "audit_answers": {
+            "truth": truth,
+            "before": before,
+            "after": after,
+            "labels": labels,
+            "negative": 2,
+            "negatives": [2, 3],
+        },
+        "before": {"balanced_accuracy": 1.0},
+        "after": {"balanced_accuracy": 0.9},
+    }
+    verdict = judge(result)
+    assert verdict.evidence["findings"] == 8
+    assert verdict.evidence["negative_labels"] == ["normal", "no_dr"]
+    assert (verdict.evidence["missed_before"], verdict.evidence["missed_after"]) == (0, 2)
+    assert not verdict.recommend
