@@ -8,8 +8,9 @@ them from ``--negative-label`` or, when not given, from :func:`guess_negative_la
 The default rule, used when a model names none: a label is negative when its name,
 ignoring case, spaces, ``_`` and ``-``, is one of :data:`NEGATIVE_NAMES` or starts with
 "no " (``no_dr``, ``No glaucoma``). A binary model with no such name treats its first
-label as negative (the convention of its metrics). A model with no negative label at all
-can auto-clear nothing: every confident answer is a finding.
+label as negative (the convention of its metrics). A single-label model with no negative
+label at all can auto-clear nothing: every confident answer is a finding. A multi-label
+model's answer with no label present is "no finding".
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ TRIAGE_STATES = (
 )
 HUMAN_STATES = tuple(s for s in TRIAGE_STATES if s != "auto-cleared")
 POLICIES = ("threshold", "conformal")
-DEFAULT_THRESHOLD = 0.85  # calibrated top probability an image needs to be auto-cleared
+DEFAULT_THRESHOLD = 0.85  # calibrated top probability for an answer to count as confident
 
 
 @dataclass

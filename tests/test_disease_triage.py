@@ -354,3 +354,12 @@ def test_model_comparison_counts_every_no_finding_label_as_negative():
     assert verdict.evidence["negative_labels"] == ["normal", "no_dr"]
     assert (verdict.evidence["missed_before"], verdict.evidence["missed_after"]) == (0, 2)
     assert not verdict.recommend
+
+
+def test_the_model_card_says_which_labels_mean_no_finding():
+    from engine.modelcard import model_card_text
+
+    assert "no finding    normal\n" in model_card_text(spec(negative_labels=["normal"])) + "\n"
+    assert "no finding    normal (default rule)" in model_card_text(spec())
+    card = model_card_text(spec(labels=["CNV", "DME"]))
+    assert "no finding    none named or found by the default rule: nothing is auto-cleared" in card
