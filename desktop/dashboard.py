@@ -377,17 +377,17 @@ class DashboardPage(QWidget):
             self.referral_text.setText("")
             return
         self.referral_panel.show_content()
-        key, name = disease_found_key(curve)
+        key, name = disease_found_key(curve, spec)
         self.referral_sensitivity.setName(name)
         self.referral_accuracy.setName("Accuracy of kept images")
         for p in curve:
             x = 100 * float(p["referred"])
             self.referral_accuracy.append(x, 100 * float(p["accuracy"]))
-            if p.get(key) is not None:
+            if key and p.get(key) is not None:
                 self.referral_sensitivity.append(x, 100 * float(p[key]))
         self.referral_sensitivity.setVisible(self.referral_sensitivity.count() > 0)
         values = [100 * float(p["accuracy"]) for p in curve] + [
-            100 * float(p[key]) for p in curve if p.get(key) is not None
+            100 * float(p[key]) for p in curve if key and p.get(key) is not None
         ]
         low = max(0.0, math.floor((min(values) - 5) / 10) * 10)
         step = 10.0 if low <= 50 else 5.0 if low <= 80 else 2.0
@@ -400,7 +400,7 @@ class DashboardPage(QWidget):
             100 * float(marked["referred"]), 100 * float(marked["accuracy"])
         )
         self.referral_text.setText(
-            referral_sentence(spec.referral_curve, disease=disease_words(spec))
+            referral_sentence(spec.referral_curve, disease=disease_words(spec), spec=spec)
         )
 
     def _apply_calibration(self, data: DashboardData) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.findings import negative_indices
 from engine.modelfile import ModelSpec
 from engine.store import TRIAGE_STATES, StoreError, Workspace, is_workspace
 
@@ -134,22 +135,29 @@ def pct(value: float) -> str:
     return f"{100 * value:.0f}%"
 
 
-def disease_found_key(curve: list[dict] | None) -> tuple[str, str]:
-    """Which figure of the curve says "disease found", and its name.
+def disease_found_key(curve: list[dict] | None, spec: ModelSpec | None = None) -> tuple[str, str]:
+    """Which figure of the curve says "disease found", and its name ("" when none can).
 
     ``disease_found`` (share of all images with a finding that reach a clinician, since a
     confident finding is referred too) when the model measured it; older model files only
     have the kept images' sensitivity, which is the disease found among the kept images.
+    An older binary model whose "no finding" label is not its first counted the wrong
+    class as disease, so its figure is not shown.
     """
     if any(p.get("disease_found") is not None for p in curve or []):
         return "disease_found", "Disease found"
+    if spec is not None and spec.task == "binary" and negative_indices(spec) != [0]:
+        return "", ""
     return "sensitivity", "Disease found among kept images"
 
 
-def referral_sentence(curve: list[dict] | None, target: float = 0.2, disease: str = "") -> str:
+def referral_sentence(
+    curve: list[dict] | None, target: float = 0.2, disease: str = "", spec: ModelSpec | None = None
+) -> str:
     """One sentence reading the referral curve at about ``target`` referred.
 
-    ``disease`` names the classes that count as a finding (e.g. "cataract, glaucoma").
+    ``disease`` names the classes that count as a finding (e.g. "cataract, glaucoma");
+    ``spec`` (the curve's model) lets an older curve that counted the wrong class go unread.
     """
     points = [p for p in curve or [] if p.get("accuracy") is not None]
     if not points:
@@ -167,7 +175,13 @@ def referral_sentence(curve: list[dict] | None, target: float = 0.2, disease: st
             f"the AI is right on {pct(point['accuracy'])} of the other {pct(kept)}."
         )
     named = f" ({disease})" if disease else ""
-    if point.get("disease_found") is not None:
+    key, _ = disease_found_key(curve, spec)
+    if not key:
+        text += (
+            " This model file's curve counted its 'no finding' class as disease; recalibrate"
+            " it (eyetriage calibrate) to see how much disease is found."
+        )
+    elif point.get("disease_found") is not None:
         text += (
             f" With confident findings referred too, {pct(point['disease_found'])} of images "
             f"with a finding{named} reach a clinician"

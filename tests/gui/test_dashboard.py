@@ -203,3 +203,14 @@ def test_demo_model_is_flagged_on_the_dashboard(page, screened_ws, tiny_model):
     page.set_workspace(screened_ws, dataclasses.replace(spec, demo=True))
     assert page.demo_label.isVisibleTo(page)
     assert "not for clinical use" in page.demo_label.text()
+
+
+def test_an_older_binary_curve_that_counted_the_wrong_class_is_not_read_as_disease_found():
+    from engine.modelfile import ModelSpec
+
+    spec = ModelSpec("resnet10t", "binary", ["diabetic_retinopathy", "normal"])
+    curve = [{"referred": 0.2, "n_referred": 2, "n_kept": 8, "accuracy": 0.9, "sensitivity": 0.7}]
+    text = referral_sentence(curve, disease="diabetic retinopathy", spec=spec)
+    assert "70%" not in text and "recalibrate" in text
+    healthy_first = ModelSpec("resnet10t", "binary", ["normal", "glaucoma"])
+    assert "70%" in referral_sentence(curve, spec=healthy_first)
