@@ -13,15 +13,14 @@ event says what it decided.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .activation import activate_after_screening, register_model
 from .models import LoadedModel
-from .screen import ScreenResult, ScreenSettings, screen
+from .screen import ScreenResult, ScreenSettings
+from .screen_backend import LocalBackend, ScreenBackend
 from .tasks import TaskState
 
 if TYPE_CHECKING:
@@ -33,7 +32,8 @@ def register(ws: Workspace, lm: LoadedModel, actor: str = "system") -> None:
     register_model(ws, lm.sha256, lm.path, lm.spec, actor=actor)
 
 
-def _file_facts(path: Path) -> dict[str, Any]:
+def file_facts(path: Path) -> dict[str, Any]:
+    """What the workspace records about a file: resolved path, hash, size, patient, eye."""
     from .naming import parse_patient_eye
     from .store import sha256_file
 
@@ -60,11 +60,22 @@ def screen_into_workspace(
     state: TaskState | None = None,
     on_chunk: Any = None,
     actor: str = "system",
+    backend: ScreenBackend | None = None,
+    known_facts: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Run the screen and record it; returns counts, the run id, what was skipped and the
     activation decision (``activation``: :meth:`engine.activation.Activation.as_dict`)."""
     report: dict[str, Any] = {}
-    events = iter_screen_into_workspace(workspace, paths, models, settings, state, actor=actor)
+    events = iter_screen_into_workspace(
+        workspace,
+        paths,
+        models,
+        settings,
+        state,
+        actor=actor,
+        backend=backend,
+        known_facts=known_facts,
+    )
     for event in events:
         if event["kind"] == "chunk" and on_chunk is not None:
             on_chunk(event["results"])
@@ -80,12 +91,21 @@ def iter_screen_into_workspace(
     settings: ScreenSettings,
     state: TaskState | None = None,
     actor: str = "system",
+    backend: ScreenBackend | None = None,
+    known_facts: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Generator form: yields ``chunk`` events (``results``, ``records``, ``run_id``) and a
-    final ``done`` event; ``actor`` is recorded if the run changes the active model."""
+    final ``done`` event; ``actor`` is recorded if the run changes the active model.
+
+    ``backend`` hashes and screens (default: this workstation); whichever it is, the rows
+    are stored, handed back and the activation rule applied here, the same way.
+    ``known_facts`` maps a resolved path to facts a manifest gave (patient, eye), which win
+    over the file name.
+    """
     from .store import Workspace, settings_key
 
     state = state or TaskState()
+    backend = backend or LocalBackend()
     lm = models[0]
     run_settings = settings.prediction_key()
     run_settings["models"] = [m.sha256 for m in models]
@@ -94,8 +114,9 @@ def iter_screen_into_workspace(
         for m in models:
             register(ws, m, actor=actor)
         state.progress(0, len(paths), "hashing files")
-        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2)) as pool:
-            facts = list(pool.map(_file_facts, paths))
+        facts = backend.file_facts(paths, state)
+        if known_facts:
+            facts = [_with_known(f, known_facts.get(f["path"])) for f in facts]
         readable = [f for f in facts if "error" not in f]
         ids = ws.add_images([{**f, "modality": lm.spec.modality} for f in readable])
         id_by_path = {f["path"]: i for f, i in zip(readable, ids, strict=True)}
@@ -108,7 +129,7 @@ def iter_screen_into_workspace(
         status = "failed"
         screened = 0
         try:
-            for chunk in screen(todo, models, settings, state):
+            for chunk in backend.screen(todo, models, settings, state):
                 rows = [_row(r, id_by_path) for r in chunk]
                 pred_ids = ws.add_predictions(run_id, rows)
                 for r, pid in zip(chunk, pred_ids, strict=True):
@@ -145,6 +166,12 @@ def iter_screen_into_workspace(
             "unreadable": [(f["path"], f["error"]) for f in unreadable],
             "activation": activation.as_dict(),
         }
+
+
+def _with_known(facts: dict[str, Any], known: Mapping[str, Any] | None) -> dict[str, Any]:
+    if not known or "error" in facts:
+        return facts
+    return {**facts, **{k: v for k, v in known.items() if v is not None}}
 
 
 def _row(r: ScreenResult, id_by_path: dict[str, int]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from engine.cli import main
+from engine.triage import TRIAGE_STATES
 
 from .conftest import TINY_ARCH
 
@@ -73,13 +74,7 @@ def test_screen_csv_has_a_row_per_file_and_names_bad_files(
             )
             < 1e-3
         )
-    assert {r["triage"] for r in rows} <= {
-        "auto-cleared",
-        "needs-review",
-        "ungradable",
-        "out-of-distribution",
-        "error",
-    }
+    assert {r["triage"] for r in rows} <= set(TRIAGE_STATES)
     assert "screened" in stdout
 
 
@@ -156,6 +151,7 @@ def test_training_from_a_csv_ordinal_task_counts_empty_labels(capsys, tmp_path, 
         "1",
         "--seed",
         "5",
+        "--allow-collapsed",
         "--out",
         model,
         "--quiet",
@@ -204,6 +200,7 @@ def test_training_multilabel_from_several_columns(capsys, tmp_path, synth_fundus
         "48",
         "--epochs",
         "1",
+        "--allow-collapsed",
         "--out",
         model,
         "--quiet",
@@ -331,13 +328,7 @@ def test_workspace_screen_review_export_agreement(capsys, tmp_path, clinic_folde
         "reviewer",
     ):
         assert col in rows[0]
-    assert {r["triage"] for r in rows} <= {
-        "auto-cleared",
-        "needs-review",
-        "ungradable",
-        "out-of-distribution",
-        "error",
-    }
+    assert {r["triage"] for r in rows} <= set(TRIAGE_STATES)
     reviewed = [r for r in rows if r["reviewed_label"]]
     assert len(reviewed) == 1 and reviewed[0]["reviewed_label"] == "diabetic_retinopathy"
     assert any(float(r["mutual_info"] or 0) > 0 for r in rows)
@@ -370,7 +361,15 @@ def test_training_is_deterministic_for_a_seed(tmp_path, synth_fundus):
     ds = load_folder_dataset(synth_fundus)
     weights = []
     for run_ in ("a", "b"):
-        cfg = TrainConfig(arch=TINY_ARCH, img_size=48, epochs=1, batch_size=16, seed=7, workers=2)
+        cfg = TrainConfig(
+            arch=TINY_ARCH,
+            img_size=48,
+            epochs=1,
+            batch_size=16,
+            seed=7,
+            workers=2,
+            allow_collapsed=True,
+        )
         res = train_model(ds, cfg, tmp_path / f"{run_}.safetensors", log=lambda s: None)
         weights.append(load_model_file(res.path)[1])
     assert weights[0].keys() == weights[1].keys()
