@@ -320,7 +320,16 @@ def test_cli_train_records_the_named_no_finding_labels(capsys, tmp_path, synth_f
 
     out = tmp_path / "m.safetensors"
     base = ["train", str(synth_fundus), "--arch", TINY_ARCH, "--img-size", "64"]
-    base += ["--epochs", "1", "--batch-size", "16", "--out", str(out), "--quiet"]
+    base += [
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--out",
+        str(out),
+        "--quiet",
+        "--allow-collapsed",
+    ]
     assert main([*base, "--negative-label", "diabetic_retinopathy"]) == 0
     assert read_spec(out).negative_labels == ["diabetic_retinopathy"]
     capsys.readouterr()
