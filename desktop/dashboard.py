@@ -44,8 +44,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from engine.findings import disease_words
 from engine.modelfile import ModelSpec
 from engine.store import TRIAGE_STATES
+from engine.triage import HUMAN_STATES
 
 from .dashboard_data import (
     CALIBRATION_BINS,
@@ -53,6 +55,7 @@ from .dashboard_data import (
     TRIAGE_WORDS,
     UNGRADABLE,
     DashboardData,
+    disease_found_key,
     kappa_words,
     load_dashboard_data,
     pct,
@@ -200,14 +203,14 @@ class DashboardPage(QWidget):
         self.referral_accuracy = QLineSeries()
         self.referral_accuracy.setName("Accuracy")
         self.referral_sensitivity = QLineSeries()
-        self.referral_sensitivity.setName("Sensitivity")
+        self.referral_sensitivity.setName("Disease found")
         self.referral_marker = QScatterSeries()
         self.referral_marker.setName("Read out below")
         self.referral_marker.setMarkerSize(9)
         for series in (self.referral_accuracy, self.referral_sensitivity, self.referral_marker):
             chart.addSeries(series)
         x = axis("Most uncertain images referred", 0, 100)  # whole at 1280 px
-        self.referral_y = y = axis("Of the kept images", 0, 100)
+        self.referral_y = y = axis("Per cent", 0, 100)
         chart.addAxis(x, Qt.AlignmentFlag.AlignBottom)
         chart.addAxis(y, Qt.AlignmentFlag.AlignLeft)
         for series in (self.referral_accuracy, self.referral_sensitivity, self.referral_marker):
@@ -368,13 +371,19 @@ class DashboardPage(QWidget):
             f"Reviewed {data.n_reviewed} of {data.n_screened} screened images "
             f"({pct(data.n_reviewed / data.n_screened)})."
         )
+        human = sum(data.triage_counts.get(s, 0) for s in HUMAN_STATES)
+        if human:
+            refer = data.triage_counts.get("refer", 0)
+            text += f" {human} need a clinician" + (
+                f" ({refer} referred with a confident finding)." if refer else "."
+            )
         if data.n_person:
             left = data.n_person_left
             text += (
-                f" {left} of the {data.n_person} images that need a person "
-                f"(every state but auto-cleared) {'is' if left == 1 else 'are'} not reviewed yet."
+                f" {left} of the {data.n_person} images that need a clinician "
+                f"{'is' if left == 1 else 'are'} not reviewed yet."
                 if left
-                else f" All {data.n_person} images that need a person are reviewed."
+                else f" All {data.n_person} images that need a clinician are reviewed."
             )
         unscreened = data.n_images - data.n_screened
         if unscreened > 0:
@@ -403,14 +412,17 @@ class DashboardPage(QWidget):
             self.referral_text.setText("")
             return
         self.referral_panel.show_content()
+        key, name = disease_found_key(curve, spec)
+        self.referral_sensitivity.setName(name)
+        self.referral_accuracy.setName("Accuracy of kept images")
         for p in curve:
             x = 100 * float(p["referred"])
             self.referral_accuracy.append(x, 100 * float(p["accuracy"]))
-            if p.get("sensitivity") is not None:
-                self.referral_sensitivity.append(x, 100 * float(p["sensitivity"]))
+            if key and p.get(key) is not None:
+                self.referral_sensitivity.append(x, 100 * float(p[key]))
         self.referral_sensitivity.setVisible(self.referral_sensitivity.count() > 0)
         values = [100 * float(p["accuracy"]) for p in curve] + [
-            100 * float(p["sensitivity"]) for p in curve if p.get("sensitivity") is not None
+            100 * float(p[key]) for p in curve if key and p.get(key) is not None
         ]
         low = max(0.0, math.floor((min(values) - 5) / 10) * 10)
         step = 10.0 if low <= 50 else 5.0 if low <= 80 else 2.0
@@ -422,9 +434,8 @@ class DashboardPage(QWidget):
         self.referral_marker.append(
             100 * float(marked["referred"]), 100 * float(marked["accuracy"])
         )
-        disease = [spec.display(x) for x in spec.labels if x != spec.negative_label]
         self.referral_text.setText(
-            referral_sentence(spec.referral_curve, disease=disease if spec.negative_label else None)
+            referral_sentence(spec.referral_curve, disease=disease_words(spec), spec=spec)
         )
 
     def _apply_calibration(self, data: DashboardData) -> None:

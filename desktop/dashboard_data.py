@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.findings import negative_indices
 from engine.modelfile import ModelSpec
 from engine.store import TRIAGE_STATES, StoreError, Workspace, is_workspace
 
@@ -28,6 +29,7 @@ MIN_CALIBRATION_N = 20
 CALIBRATION_BINS = 10
 UNGRADABLE = "ungradable"  # the reviewed "label" of an ungradable image
 TRIAGE_WORDS = {
+    "refer": "Refer (finding)",
     "auto-cleared": "Auto-cleared",
     "needs-review": "Needs review",
     "ungradable": "Ungradable",
@@ -136,11 +138,30 @@ def pct(value: float) -> str:
     return f"{100 * value:.0f}%"
 
 
+def disease_found_key(curve: list[dict] | None, spec: ModelSpec | None = None) -> tuple[str, str]:
+    """Which figure of the curve says "disease found", and its name ("" when none can).
+
+    ``disease_found`` (share of all images with a finding that reach a clinician, since a
+    confident finding is referred too) when the model measured it; older model files only
+    have the kept images' sensitivity, which is the disease found among the kept images.
+    An older binary model whose "no finding" label is not its first counted the wrong
+    class as disease, so its figure is not shown.
+    """
+    if any(p.get("disease_found") is not None for p in curve or []):
+        return "disease_found", "Disease found"
+    if spec is not None and spec.task == "binary" and negative_indices(spec) != [0]:
+        return "", ""
+    return "sensitivity", "Disease found among kept images"
+
+
 def referral_sentence(
-    curve: list[dict] | None, target: float = 0.2, disease: list[str] | None = None
+    curve: list[dict] | None, target: float = 0.2, disease: str = "", spec: ModelSpec | None = None
 ) -> str:
-    """One sentence reading the referral curve at about ``target`` referred; ``disease``
-    names the classes that count as disease for the sensitivity."""
+    """One sentence reading the referral curve at about ``target`` referred.
+
+    ``disease`` names the classes that count as a finding (e.g. "cataract, glaucoma");
+    ``spec`` (the curve's model) lets an older curve that counted the wrong class go unread.
+    """
     points = [p for p in curve or [] if p.get("accuracy") is not None]
     if not points:
         return "This model has no referral curve (it was made without labelled validation images)."
@@ -148,16 +169,33 @@ def referral_sentence(
     kept = 1.0 - float(point["referred"])
     n = int(point.get("n_referred", 0)) + int(point.get("n_kept", 0))
     if point["referred"] <= 0:
-        text = f"Referring no image, the AI is right on {pct(point['accuracy'])} of images"
+        text = (
+            f"Referring no uncertain image, the AI is right on {pct(point['accuracy'])} of images."
+        )
     else:
         text = (
             f"Refer the {pct(point['referred'])} most uncertain images to a clinician and "
-            f"the AI is right on {pct(point['accuracy'])} of the other {pct(kept)}"
+            f"the AI is right on {pct(point['accuracy'])} of the other {pct(kept)}."
         )
-    if point.get("sensitivity") is not None:
-        which = f": {', '.join(disease)}" if disease else ""
-        text += f" (finds {pct(point['sensitivity'])} of the disease among them{which})"
-    text += "."
+    named = f" ({disease})" if disease else ""
+    key, _ = disease_found_key(curve, spec)
+    if not key:
+        text += (
+            " This model file's curve counted its 'no finding' class as disease; recalibrate"
+            " it (eyetriage calibrate) to see how much disease is found."
+        )
+    elif point.get("disease_found") is not None:
+        text += (
+            f" With confident findings referred too, {pct(point['disease_found'])} of images "
+            f"with a finding{named} reach a clinician"
+        )
+        missed = point.get("n_missed")
+        text += f"; {missed} would be auto-cleared." if missed is not None else "."
+    elif point.get("sensitivity") is not None:
+        text += (
+            f" Disease found among the kept images: {pct(point['sensitivity'])} of those with "
+            f"a finding{named}."
+        )
     if n:
         text += (
             f" Measured on {n} labelled validation images when the model was made, "

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 # Triage state -> (icon, words, colour). The icon and words carry the meaning; the colour
 # only repeats it.
 TRIAGE_LOOK: dict[str, tuple[str, str, str]] = {
+    "refer": ("⚑", "Refer", "#a3125c"),
     "needs-review": ("⚑", "Needs review", "#c77700"),
     "auto-cleared": ("✓", "Auto-cleared", "#2e7d32"),
     "ungradable": ("⊘", "Ungradable", "#8e24aa"),
@@ -356,6 +357,9 @@ class EvidencePanel(QWidget):
         triage = pred.get("triage")
         if triage:
             icon, words, colour = TRIAGE_LOOK.get(triage, ("•", str(triage), "#666666"))
+            if triage == "refer" and label:
+                found = [x for x in str(label).split(";") if x]
+                words = f"{words}: {', '.join(label_names(spec, found))}"
             self.triage_label.setText(
                 f'<span style="color:{colour}; font-weight:bold;">{icon} {words}</span>'
             )

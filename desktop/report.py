@@ -48,6 +48,7 @@ from PySide6.QtGui import (
 from engine.modelcard import DEMO_NOTICE, NOT_A_DEVICE
 from engine.modelfile import ModelSpec
 from engine.store import Workspace
+from engine.triage import needs_human
 
 from .qimage import pil_to_qimage
 
@@ -73,6 +74,7 @@ DPI = 300
 DISPLAY_LONGEST = 800  # pixels of the photograph kept for the PDF
 EYE_WORDS = {"right": "right eye (OD)", "left": "left eye (OS)"}
 TRIAGE_WORDS = {
+    "refer": "refer",
     "auto-cleared": "auto-cleared",
     "needs-review": "needs review",
     "ungradable": "ungradable",
@@ -211,6 +213,8 @@ def _ai_lines(row: dict, spec: ModelSpec | None) -> list[tuple[str, str]]:
         return spec.display(label) if spec is not None else label.replace("_", " ")
 
     triage = TRIAGE_WORDS.get(row["triage"], row["triage"])
+    if row["triage"] == "refer" and row.get("label"):
+        triage = f"refer: {', '.join(show(x) for x in str(row['label']).split(';'))}"
     reason = row.get("triage_reason")
     triage_text = f"{triage} — {reason}" if reason else triage
     if row["triage"] == "error" or row.get("label") is None:
@@ -424,7 +428,8 @@ def _draw_page_frame(
         d.text(x, y, content_w, 10, REPORT_TITLE, size=18, bold=True)
         y += 10
         reviewed = sum(1 for r in rows if r.get("review"))
-        referred = sum(1 for r in rows if r["triage"] != "auto-cleared")
+        human = sum(1 for r in rows if needs_human(r["triage"]))
+        findings = sum(1 for r in rows if r["triage"] == "refer")
         d.text(
             x, y, content_w, 7,
             f"Patient {patient}  ·  {len(rows)} image{'s' if len(rows) != 1 else ''}  ·  "
@@ -440,8 +445,8 @@ def _draw_page_frame(
         )  # fmt: skip
         y += 5.5
         summary = (
-            f"Summary: {referred} of {len(rows)} images referred for a clinician's review by "
-            f"the AI; {reviewed} of {len(rows)} reviewed."
+            f"Summary: {human} of {len(rows)} images need a clinician ({findings} referred "
+            f"with a confident finding); {reviewed} of {len(rows)} reviewed."
         )
         if overlay_note:
             summary += f" {overlay_note}"

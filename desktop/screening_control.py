@@ -29,6 +29,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from engine.triage import TRIAGE_STATES
+
 from .settings import AppSettings, add_screening_fields
 from .shell import Shell
 from .style import triage_style
@@ -57,9 +59,10 @@ def progress_text(done: int, total: int, rate: float, device: str) -> str:
 def summary_text(summary: dict) -> str:
     """``Screening finished: 48 images — ● 30 needs review, … · 12 already screened``."""
     counts = summary.get("counts") or {}
+    order = {state: i for i, state in enumerate(TRIAGE_STATES)}  # most urgent first
     parts = [
         f"{triage_style(k).glyph} {n} {triage_style(k).word.lower()}"
-        for k, n in counts.items()
+        for k, n in sorted(counts.items(), key=lambda kv: order.get(kv[0], len(order)))
         if n
     ]
     word = {"cancelled": "Screening cancelled", "finished": "Screening finished"}.get(
@@ -108,9 +111,12 @@ class ScreeningDialog(QDialog):
                 self.model.setCurrentIndex(i)
         form.addRow("&Model:", self.model)
         self.uncertainty, self.policy, self.threshold = add_screening_fields(form, settings)
-        self.refer = QCheckBox("Send every finding to review")
+        self.refer = QCheckBox("Review every finding before referral")
+        self.refer.setToolTip(
+            "A confident finding is normally 'Refer'; with this on it goes to Needs review first."
+        )
         self.refer.setChecked(settings.refer_findings)
-        form.addRow("Refer &findings:", self.refer)
+        form.addRow("Fi&ndings:", self.refer)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Cancel)
         go = buttons.addButton("Screen ▶", QDialogButtonBox.ButtonRole.AcceptRole)
         cancel = buttons.button(QDialogButtonBox.StandardButton.Cancel)

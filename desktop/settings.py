@@ -221,9 +221,12 @@ class SettingsDialog(QDialog):
 
         self.uncertainty, self.policy, self.threshold = add_screening_fields(form, settings)
 
-        self.refer_findings = QCheckBox("Send every finding (not only unsure ones) to review")
+        self.refer_findings = QCheckBox("Review every finding before referral")
+        self.refer_findings.setToolTip(
+            "A confident finding is normally 'Refer'; with this on it goes to Needs review first."
+        )
         self.refer_findings.setChecked(settings.refer_findings)
-        form.addRow("Refer &findings:", self.refer_findings)
+        form.addRow("Fi&ndings:", self.refer_findings)
 
         self.overlay = QComboBox()
         for m, word in zip(

@@ -34,6 +34,8 @@ class TriageStyle:
 
 
 TRIAGE_STYLES: dict[str, TriageStyle] = {
+    # a confident finding: urgent, never green, not the error red
+    "refer": TriageStyle("refer", "⚑", "Refer", "#a3125c", "#f48fb1"),
     "auto-cleared": TriageStyle("auto-cleared", "✓", "Auto-cleared", "#2e7d4f", "#6fcf97"),
     "needs-review": TriageStyle("needs-review", "⚠", "Needs review", "#a15c00", "#f2b24c"),
     "ungradable": TriageStyle("ungradable", "⊘", "Ungradable", "#6b5b95", "#b7a6e0"),
@@ -48,6 +50,14 @@ UNSCREENED = TriageStyle("", "·", "Not screened", "#6b7280", "#9ca3af")
 def triage_style(state: str | None) -> TriageStyle:
     """The style of a triage state (unknown or missing states read "Not screened")."""
     return TRIAGE_STYLES.get(state or "", UNSCREENED)
+
+
+def triage_text(state: str | None, finding: str | None = None) -> str:
+    """Glyph and words of a state; a referral names its finding: ``⚑ Refer: glaucoma``."""
+    style = triage_style(state)
+    if state == "refer" and finding:
+        return f"{style.text}: {finding.replace(';', ', ')}"
+    return style.text
 
 
 def _palette(dark: bool) -> QPalette:

@@ -46,7 +46,7 @@ ICON_SIDE = 44  # shown size in logical pixels
 
 
 class QuickFilterBar(QWidget):
-    """Tab-like, mutually exclusive filter buttons with live counts (Alt+1…Alt+8)."""
+    """Tab-like, mutually exclusive filter buttons with live counts (Alt+1, Alt+2, …)."""
 
     changed = Signal(str)
 
@@ -73,15 +73,16 @@ class QuickFilterBar(QWidget):
             self._group.addButton(b)
             self.buttons[key] = b
             layout.addWidget(b)
-        hint = QLabel("Alt+1…8")
+        last = len(QUICK_FILTERS)
+        hint = QLabel(f"Alt+1…{last}")
         hint.setObjectName("notice")
-        hint.setToolTip("Alt+1 … Alt+8 switch between these filters")
+        hint.setToolTip(f"Alt+1 … Alt+{last} switch between these filters")
         layout.addWidget(hint)
         layout.addStretch(1)
         self.progress = QLabel()
         self.progress.setObjectName("worklistProgress")
         self.progress.setToolTip(
-            "Images that need a person (every state but auto-cleared) not reviewed yet"
+            "Images that need a clinician (every state but auto-cleared) not reviewed yet"
         )
         layout.addWidget(self.progress)
         self._blind = False
@@ -145,7 +146,7 @@ class QuickFilterBar(QWidget):
                 b.setAccessibleName(f"{full}: {n}")
         person, left = counts.get("person", 0), counts.get("person:left", 0)
         self.progress.setText(
-            f"Need a person: <b>{group_thousands(left)} left</b> of {group_thousands(person)}"
+            f"Need a clinician: <b>{group_thousands(left)} left</b> of {group_thousands(person)}"
             if person
             else ""
         )
@@ -197,9 +198,9 @@ class WorklistPanel(QWidget):
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         for col, width in (
             (COL_IMAGE, 165),
-            (COL_LABEL, 150),
-            (COL_CONFIDENCE, 82),
-            (COL_TRIAGE, 135),
+            (COL_LABEL, 140),
+            (COL_CONFIDENCE, 80),
+            (COL_TRIAGE, 175),  # room for "⚑ Refer: diabetic retinopathy" at most fonts
             (COL_UNCERTAINTY, 90),
             (COL_REVIEW, 150),
         ):

@@ -29,8 +29,9 @@ from PySide6.QtCore import (
 from PySide6.QtGui import QBrush, QIcon
 
 from engine.store import REFERRED_STATES
+from engine.triage import TRIAGE_STATES
 
-from .style import current_is_dark, triage_style
+from .style import current_is_dark, triage_style, triage_text
 from .thumbnails import ThumbnailCache
 
 ImageIdRole = Qt.ItemDataRole.UserRole + 1
@@ -52,6 +53,7 @@ HEADER_TIPS = (
 
 # Quick filters: key, short button text, full name.
 QUICK_FILTERS: tuple[tuple[str, str, str], ...] = (
+    ("refer", "Refer", "Refer: a confident finding"),
     ("needs-review", "Needs review", "Needs review"),
     ("auto-cleared", "Cleared", "Auto-cleared"),
     ("ungradable", "Ungradable", "Ungradable"),
@@ -83,19 +85,14 @@ SORTS: tuple[tuple[str, int, Qt.SortOrder], ...] = (
 AI_COLUMNS = (COL_LABEL, COL_CONFIDENCE, COL_TRIAGE, COL_UNCERTAINTY)
 # Quick filters that reveal the AI's answer (which images it cleared, was unsure of, or
 # disagrees with a reader): not offered in blind mode.
-AI_FILTERS = ("needs-review", "auto-cleared", "disagrees")
+AI_FILTERS = ("refer", "needs-review", "auto-cleared", "disagrees")
 # Triage states that do not depend on the AI's answer (image quality, familiarity, errors).
 ANSWER_FREE_STATES = ("ungradable", "out-of-distribution", "error")
 HIDDEN = "hidden"  # what an AI cell says in blind mode
 
 _NEG_INF = float("-inf")
-TRIAGE_ORDER = {
-    "needs-review": 0,
-    "ungradable": 1,
-    "out-of-distribution": 2,
-    "error": 3,
-    "auto-cleared": 4,
-}
+# Most urgent first: the triage rule's own order (a confident finding leads).
+TRIAGE_ORDER = {state: i for i, state in enumerate(TRIAGE_STATES)}
 
 
 def group_thousands(n: int) -> str:
@@ -371,7 +368,7 @@ class WorklistModel(QAbstractTableModel):
         if col == COL_TRIAGE:
             if is_reviewed(r):
                 return "✔ Reviewed"
-            return triage_style(r["triage"]).text
+            return triage_text(r["triage"], r["display_label"])
         if col == COL_REVIEW:
             if not r["reviewed_label"]:
                 return "not reviewed"
@@ -384,11 +381,8 @@ class WorklistModel(QAbstractTableModel):
     def _tooltip(r: dict, col: int) -> str | None:
         if col == COL_TRIAGE:
             reason = r["triage_reason"] or r["error"] or ""
-            text = (
-                f"{triage_style(r['triage']).word}: {reason}"
-                if reason
-                else triage_style(r["triage"]).word
-            )
+            words = triage_text(r["triage"], r["display_label"]).split(" ", 1)[-1]
+            text = f"{words} — {reason}" if reason else words
             return f"Reviewed. Triage was {text}" if is_reviewed(r) else text
         if col == COL_IMAGE:
             extra = "\nThe file changed since it was screened." if r["stale"] else ""

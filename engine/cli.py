@@ -145,7 +145,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         workers=args.workers,
         name=args.name or "",
         strategy=args.strategy,
-        negative_label=args.negative_label,
+        negative_labels=list(args.negative_label or []),
         demo=args.demo,
         max_steps_per_epoch=args.max_steps_per_epoch,
         half=args.half,
@@ -268,12 +268,19 @@ def _print_evaluation(out: dict, spec) -> None:  # noqa: ANN001
             print(f"    {lab:<22} " + " ".join(f"{v:5d}" for v in row))
     if out.get("referral_curve"):
         print("  referral curve (most uncertain referred first; metrics of the kept images):")
-        print("    referred  kept   accuracy  bal.acc  sensitivity  specificity")
+        if out.get("disease_classes") is not None:
+            print(
+                "    disease found = images with a finding that reach a person (uncertain, or a"
+                " confident finding); findings: "
+                + (", ".join(spec.display(x) for x in out["disease_classes"]) or "none")
+            )
+        print("    referred  kept   accuracy  bal.acc  sensitivity  specificity  disease found")
         for pt in out["referral_curve"]:
             f = lambda v: "   n/a" if v is None else f"{v:6.3f}"  # noqa: E731
             print(
                 f"    {pt['referred']:7.0%}  {pt['n_kept']:5d}  {f(pt['accuracy'])}    {f(pt['balanced_accuracy'])}"
                 f"   {f(pt.get('sensitivity'))}       {f(pt.get('specificity'))}"
+                f"       {f(pt.get('disease_found'))}"
             )
 
 
@@ -341,6 +348,7 @@ SCREEN_FIXED_COLUMNS = [
 def cmd_screen(args: argparse.Namespace) -> int:
     from .cli_cluster import make_backend, start_backend
     from .engines import engine_cache_dir
+    from .findings import finding_labels, negative_labels
     from .manifest import load_source
     from .screen import ScreenSettings, attach_engine
     from .triage import TriagePolicy
@@ -363,11 +371,24 @@ def cmd_screen(args: argparse.Namespace) -> int:
     models = _load_models(args.model, "cpu" if backend else args.device)
     _modality_warning(models[0].spec.modality, paths)
     uncertainty = args.uncertainty or ("ensemble" if len(models) > 1 else "none")
+    spec0 = models[0].spec
+    unknown = [x for x in args.review_finding or [] if x not in finding_labels(spec0)]
+    if unknown:
+        raise CliError(
+            f"--review-finding {', '.join(unknown)}: not a finding of this model "
+            f"(findings: {', '.join(finding_labels(spec0)) or 'none'})"
+        )
+    if not negative_labels(spec0):
+        err(
+            f"note: model {spec0.name or '?'} names no 'no finding' label, so no image can be "
+            "auto-cleared: every confident answer is referred"
+        )
     policy = TriagePolicy(
         kind=args.policy,
         threshold=args.threshold,
         refer_findings=args.refer_findings,
         use_quality=not args.no_quality,
+        review_findings=list(args.review_finding or []),
     )
     settings = ScreenSettings(
         batch_size=args.batch_size,
@@ -470,8 +491,11 @@ def _csv_row(r, labels: Sequence[str]) -> dict[str, Any]:  # noqa: ANN001
 def _summary(
     counts: dict[str, int], written: int, total: int, dt: float, device: str, where: Any
 ) -> None:
-    order = ["auto-cleared", "needs-review", "ungradable", "out-of-distribution", "error"]
-    parts = [f"{k} {counts[k]}" for k in order if counts.get(k)]
+    from .triage import HUMAN_STATES, TRIAGE_STATES
+
+    parts = [f"{k} {counts[k]}" for k in TRIAGE_STATES if counts.get(k)]
+    human = sum(counts.get(k, 0) for k in HUMAN_STATES)
+    parts.append(f"{human} need a person")
     rate = written / dt if dt > 0 else 0.0
     print(
         f"screened {written}/{total} images in {dt:.1f} s ({rate:.1f} img/s, {device}): {', '.join(parts)}"
@@ -622,7 +646,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--pretrained", action="store_true", help="download timm's ImageNet weights (online)"
     )
     t.add_argument("--strategy", choices=["full", "head", "lora"], default="full")
-    t.add_argument("--negative-label", help="the 'no finding' class (default: normal/0 if present)")
+    t.add_argument(
+        "--negative-label",
+        action="append",
+        default=None,
+        help="a 'no finding' class (repeat for several); default: labels named normal, none,"
+        " healthy, negative, 0, no_... (binary: else the first label)",
+    )
     t.add_argument("--name", help="a name for the model")
     t.add_argument("--device", default="auto")
     t.add_argument("--workers", type=int)
@@ -693,7 +723,16 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--policy", choices=["threshold", "conformal"], default="threshold")
     sc.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
     sc.add_argument(
-        "--refer-findings", action="store_true", help="every non-normal answer goes to review"
+        "--refer-findings",
+        action="store_true",
+        help="every finding, however confident, goes to needs-review (not straight to refer)",
+    )
+    sc.add_argument(
+        "--review-finding",
+        action="append",
+        default=None,
+        metavar="LABEL",
+        help="this finding, however confident, goes to needs-review (repeat for several)",
     )
     sc.add_argument("--no-quality", action="store_true", help="skip the image-quality gate")
     sc.add_argument(

@@ -28,6 +28,7 @@ def evaluate_model_on(
     import numpy as np
 
     from .calibration import sigmoid, softmax
+    from .findings import finding_labels, negative_indices
     from .inference import predict_logits
     from .metrics import evaluate_predictions
     from .referral import referral_curve
@@ -51,14 +52,10 @@ def evaluate_model_on(
     out["n_errors"] = int((~ok).sum())
     out["errors"] = [{"path": str(paths[i]), "error": e} for i, e in sorted(errors.items())][:50]
     if spec.task != "multilabel" and len(y):
-        neg = (
-            0
-            if spec.task == "binary"
-            else (spec.labels.index(spec.negative_label) if spec.negative_label else None)
-        )
         out["referral_curve"] = referral_curve(
-            y, probs, entropy(probs), spec.task, negative_index=neg
+            y, probs, entropy(probs), spec.task, negative_index=negative_indices(spec)
         )
+        out["disease_classes"] = finding_labels(spec)
         if plot:
             from .plots import plot_referral_curve
 

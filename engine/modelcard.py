@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .findings import negative_labels
 from .modelfile import ModelSpec
 
 NOT_A_DEVICE = (
@@ -25,6 +26,13 @@ def model_card_text(spec: ModelSpec, sha256: str = "") -> str:
         f"  architecture  {spec.arch} ({spec.task}, {spec.modality}, {spec.input_size} px)"
     )
     lines.append("  labels        " + ", ".join(spec.display(x) for x in spec.labels))
+    negatives = negative_labels(spec)
+    names = ", ".join(spec.display(x) for x in negatives)
+    if not names:
+        names = "none named or found by the default rule: nothing is auto-cleared"
+    elif not spec.negative_labels:
+        names += " (default rule)"
+    lines.append("  no finding    " + names)
     prep = spec.preprocessing
     steps = [
         n

@@ -63,7 +63,8 @@ class ModelSpec:
     name: str = ""
     head_dropout: float = 0.2
     temperature: float = 1.0
-    negative_label: str | None = None  # the "no finding" class used for referral sensitivity
+    negative_label: str | None = None  # the first "no finding" class (older files: the only one)
+    negative_labels: list[str] = field(default_factory=list)  # every "no finding" class
     thresholds: dict[str, Any] = field(default_factory=dict)
     conformal: dict[str, Any] | None = None
     referral_curve: list[dict[str, Any]] | None = None
@@ -77,6 +78,11 @@ class ModelSpec:
             self.preprocessing = Preprocessing(**self.preprocessing)
         self.mean = tuple(float(v) for v in self.mean)  # type: ignore[assignment]
         self.std = tuple(float(v) for v in self.std)  # type: ignore[assignment]
+        self.negative_labels = list(self.negative_labels or [])
+        if self.negative_label and self.negative_label not in self.negative_labels:
+            self.negative_labels.insert(0, self.negative_label)
+        if self.negative_labels and self.negative_label is None:
+            self.negative_label = self.negative_labels[0]
         self.validate()
 
     @property
@@ -105,8 +111,9 @@ class ModelSpec:
             raise ModelFileError("normalisation needs three means and three positive stds")
         if not self.temperature > 0:
             raise ModelFileError("temperature must be positive")
-        if self.negative_label is not None and self.negative_label not in self.labels:
-            raise ModelFileError(f"negative label {self.negative_label!r} is not a label")
+        for neg in self.negative_labels or ([self.negative_label] if self.negative_label else []):
+            if neg not in self.labels:
+                raise ModelFileError(f"negative label {neg!r} is not a label")
 
     def to_json(self) -> str:
         d = asdict(self)

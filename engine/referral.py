@@ -10,11 +10,16 @@ the threshold is the uncertainty of the ``round(f * N)``-th most uncertain image
 tied uncertainties slightly more than f may be referred; ``referred`` reports the actual
 fraction. At fraction 0 nothing is referred and ``threshold`` is None.
 
-Sensitivity and specificity are for "abnormal vs normal" screening: binary uses class 1
-as abnormal; multiclass and ordinal call every class except ``negative_index`` abnormal
-(ordinal defaults to grade 0 as normal; multiclass without ``negative_index`` reports
-None); multilabel calls an image abnormal if any label other than ``negative_index`` is
+Sensitivity and specificity are for "disease found vs no finding" screening: every class
+except the ``negative_index`` class(es) (see :mod:`engine.findings`) is a finding (binary
+and ordinal default to class 0 as "no finding"; multiclass without ``negative_index``
+reports None); multilabel calls an image abnormal if any label other than the negatives is
 present (predicted at probability >= 0.5).
+
+The curve refers only the uncertain images; with disease-aware triage a confident finding
+is referred as well. ``disease_found`` is that whole system's sensitivity: the share of
+images with a finding that reach a person (uncertain, or confidently called a finding),
+and ``n_missed`` counts images with a finding that would be auto-cleared.
 """
 
 from __future__ import annotations
@@ -71,27 +76,37 @@ def _kept_metrics(
     }
 
 
+def _negatives(negative_index: int | Sequence[int] | None, n_classes: int) -> list[int] | None:
+    if negative_index is None:
+        return None
+    neg = (
+        [int(negative_index)]
+        if isinstance(negative_index, int | np.integer)
+        else list(negative_index)
+    )
+    for i in neg:
+        if not 0 <= i < n_classes:
+            raise ValueError(f"negative_index {i} is not a class index (0..{n_classes - 1})")
+    return [int(i) for i in neg]
+
+
 def _abnormal(
-    t: np.ndarray, yp: np.ndarray, task: str, negative_index: int | None, n_classes: int
+    t: np.ndarray,
+    yp: np.ndarray,
+    task: str,
+    negative_index: int | Sequence[int] | None,
+    n_classes: int,
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
-    if negative_index is not None and not 0 <= negative_index < n_classes:
-        raise ValueError(
-            f"negative_index {negative_index} is not a class index (0..{n_classes - 1})"
-        )
-    if task == "binary":
-        if negative_index not in (None, 0):
-            raise ValueError("binary task: class 0 is normal; negative_index must be None or 0")
-        return t == 1, yp == 1
+    neg = _negatives(negative_index, n_classes)
     if task == "multilabel":
         keep = np.ones(n_classes, dtype=bool)
-        if negative_index is not None:
-            keep[negative_index] = False
+        keep[neg or []] = False
         return t[:, keep].any(axis=1), yp[:, keep].any(axis=1)
-    if task == "ordinal" and negative_index is None:
-        negative_index = 0
-    if negative_index is None:
+    if not neg and task in ("binary", "ordinal"):
+        neg = [0]  # binary: class 1 is the finding; ordinal: grade 0 is normal
+    if not neg:
         return None, None
-    return t != negative_index, yp != negative_index
+    return ~np.isin(t, neg), ~np.isin(yp, neg)
 
 
 def referral_curve(
@@ -99,14 +114,16 @@ def referral_curve(
     probs: Any,
     uncertainty: Any,
     task: str,
-    negative_index: int | None = None,
+    negative_index: int | Sequence[int] | None = None,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
 ) -> list[dict]:
     """Metrics of the kept images when the most uncertain fractions are referred.
 
     Each point has ``referred`` (actual fraction), ``n_referred``, ``n_kept``,
     ``threshold`` and the kept images' ``accuracy``, ``balanced_accuracy``,
-    ``sensitivity`` and ``specificity`` (None when undefined).
+    ``sensitivity`` and ``specificity`` (None when undefined); when findings are defined
+    also ``n_refer`` (kept but called a finding), ``n_auto_cleared``, ``n_missed`` (a
+    finding auto-cleared) and ``disease_found`` (share of findings that reach a person).
     """
     check_task(task)
     p = np.asarray(probs, dtype=np.float64)
@@ -156,15 +173,23 @@ def referral_curve(
             task == "multilabel",
         )
         n_ref = int(referred.sum())
-        curve.append(
-            {
-                "referred": n_ref / n if n else 0.0,
-                "n_referred": n_ref,
-                "n_kept": n - n_ref,
-                "threshold": threshold,
-                **metrics,
-            }
-        )
+        point = {
+            "referred": n_ref / n if n else 0.0,
+            "n_referred": n_ref,
+            "n_kept": n - n_ref,
+            "threshold": threshold,
+            **metrics,
+        }
+        if ab_true is not None and ab_pred is not None:
+            # disease-aware triage: a kept image called a finding is referred too
+            cleared = kept & ~ab_pred
+            n_disease = int(ab_true.sum())
+            n_missed = int(np.sum(cleared & ab_true))
+            point["n_refer"] = int(np.sum(kept & ab_pred))
+            point["n_auto_cleared"] = int(cleared.sum())
+            point["n_missed"] = n_missed
+            point["disease_found"] = _ratio(n_disease - n_missed, n_disease)
+        curve.append(point)
     return curve
 
 

@@ -21,6 +21,7 @@ from torch import nn
 
 from . import __version__, recipe
 from .data import DatasetError, LabelledSet, split_indices
+from .findings import guess_negative_labels, negative_indices
 from .fit import FitConfig, fit, make_loss, predict_arrays
 from .images import decode_for_model
 from .modelfile import ModelSpec, Preprocessing, save_model_file
@@ -63,7 +64,8 @@ class TrainConfig:
     conformal_alpha: float = 0.1
     max_steps_per_epoch: int | None = None
     demo: bool = False
-    negative_label: str | None = None
+    negative_label: str | None = None  # kept for callers that name one; see negative_labels
+    negative_labels: list[str] = field(default_factory=list)  # the "no finding" classes
     half: bool = False  # store weights as float16 (half the file size)
     ema: bool = True  # let an average of the weights compete for the kept epoch
     allow_collapsed: bool = False  # save a model that predicts one class anyway
@@ -85,14 +87,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def guess_negative_label(labels: list[str]) -> str | None:
-    """The "no finding" class, used for referral sensitivity: normal, no_dr, 0, ..."""
-    for lab in labels:
-        if lab.lower() in ("normal", "no_dr", "no dr", "none", "healthy", "0", "negative"):
-            return lab
-    return None
 
 
 def decode_set(
@@ -154,8 +148,14 @@ def train_model(
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
     warnings: list[str] = []
-    if cfg.negative_label is None and ds.task != "multilabel":
-        cfg.negative_label = guess_negative_label(ds.labels)
+    negatives = list(cfg.negative_labels or ([cfg.negative_label] if cfg.negative_label else []))
+    unknown = [n for n in negatives if n not in ds.labels]
+    if unknown:
+        raise DatasetError(
+            f"negative label {', '.join(map(repr, unknown))} is not a label of this data set "
+            f"({', '.join(ds.labels)})"
+        )
+    cfg.negative_labels = negatives or guess_negative_labels(ds.labels, ds.task)
     train_idx, val_idx, test_idx = split or split_indices(ds, cfg.fractions, cfg.seed)
     if not train_idx or not val_idx:
         raise DatasetError(
@@ -184,7 +184,7 @@ def train_model(
         ),
         name=cfg.name or f"{cfg.arch}-{ds.task}",
         head_dropout=cfg.head_dropout,
-        negative_label=cfg.negative_label,
+        negative_labels=list(cfg.negative_labels),
         demo=cfg.demo,
     )
     log(
@@ -366,9 +366,7 @@ def calibrate_spec_on(
         )
         if len(y) < 50:
             warnings.append(f"only {len(y)} calibration images: conformal sets are approximate")
-    neg = spec.labels.index(spec.negative_label) if spec.negative_label else None
-    if spec.task == "binary":
-        neg = 0
+    neg = negative_indices(spec)
     spec.referral_curve = referral_curve(y, probs, entropy(probs), spec.task, negative_index=neg)
 
 

@@ -1,5 +1,11 @@
 """Map each screened image to exactly one triage state, with the reason in words.
 
+Triage is disease-aware: ``auto-cleared`` only for a confident "no finding" (the model's
+negative labels, :mod:`engine.findings`); a confident finding is ``refer`` ("Refer:
+glaucoma"); anything uncertain is ``needs-review``; ``ungradable``,
+``out-of-distribution`` and ``error`` keep their meaning. Every state but
+``auto-cleared`` needs a person (:data:`HUMAN_STATES`).
+
 :func:`decide` is the rule. :func:`read_answer` and :func:`triage_answer` turn one image's
 probabilities (plus its conformal set, OOD score and quality) into the inputs of that rule;
 screening uses them image by image, and :func:`review_workload` uses them to say what share
@@ -10,8 +16,10 @@ model shows the workload screening would really produce.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
+
+from .findings import findings_in, negative_labels
 
 if TYPE_CHECKING:
     import numpy as np
@@ -22,18 +30,30 @@ if TYPE_CHECKING:
 # here so that triage needs no image code; engine.quality uses the same text)
 NOT_FUNDUS_REASON = "no fundus field of view"
 
-TRIAGE_STATES = ("auto-cleared", "needs-review", "ungradable", "out-of-distribution", "error")
+# Most to least urgent.
+TRIAGE_STATES = (
+    "refer",
+    "needs-review",
+    "ungradable",
+    "out-of-distribution",
+    "error",
+    "auto-cleared",
+)
+HUMAN_STATES = tuple(s for s in TRIAGE_STATES if s != "auto-cleared")
 POLICIES = ("threshold", "conformal")
-DEFAULT_THRESHOLD = 0.85  # calibrated top probability an image needs to be auto-cleared
+DEFAULT_THRESHOLD = 0.85  # calibrated top probability for an answer to count as confident
 
 
 @dataclass
 class TriagePolicy:
-    """How an image earns "auto-cleared".
+    """When the model's answer counts as confident, and what a confident finding becomes.
 
     ``threshold``: the calibrated top probability must reach ``threshold`` (the classic rule).
     ``conformal``: the conformal prediction set must hold a single label.
-    ``refer_findings``: any answer other than the normal class always goes to review.
+    A confident "no finding" is auto-cleared; a confident finding is referred.
+    ``refer_findings``: every finding, however confident, goes to needs-review (a reader
+    looks before it is referred); ``review_findings``: the same for the named labels only
+    (e.g. "glaucoma is always reviewed").
     """
 
     kind: str = "threshold"
@@ -41,6 +61,7 @@ class TriagePolicy:
     refer_findings: bool = False
     use_quality: bool = True
     use_ood: bool = True
+    review_findings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.kind not in POLICIES:
@@ -73,7 +94,8 @@ def decide(
     ood_threshold: float | None,
     ood_reason: str | None = None,
     quality_cautions: list[str] | None = None,
-    negative_label: str | None,
+    findings: Sequence[str] | None,
+    finding_display: Sequence[str] | None = None,
     multilabel_uncertain: list[str] | None,
     policy: TriagePolicy,
 ) -> tuple[str, str]:
@@ -81,10 +103,14 @@ def decide(
 
     An image the quality gate rejects is ``ungradable`` even when it is also unlike the
     training data, and the reason names both. A gradable image with a quality caution
-    (slightly soft focus) is never auto-cleared. The one exception is a picture that is not
+    (slightly soft focus) is never auto-cleared (a confident finding is still referred,
+    the caution named). The one exception is a picture that is not
     the kind of image the model reads at all (no fundus field of view for a fundus model,
     a fundus photograph for an OCT model) and that the model also finds unfamiliar: that
     is ``out-of-distribution``, again naming both.
+
+    ``findings`` are the answer's labels that are findings (none: a "no finding" answer);
+    ``finding_display`` their display names, in the same order.
     """
     if error:
         return "error", error
@@ -126,19 +152,30 @@ def decide(
                 f"confidence {_versus(confidence, policy.threshold, 'below')}"
                 " (model has no conformal calibration)"
             )
-    if policy.refer_findings and label is not None and negative_label and label != negative_label:
-        reasons.append(f"finding '{display or label}' is always reviewed")
-    if policy.use_quality and quality_cautions and not reasons:
-        reasons.extend(quality_cautions)  # gradable, but not clean enough to clear unseen
+    found = list(findings or [])
+    shown = list(finding_display or found)
+    reviewed = [
+        shown[i]
+        for i, lab in enumerate(found)
+        if policy.refer_findings or lab in policy.review_findings
+    ]
+    if reviewed:
+        reasons.append(f"finding {', '.join(reviewed)} is always reviewed")
+    cautions = list(quality_cautions or []) if policy.use_quality else []
+    if cautions and not reasons and not found:
+        reasons.extend(cautions)  # gradable, but not clean enough to clear unseen
     if reasons:
         return "needs-review", "; ".join(reasons)
     if policy.kind == "conformal" and conformal_set is not None:
-        return "auto-cleared", f"set {{{display or label}}} has a single label"
-    if confidence is not None:
-        return "auto-cleared", (
-            f"confidence {_versus(confidence, policy.threshold, 'at or above')}"
-        )
-    return "auto-cleared", "confident on every label"
+        why = f"set {{{display or label}}} has a single label"
+    elif confidence is not None:
+        why = f"confidence {_versus(confidence, policy.threshold, 'at or above')}"
+    else:
+        why = "confident on every label"
+    if found:
+        caution = "".join(f"; {c}" for c in cautions)
+        return "refer", f"confident finding: {', '.join(shown)} ({why}){caution}"
+    return "auto-cleared", f"confident no finding ({why})"
 
 
 def _versus(value: float, threshold: float, relation: str) -> str:
@@ -171,11 +208,12 @@ def read_answer(spec: ModelSpec, probs: np.ndarray, threshold: float) -> Answer:
 
     labels = spec.labels
     if spec.task == "multilabel":
+        negatives = negative_labels(spec)
         thresholds = spec.thresholds.get("labels", {}) if spec.thresholds else {}
         p = {lab: round(float(v), 6) for lab, v in zip(labels, probs, strict=True)}
         present = [lab for lab in labels if p[lab] >= thresholds.get(lab, 0.5)]
         return Answer(
-            label=";".join(present) if present else (spec.negative_label or "none"),
+            label=";".join(present) if present else (negatives[0] if negatives else "none"),
             display=", ".join(spec.display(x) for x in present) or "no finding",
             confidence=float(np.min(np.maximum(probs, 1 - probs))),
             uncertain=[spec.display(lab) for lab, v in p.items() if max(v, 1 - v) < threshold],
@@ -207,6 +245,7 @@ def triage_answer(
         is_ood = True
     q_ok = None if quality is None else bool(quality.get("ok", True))
     cset = conformal_set
+    found = findings_in(spec, answer.label.split(";")) if answer.label else []
     state, reason = decide(
         error=None,
         label=answer.label,
@@ -221,7 +260,8 @@ def triage_answer(
         ood_score=ood_score,
         ood_threshold=ood_thr,
         ood_reason=ood_reason,
-        negative_label=spec.negative_label,
+        findings=found,
+        finding_display=[spec.display(x) for x in found],
         multilabel_uncertain=answer.uncertain if spec.task == "multilabel" else None,
         policy=policy,
     )
@@ -263,7 +303,15 @@ def triage_states(
 
 
 def review_workload(states: Sequence[str]) -> float | None:
-    """Share of images that go to a person: every state but ``auto-cleared`` (None if empty)."""
+    """Share of images that go to a person: every state but ``auto-cleared`` (None if empty).
+
+    Referred images count: a referral is read by a person too.
+    """
     if not states:
         return None
-    return sum(s != "auto-cleared" for s in states) / len(states)
+    return sum(s in HUMAN_STATES for s in states) / len(states)
+
+
+def needs_human(state: str | None) -> bool:
+    """Whether an image in ``state`` goes to a person (every state but ``auto-cleared``)."""
+    return state in HUMAN_STATES

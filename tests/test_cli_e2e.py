@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from engine.cli import main
+from engine.triage import TRIAGE_STATES
 
 from .conftest import TINY_ARCH
 
@@ -73,13 +74,7 @@ def test_screen_csv_has_a_row_per_file_and_names_bad_files(
             )
             < 1e-3
         )
-    assert {r["triage"] for r in rows} <= {
-        "auto-cleared",
-        "needs-review",
-        "ungradable",
-        "out-of-distribution",
-        "error",
-    }
+    assert {r["triage"] for r in rows} <= set(TRIAGE_STATES)
     assert "screened" in stdout
 
 
@@ -333,13 +328,7 @@ def test_workspace_screen_review_export_agreement(capsys, tmp_path, clinic_folde
         "reviewer",
     ):
         assert col in rows[0]
-    assert {r["triage"] for r in rows} <= {
-        "auto-cleared",
-        "needs-review",
-        "ungradable",
-        "out-of-distribution",
-        "error",
-    }
+    assert {r["triage"] for r in rows} <= set(TRIAGE_STATES)
     reviewed = [r for r in rows if r["reviewed_label"]]
     assert len(reviewed) == 1 and reviewed[0]["reviewed_label"] == "diabetic_retinopathy"
     assert any(float(r["mutual_info"] or 0) > 0 for r in rows)

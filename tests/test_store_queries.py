@@ -183,6 +183,7 @@ def test_dashboard_totals_use_the_active_model_and_current_reviews(
     assert totals["model_hash"] == MODEL and totals["model_name"] == "screening model"
     assert totals["n_screened"] == 5
     assert totals["triage_counts"] == {
+        "refer": 0,
         "auto-cleared": 1,
         "needs-review": 3,
         "ungradable": 0,

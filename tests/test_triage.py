@@ -20,7 +20,7 @@ def _decide(**kw):
         ood_score=1.0,
         ood_threshold=3.0,
         ood_reason=None,
-        negative_label="normal",
+        findings=[],
         multilabel_uncertain=None,
         policy=TriagePolicy(),
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING, Any
 
+from ..findings import negative_indices
 from .config import Log
 
 if TYPE_CHECKING:
@@ -85,10 +86,9 @@ def measure(
 
 
 def negative_index(spec: ModelSpec) -> int | None:
-    """Index of the "no finding" class (binary models: the first class), else None."""
-    if spec.negative_label in spec.labels:
-        return spec.labels.index(spec.negative_label)
-    return 0 if spec.task == "binary" else None
+    """Index of the first "no finding" class (:mod:`engine.findings`), else None."""
+    found = negative_indices(spec)
+    return found[0] if found else None
 
 
 def answers(spec: ModelSpec, logits: np.ndarray) -> list[int]:
@@ -113,6 +113,7 @@ def audit_answers(
     return {
         "labels": list(new_spec.labels),
         "negative": negative_index(new_spec),
+        "negatives": negative_indices(new_spec),
         "image_ids": list(image_ids),
         "truth": [int(v) for v in y],
         "before": answers(old_spec, old_logits),

@@ -158,6 +158,15 @@ def _label_words(label: str) -> str:
     return str(label).replace("_", " ")
 
 
+def _negatives(answers: dict, n_labels: int) -> list[int]:
+    """The "no finding" class indices of the audit answers (``negatives``, or the older
+    single ``negative``)."""
+    raw = answers.get("negatives")
+    if raw is None:
+        raw = [answers.get("negative")]
+    return [i for i in raw if isinstance(i, int) and 0 <= i < n_labels]
+
+
 # --------------------------------------------------------------------------- the rule
 
 
@@ -168,7 +177,7 @@ def judge(result: dict) -> Verdict:
     before = [int(v) for v in answers.get("before") or []]
     after = [int(v) for v in answers.get("after") or []]
     labels = [str(v) for v in answers.get("labels") or []]
-    negative = answers.get("negative")
+    negatives = _negatives(answers, len(labels))
     n = len(truth)
     evidence: dict[str, Any] = {"n": n, "min_audit_images": MIN_AUDIT_IMAGES}
     if not answers or len(before) != n or len(after) != n:
@@ -181,16 +190,18 @@ def judge(result: dict) -> Verdict:
             evidence=evidence,
         )
     missed_b = missed_a = findings = None
-    if isinstance(negative, int) and 0 <= negative < len(labels):
-        findings = sum(t != negative for t in truth)
-        missed_b = sum(t != negative and p == negative for t, p in zip(truth, before, strict=True))
-        missed_a = sum(t != negative and p == negative for t, p in zip(truth, after, strict=True))
-        cleared_b = sum(t == negative and p == negative for t, p in zip(truth, before, strict=True))
-        cleared_a = sum(t == negative and p == negative for t, p in zip(truth, after, strict=True))
+    if negatives:
+        neg = set(negatives)
+        findings = sum(t not in neg for t in truth)
+        missed_b = sum(t not in neg and p in neg for t, p in zip(truth, before, strict=True))
+        missed_a = sum(t not in neg and p in neg for t, p in zip(truth, after, strict=True))
+        cleared_b = sum(t in neg and p in neg for t, p in zip(truth, before, strict=True))
+        cleared_a = sum(t in neg and p in neg for t, p in zip(truth, after, strict=True))
         no_findings = n - findings
         evidence.update(
-            negative_label=labels[negative],
-            finding_labels=[lab for i, lab in enumerate(labels) if i != negative],
+            negative_label=" or ".join(labels[i] for i in negatives),
+            negative_labels=[labels[i] for i in negatives],
+            finding_labels=[lab for i, lab in enumerate(labels) if i not in neg],
             findings=findings,
             no_findings=no_findings,
             missed_before=missed_b,
@@ -200,7 +211,7 @@ def judge(result: dict) -> Verdict:
             specificity_before=cleared_b / no_findings if no_findings else None,
             specificity_after=cleared_a / no_findings if no_findings else None,
         )
-    workload = _workload_words(result, missed_b, missed_a, labels, negative)
+    workload = _workload_words(result, missed_b, missed_a, labels, negatives)
     ood = _ood_cautions(result, evidence)
     if n < MIN_AUDIT_IMAGES:
         return Verdict(
@@ -215,7 +226,7 @@ def judge(result: dict) -> Verdict:
             evidence,
         )
     if findings is not None and min(findings, n - findings) < MIN_AUDIT_PER_GROUP:
-        neg_word = _label_words(labels[negative])
+        neg_word = _label_words(" or ".join(labels[i] for i in negatives))
         return Verdict(
             "cannot-judge",
             False,
@@ -268,7 +279,7 @@ def judge(result: dict) -> Verdict:
             lead = "The two models score the same on the audit set"
         headline = f"= {lead}: {stats}."
 
-    reasons = _cautions(result, labels, negative, missed_b, missed_a, evidence) + ood
+    reasons = _cautions(result, labels, negatives, missed_b, missed_a, evidence) + ood
     recommend = decision == "better" and not reasons
     if recommend:
         direction = 1
@@ -284,14 +295,18 @@ def judge(result: dict) -> Verdict:
 def _cautions(
     result: dict,
     labels: list[str],
-    negative: Any,
+    negatives: list[int],
     missed_b: int | None,
     missed_a: int | None,
     evidence: dict,
 ) -> list[str]:
     """Clinical reasons not to switch found on the audit set, whatever balanced accuracy says."""
     reasons = []
-    neg_word = _label_words(labels[negative]) if evidence.get("negative_label") else ""
+    neg_word = (
+        _label_words(" or ".join(labels[i] for i in negatives))
+        if evidence.get("negative_label")
+        else ""
+    )
     if missed_b is not None and missed_a is not None and missed_a > missed_b:
         reasons.append(
             f"⚠ It misses more disease: of the {evidence.get('findings')} audit images in which "
@@ -339,7 +354,11 @@ def _ood_cautions(result: dict, evidence: dict) -> list[str]:
 
 
 def _workload_words(
-    result: dict, missed_b: int | None, missed_a: int | None, labels: list[str], negative: Any
+    result: dict,
+    missed_b: int | None,
+    missed_a: int | None,
+    labels: list[str],
+    negatives: list[int],
 ) -> str:
     """The review workload change and what it means for the clinic."""
     b = _num((result.get("before") or {}).get("review_workload"))
@@ -355,7 +374,7 @@ def _workload_words(
     if a > b:
         return head + " More images would be read by a person: safer, but more reading time."
     if missed_b is not None and missed_a is not None:
-        neg_word = _label_words(labels[negative])
+        neg_word = _label_words(" or ".join(labels[i] for i in negatives))
         if missed_a > missed_b:
             return head + (
                 f" Fewer reviews are not a gain here: the new model also calls more images with "

@@ -190,18 +190,30 @@ class StoreBase:
                 "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
             )
         # Each migration commits with its own row, so a crash between them resumes cleanly.
-        for version, migration in enumerate(MIGRATIONS, start=1):
-            with self._write() as conn:
-                applied = conn.execute(
-                    "SELECT 1 FROM migrations WHERE version = ?", (version,)
-                ).fetchone()
-                if applied:
-                    continue
-                migration(conn)
-                conn.execute(
-                    "INSERT INTO migrations (version, name, applied_at) VALUES (?, ?, ?)",
-                    (version, migration.__name__.removeprefix("_migration_"), now()),
-                )
+        # Foreign keys are off while migrating (a table rebuild drops and renames a parent
+        # table, which SQLite allows only so) and checked before each migration commits.
+        self._connection().execute("PRAGMA foreign_keys = OFF")
+        try:
+            for version, migration in enumerate(MIGRATIONS, start=1):
+                with self._write() as conn:
+                    applied = conn.execute(
+                        "SELECT 1 FROM migrations WHERE version = ?", (version,)
+                    ).fetchone()
+                    if applied:
+                        continue
+                    migration(conn)
+                    broken = conn.execute("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise StoreError(
+                            f"schema migration {version} would break {len(broken)} references "
+                            f"(first in table {broken[0][0]}); the workspace was left unchanged"
+                        )
+                    conn.execute(
+                        "INSERT INTO migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                        (version, migration.__name__.removeprefix("_migration_"), now()),
+                    )
+        finally:
+            self._connection().execute("PRAGMA foreign_keys = ON")
 
     # ------------------------------------------------------------------ shared helpers
 

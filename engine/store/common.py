@@ -1,6 +1,6 @@
 """What every part of the store shares: names, constants, errors and row conversions.
 
-Standard library only (plus :mod:`engine.naming`), so store-only commands start fast.
+Standard library only (plus :mod:`engine.naming` and the triage states of :mod:`engine.triage`), so store-only commands start fast.
 """
 
 from __future__ import annotations
@@ -15,15 +15,16 @@ from typing import Any
 
 from ..jsonable import to_jsonable
 from ..naming import normalise_eye
+from ..triage import HUMAN_STATES, TRIAGE_STATES
 
-TRIAGE_STATES = ("auto-cleared", "needs-review", "ungradable", "out-of-distribution", "error")
 REVIEW_ACTIONS = ("confirm", "correct", "ungradable", "skip", "undo")
 RUN_STATUSES = ("running", "finished", "cancelled", "failed")
-REFERRED_STATES = ("needs-review", "ungradable", "out-of-distribution", "error")
+# The states that need a person: every one but "auto-cleared" (the triage rule's own list).
+REFERRED_STATES = HUMAN_STATES
 # Actions whose review sets the image's label; "skip" and "undo" do not.
 LABELLING_ACTIONS = ("confirm", "correct", "ungradable")
 # Most to least urgent: the state shown for an eye with several images.
-TRIAGE_SEVERITY = ("needs-review", "ungradable", "out-of-distribution", "error", "auto-cleared")
+TRIAGE_SEVERITY = TRIAGE_STATES
 
 DB_NAME = "workspace.sqlite"
 CACHE_DIR = "cache"

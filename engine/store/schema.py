@@ -6,6 +6,7 @@ program is refused by :meth:`engine.store.Workspace.open`.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Callable
 
@@ -136,8 +137,65 @@ def _split_sql(script: str) -> list[str]:
     return statements
 
 
+_TRIAGE_CHECK = re.compile(r"(triage\s+IN\s*\()([^)]*)(\))", re.IGNORECASE)
+
+
+def _migration_refer_state(conn: sqlite3.Connection) -> None:
+    """Allow the triage state 'refer' (a confident finding) in ``predictions``.
+
+    SQLite cannot alter a CHECK constraint, so the table is rebuilt: its own CREATE
+    statement (whatever columns earlier migrations gave it) with 'refer' added to the
+    triage list, every column copied, then its indexes and triggers recreated and the
+    AUTOINCREMENT counter kept. The migration runner turns foreign keys off around
+    migrations and checks them before each commit.
+    """
+    sql = conn.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'predictions'"
+    ).fetchone()[0]
+    match = _TRIAGE_CHECK.search(sql)
+    if match is None:
+        raise sqlite3.DatabaseError("predictions table has no triage CHECK list to widen")
+    states = [x.strip() for x in match.group(2).split(",") if x.strip()]
+    if "'refer'" in states:
+        return
+    widened = _TRIAGE_CHECK.sub(
+        lambda m: m.group(1) + ", ".join(["'refer'", *states]) + m.group(3), sql, count=1
+    )
+    new_sql = re.sub(
+        r"^\s*CREATE\s+TABLE\s+(\"predictions\"|predictions)",
+        "CREATE TABLE predictions_rebuilt",
+        widened,
+        count=1,
+        flags=re.IGNORECASE,
+    )
+    extras = [
+        r[0]
+        for r in conn.execute(
+            "SELECT sql FROM sqlite_master WHERE tbl_name = 'predictions'"
+            " AND type IN ('index', 'trigger') AND sql IS NOT NULL ORDER BY type, name"
+        )
+    ]
+    seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'predictions'").fetchone()
+    columns = ", ".join(
+        '"' + str(r[1]).replace('"', '""') + '"'
+        for r in conn.execute("PRAGMA table_info(predictions)")
+    )
+    conn.execute(new_sql)
+    conn.execute(f"INSERT INTO predictions_rebuilt ({columns}) SELECT {columns} FROM predictions")
+    conn.execute("DROP TABLE predictions")
+    conn.execute("ALTER TABLE predictions_rebuilt RENAME TO predictions")
+    for statement in extras:
+        conn.execute(statement)
+    if seq is not None:  # keep ids of deleted rows from ever coming back
+        conn.execute("DELETE FROM sqlite_sequence WHERE name = 'predictions'")
+        conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('predictions', ?)", (seq[0],))
+
+
 # Ordered; migration i (1-based) brings the schema from version i-1 to i. Append only.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migration_1_initial,)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _migration_1_initial,
+    _migration_refer_state,
+)
 SCHEMA_VERSION: int = len(MIGRATIONS)
 
 

@@ -83,8 +83,8 @@ class Summaries(StoreBase):
     def patient_rollup(self) -> list[dict]:
         """Per patient: image count, most urgent triage per eye, and whether referred.
 
-        A patient is referred when any image's latest triage (active model) is
-        needs-review, ungradable, out-of-distribution or error. Images without a patient
+        A patient is referred when any image's latest triage (active model) needs a
+        person: refer, needs-review, ungradable, out-of-distribution or error. Images without a patient
         are left out; images not yet screened are counted in ``unscreened``. Eyes are
         ``right``, ``left`` or ``unknown``.
         """

@@ -73,6 +73,8 @@ def test_triage_counts_and_reviewed_count_match_the_store(page, screened_ws, tin
     reviewed = sum(1 for r in rows if r["review"] is not None)
     assert reviewed == 31
     assert f"Reviewed {reviewed} of {len(rows)} screened images" in page.reviewed_label.text()
+    human = sum(n for s, n in stored.items() if s != "auto-cleared")
+    assert f"{human} need a clinician" in page.reviewed_label.text()
     assert not page.triage_panel.is_empty()
 
 
@@ -157,11 +159,16 @@ def test_referral_sentence_reads_the_point_near_twenty_percent():
         {"referred": 0.2, "n_referred": 20, "n_kept": 80, "accuracy": 0.96, "sensitivity": 0.93},
         {"referred": 0.4, "n_referred": 40, "n_kept": 60, "accuracy": 0.99, "sensitivity": None},
     ]
-    text = referral_sentence(curve)
+    text = referral_sentence(curve, disease="glaucoma")
     assert "Refer the 20% most uncertain images" in text
     assert "right on 96% of the other 80%" in text
-    assert "93%" in text and "100 labelled validation images" in text
+    assert "Disease found among the kept images: 93%" in text and "(glaucoma)" in text
+    assert "100 labelled validation images" in text
     assert "no referral curve" in referral_sentence(None)
+    curve[1].update(disease_found=0.97, n_missed=2)
+    text = referral_sentence(curve, disease="cataract, glaucoma")
+    assert "97% of images with a finding (cataract, glaucoma) reach a clinician" in text
+    assert "2 would be auto-cleared" in text
 
 
 def test_empty_workspace_and_no_model_show_empty_states(page, tmp_path):
@@ -196,3 +203,14 @@ def test_demo_model_is_flagged_on_the_dashboard(page, screened_ws, tiny_model):
     page.set_workspace(screened_ws, dataclasses.replace(spec, demo=True))
     assert page.demo_label.isVisibleTo(page)
     assert "not for clinical use" in page.demo_label.text()
+
+
+def test_an_older_binary_curve_that_counted_the_wrong_class_is_not_read_as_disease_found():
+    from engine.modelfile import ModelSpec
+
+    spec = ModelSpec("resnet10t", "binary", ["diabetic_retinopathy", "normal"])
+    curve = [{"referred": 0.2, "n_referred": 2, "n_kept": 8, "accuracy": 0.9, "sensitivity": 0.7}]
+    text = referral_sentence(curve, disease="diabetic retinopathy", spec=spec)
+    assert "70%" not in text and "recalibrate" in text
+    healthy_first = ModelSpec("resnet10t", "binary", ["normal", "glaucoma"])
+    assert "70%" in referral_sentence(curve, spec=healthy_first)

@@ -14,6 +14,7 @@ from PySide6.QtCore import Qt
 from desktop.mainwindow import MainWindow
 from desktop.settings import AppSettings
 from desktop.worklist_model import COL_CONFIDENCE, COL_LABEL, COL_TRIAGE, COL_UNCERTAINTY
+from engine.triage import HUMAN_STATES
 
 WAIT_MS = 60_000
 
@@ -154,9 +155,9 @@ def test_counts_fall_and_reviewed_rows_are_marked(qtbot, tmp_path, ws_folder, ti
     w = open_window(qtbot, tmp_path, ws_folder, tiny_model)
     bar, model = w.filter_bar, w.worklist.model
     counts = model.counts()
-    person = sum(counts[s] for s in ("needs-review", "ungradable", "out-of-distribution", "error"))
+    person = sum(counts[s] for s in HUMAN_STATES)
     assert counts["person"] == person == counts["person:left"]
-    assert bar.progress_text() == f"Need a person: {person} left of {person}"
+    assert bar.progress_text() == f"Need a clinician: {person} left of {person}"
     w.filter_bar.set_current("all")
     wait_queue(qtbot, w)
     page = w.review_page
@@ -176,14 +177,14 @@ def test_counts_fall_and_reviewed_rows_are_marked(qtbot, tmp_path, ws_folder, ti
         press(qtbot, w, Qt.Key.Key_U)
     # the state's count, the "need a person" line and the page's progress all move
     assert bar.buttons[state].text().endswith(f" {before - 1}")
-    assert bar.progress_text() == f"Need a person: {person - 1} left of {person}"
+    assert bar.progress_text() == f"Need a clinician: {person - 1} left of {person}"
     assert page.progress() == (1, len(queue))
     assert f"{len(queue) - 1} left" in page.panel.progress_label.text()
     assert cell(w, needy["image_id"], COL_TRIAGE) == "✔ Reviewed"
     # the dashboard counts what is left, ungradable and OOD images included
     w.tabs.setCurrentIndex(1)
     text = w.dashboard_page.reviewed_label.text()
-    assert f"{person - 1} of the {person} images that need a person" in text
+    assert f"{person - 1} of the {person} images that need a clinician" in text
     w.tabs.setCurrentIndex(0)
 
 

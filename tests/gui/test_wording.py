@@ -4,6 +4,7 @@ internal label names, doubled or broken phrases."""
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -40,7 +41,7 @@ def reason(confidence: float, threshold: float) -> tuple[str, str]:
         ood=False,
         ood_score=None,
         ood_threshold=None,
-        negative_label="normal",
+        findings=[],
         multilabel_uncertain=None,
         policy=TriagePolicy(kind="threshold", threshold=threshold),
     )
@@ -50,9 +51,10 @@ def reason(confidence: float, threshold: float) -> tuple[str, str]:
 def test_triage_reason_never_shows_two_equal_numbers(qtbot, confidence):
     state, why = reason(confidence, 0.85)
     assert state == ("needs-review" if confidence < 0.85 else "auto-cleared")
-    shown, _, threshold = why.removeprefix("confidence ").partition(
-        " below " if confidence < 0.85 else " at or above "
-    )
+    relation = "below" if confidence < 0.85 else "at or above"
+    found = re.search(rf"confidence ([0-9.]+) {relation} ([0-9.]+)", why)
+    assert found, why
+    shown, threshold = found.groups()
     assert shown != threshold, why
     assert float(shown) == pytest.approx(confidence, abs=10 ** -(len(shown) - 2))
     panel = EvidencePanel()
@@ -202,6 +204,9 @@ def test_referral_sentence_names_the_disease_classes_and_where_it_was_measured()
     from desktop.dashboard_data import referral_sentence
 
     curve = [{"referred": 0.2, "n_referred": 20, "n_kept": 80, "accuracy": 0.9, "sensitivity": 0.8}]
-    text = referral_sentence(curve, disease=["cataract", "glaucoma"])
-    assert "80% of the disease among them: cataract, glaucoma" in text
+    text = referral_sentence(curve, disease="cataract, glaucoma")
+    assert (
+        "Disease found among the kept images: 80% of those with a finding (cataract, glaucoma)"
+        in text
+    )
     assert "validation images when the model was made, not on this workspace" in text
