@@ -75,6 +75,18 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--label-order", help="comma-separated label order (ordinal grades: low to high)"
     )
+    g.add_argument(
+        "--slice-col",
+        default="slice",
+        help="CSV column with a volume's 1-based B-scan number (rows without one label the volume)",
+    )
+    g.add_argument(
+        "--volume-labels",
+        choices=["slice", "volume"],
+        default="slice",
+        help="slice (default): volumes need slice labels; volume: every B-scan takes its "
+        "volume's label (evaluate then scores volumes)",
+    )
 
 
 def _load_data(args: argparse.Namespace, label_order: list[str] | None = None):  # noqa: ANN202
@@ -91,8 +103,12 @@ def _load_data(args: argparse.Namespace, label_order: list[str] | None = None): 
             group_col=args.group_col,
             label_order=order,
             task=args.task,
+            slice_col=args.slice_col,
+            volume_labels=args.volume_labels,
         )
-    return load_folder_dataset(args.data, label_order=order, task=args.task)
+    return load_folder_dataset(
+        args.data, label_order=order, task=args.task, volume_labels=args.volume_labels
+    )
 
 
 def _load_models(paths: Sequence[str], device: str):  # noqa: ANN202
@@ -237,8 +253,18 @@ def evaluate_model_on(lm, ds, batch_size: int, workers: int | None, quiet: bool,
     else:
         probs = softmax(z, spec.temperature)
         raw = softmax(z, 1.0)
+    volumes = ds.volumes()
+    if volumes:  # volume labels: score each volume by its most suspicious B-scan
+        from .volumes import roll_up_arrays
+
+        owners = [s.volume or f"image:{i}" for i, s in enumerate(ds.samples)]
+        owners = [o for o, good in zip(owners, ok, strict=True) if good]
+        y, probs, raw = roll_up_arrays(owners, y, probs, raw, spec)
     out = evaluate_predictions(y, probs, spec.task, spec.labels)
     out["ece_uncalibrated"] = evaluate_predictions(y, raw, spec.task, spec.labels)["ece"]
+    if volumes:
+        out["scored"] = "volumes (each by its most suspicious B-scan)"
+        out["n_volumes"] = len(volumes)
     out["temperature"] = spec.temperature
     out["n_errors"] = int((~ok).sum())
     out["errors"] = [{"path": str(paths[i]), "error": e} for i, e in sorted(errors.items())][:50]
@@ -299,8 +325,13 @@ def _split_part(ds, spec, part: str):  # noqa: ANN001, ANN202
 
 
 def _print_evaluation(out: dict, spec) -> None:  # noqa: ANN001
+    what = (
+        "items (volumes scored by their most suspicious B-scan)"
+        if out.get("n_volumes")
+        else "images"
+    )
     print(
-        f"model {spec.name} ({spec.arch}, {spec.task}); {out['n']} images, {out['n_errors']} unusable"
+        f"model {spec.name} ({spec.arch}, {spec.task}); {out['n']} {what}, {out['n_errors']} unusable"
     )
     for k in ("accuracy", "balanced_accuracy", "auc", "f1_macro", "qwk", "ece", "ece_uncalibrated"):
         if out.get(k) is not None:
@@ -372,6 +403,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 SCREEN_FIXED_COLUMNS = [
     "path",
+    "kind",
+    "slice",
     "label",
     "confidence",
     "error",
@@ -384,22 +417,28 @@ SCREEN_FIXED_COLUMNS = [
     "quality",
     "triage",
     "triage_reason",
+    "slices",
+    "key_slice",
+    "patient",
+    "eye",
+    "date",
 ]
+N_LEADING = 6  # columns before the per-label probabilities
 
 
 def cmd_screen(args: argparse.Namespace) -> int:
-    from .images import discover_images
     from .screen import ScreenSettings
     from .triage import TriagePolicy
+    from .volumes import discover_items
 
     if not args.out and not args.workspace:
         raise CliError("say where results go: --out results.csv and/or --workspace W")
     try:
-        paths = discover_images(args.folder)
+        items = discover_items(args.folder)
     except FileNotFoundError as e:
         raise CliError(str(e)) from None
-    if not paths:
-        raise CliError(f"{args.folder}: no images found (jpg, jpeg, png, tif, tiff, bmp)")
+    if not items:
+        raise CliError(f"{args.folder}: no images found (jpg, jpeg, png, tif, tiff, bmp, DICOM)")
     models = _load_models(args.model, args.device)
     uncertainty = args.uncertainty or ("ensemble" if len(models) > 1 else "none")
     policy = TriagePolicy(
@@ -418,18 +457,29 @@ def cmd_screen(args: argparse.Namespace) -> int:
         policy=policy,
     )
     if args.workspace:
+        volumes = [it for it in items if it.is_volume]
+        if volumes:
+            _err(
+                f"{len(volumes)} volume(s) left out of the workspace run (e.g. {volumes[0].path}); "
+                "screen them with --out"
+            )
+        paths = [it.path for it in items if not it.is_volume]
         return _screen_workspace(args, paths, models, settings)
-    return _screen_csv(args, paths, models, settings)
+    return _screen_csv(args, items, models, settings)
 
 
-def _screen_csv(args, paths, models, settings) -> int:  # noqa: ANN001
-    from .screen import screen
+def _screen_csv(args, items, models, settings) -> int:  # noqa: ANN001
     from .tasks import TaskState
+    from .volumes import count_slices, screen_items
 
     spec = models[0].spec
     columns = (
-        SCREEN_FIXED_COLUMNS[:4] + [f"p_{lab}" for lab in spec.labels] + SCREEN_FIXED_COLUMNS[4:]
+        SCREEN_FIXED_COLUMNS[:N_LEADING]
+        + [f"p_{lab}" for lab in spec.labels]
+        + SCREEN_FIXED_COLUMNS[N_LEADING:]
+        + (["patient_name"] if args.patient_names else [])
     )
+    n_slices = count_slices(items)
     state = TaskState(Progress("screening", quiet=args.quiet))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -442,9 +492,12 @@ def _screen_csv(args, paths, models, settings) -> int:  # noqa: ANN001
         w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
         try:
-            for chunk in screen(paths, models, settings, state):
+            for chunk in screen_items(items, models, settings, state, args.patient_names):
                 for r in chunk:
-                    w.writerow(_csv_row(r, spec.labels))
+                    w.writerow(_csv_row(r, spec.labels, args.patient_names))
+                    if args.slices and r.slices:
+                        for s in r.slices:
+                            w.writerow(_csv_row(s, spec.labels, args.patient_names, r))
                     counts[r.triage] = counts.get(r.triage, 0) + 1
                 written += len(chunk)
                 f.flush()
@@ -453,16 +506,21 @@ def _screen_csv(args, paths, models, settings) -> int:  # noqa: ANN001
             state.cancel()
     os.replace(tmp, out)
     dt = time.monotonic() - t0
-    _summary(counts, written, len(paths), dt, models[0].device.type, out)
+    n_volumes = sum(1 for it in items if it.is_volume)
+    _summary(counts, written, len(items), dt, models[0].device.type, out, n_volumes, n_slices)
     if interrupted:
-        _err(f"interrupted: {written} of {len(paths)} rows written to {out}")
+        _err(f"interrupted: {written} of {len(items)} rows written to {out}")
         return EXIT_INTERRUPTED
     return EXIT_OK
 
 
-def _csv_row(r, labels: Sequence[str]) -> dict[str, Any]:  # noqa: ANN001
+def _csv_row(r, labels: Sequence[str], names: bool = False, volume=None) -> dict[str, Any]:  # noqa: ANN001
+    """One CSV row: an image, a volume, or (with ``volume``) one of that volume's slices."""
+    facts = (volume.facts if volume is not None else r.facts) or {}
     row = {
         "path": r.path,
+        "kind": r.kind,
+        "slice": "" if r.slice_index is None else r.slice_index + 1,
         "label": r.label or "",
         "confidence": "" if r.confidence is None else f"{r.confidence:.4f}",
         "error": r.error or "",
@@ -475,7 +533,14 @@ def _csv_row(r, labels: Sequence[str]) -> dict[str, Any]:  # noqa: ANN001
         "quality": "; ".join(r.quality.get("reasons", [])) if r.quality else "",
         "triage": r.triage,
         "triage_reason": r.triage_reason,
+        "slices": "" if r.n_slices is None else r.n_slices,
+        "key_slice": "" if r.key_slice is None else r.key_slice + 1,
+        "patient": facts.get("patient") or "",
+        "eye": facts.get("eye") or "",
+        "date": facts.get("date") or "",
     }
+    if names:
+        row["patient_name"] = facts.get("patient_name") or ""
     for lab in labels:
         v = r.probabilities.get(lab)
         row[f"p_{lab}"] = "" if v is None else f"{v:.4f}"
@@ -483,14 +548,25 @@ def _csv_row(r, labels: Sequence[str]) -> dict[str, Any]:  # noqa: ANN001
 
 
 def _summary(
-    counts: dict[str, int], written: int, total: int, dt: float, device: str, where: Any
+    counts: dict[str, int],
+    written: int,
+    total: int,
+    dt: float,
+    device: str,
+    where: Any,
+    volumes: int = 0,
+    slices: int | None = None,
 ) -> None:
     order = ["auto-cleared", "needs-review", "ungradable", "out-of-distribution", "error"]
     parts = [f"{k} {counts[k]}" for k in order if counts.get(k)]
-    rate = written / dt if dt > 0 else 0.0
-    print(
-        f"screened {written}/{total} images in {dt:.1f} s ({rate:.1f} img/s, {device}): {', '.join(parts)}"
-    )
+    if volumes:
+        n = slices if slices is not None else written
+        rate = n / dt if dt > 0 else 0.0
+        what = f"{written}/{total} items ({volumes} volumes; {n} images and B-scans)"
+    else:
+        rate = written / dt if dt > 0 else 0.0
+        what = f"{written}/{total} images"
+    print(f"screened {what} in {dt:.1f} s ({rate:.1f} img/s, {device}): {', '.join(parts)}")
     print(f"results: {where}")
 
 
@@ -742,6 +818,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--refer-findings", action="store_true", help="every non-normal answer goes to review"
     )
     sc.add_argument("--no-quality", action="store_true", help="skip the image-quality gate")
+    sc.add_argument(
+        "--slices", action="store_true", help="also write one row per B-scan of each volume"
+    )
+    sc.add_argument(
+        "--patient-names",
+        action="store_true",
+        help="keep patient names from DICOM files (left out by default)",
+    )
     sc.add_argument("--batch-size", type=int, default=32)
     sc.add_argument("--workers", type=int)
     sc.add_argument("--device", default="auto")

@@ -83,6 +83,13 @@ class ScreenResult:
     width: int | None = None
     height: int | None = None
     prediction_id: int | None = None  # set once stored in a workspace
+    # items (see engine.volumes): an image, a volume rolled up from its slices, or one slice
+    kind: str = "image"  # "image", "volume" or "slice"
+    slice_index: int | None = None  # a slice's 0-based position in its volume
+    n_slices: int | None = None  # a volume's number of B-scans
+    key_slice: int | None = None  # a volume's most suspicious slice (0-based)
+    slices: list[ScreenResult] | None = None  # a volume's slice results, in order
+    facts: dict[str, Any] | None = None  # patient, eye, date... as the file says
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
