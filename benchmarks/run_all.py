@@ -11,7 +11,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SUITES = ["bench_screen", "bench_uncertainty", "bench_attribution", "bench_gui", "bench_improve"]
+SUITES = [
+    "bench_screen",
+    "bench_uncertainty",
+    "bench_attribution",
+    "bench_gui",
+    "bench_improve",
+    "bench_volume",
+]
 
 
 def main() -> int:

@@ -246,3 +246,32 @@ def test_a_dicomdir_folder_gives_its_images_and_skips_the_index(tmp_path):
     assert im.size == (48, 32)
     with pytest.raises(ImageError, match="DICOMDIR"):
         open_image(media / "DICOMDIR")
+
+
+def test_deflated_and_palette_colour_files_are_read(tmp_path):
+    import pydicom
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    grey = (np.arange(64 * 64) % 256).reshape(64, 64).astype(np.uint8)
+    path = W.write_photograph(tmp_path / "deflated.dcm", grey, sop_class=W.SECONDARY_CAPTURE)
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(path)
+    assert read_info(path).transfer_syntax == DeflatedExplicitVRLittleEndian
+    assert np.array_equal(np.asarray(open_image(path)[0]), grey)
+
+    path = W.write_photograph(tmp_path / "palette.dcm", grey, sop_class=W.SECONDARY_CAPTURE)
+    ds = pydicom.dcmread(path)
+    ds.PhotometricInterpretation = "PALETTE COLOR"
+    lut = np.arange(256, dtype=np.uint16) * 257  # 16-bit entries
+    for colour, values in (("Red", lut), ("Green", lut[::-1].copy()), ("Blue", lut * 0)):
+        setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [256, 0, 16])
+        ds[f"{colour}PaletteColorLookupTableDescriptor"].VR = "US"
+        setattr(ds, f"{colour}PaletteColorLookupTableData", values.astype("<u2").tobytes())
+    ds.save_as(path)
+    im, _ = open_image(path)
+    a = np.asarray(im)
+    assert im.mode == "RGB"
+    assert np.abs(a[..., 0].astype(int) - grey).max() <= 1
+    assert np.abs(a[..., 1].astype(int) - (255 - grey)).max() <= 1
+    assert a[..., 2].max() == 0
