@@ -271,6 +271,38 @@ def item_for_path(path: str | Path) -> Item | None:
     return item_for_file(path)
 
 
+_ITEMS: OrderedDict[tuple, Item] = OrderedDict()
+_ITEMS_LOCK = threading.Lock()
+
+
+def slice_source(path: str | Path, index: int) -> Source:
+    """What to decode for slice ``index`` (0-based) of the volume stored at ``path``.
+
+    For the viewer: a :class:`FrameRef` into a multi-frame file, or the slice's own file in a
+    volume folder (the folder's listing is cached while it does not change).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return FrameRef(path, index)
+    try:
+        stamp = (str(path), path.stat().st_mtime_ns)
+    except OSError as e:
+        raise ImageError(path, f"cannot be read ({e.strerror or e})") from None
+    with _ITEMS_LOCK:
+        item = _ITEMS.get(stamp)
+    if item is None:
+        item = folder_volume(path)
+        with _ITEMS_LOCK:
+            _ITEMS[stamp] = item
+            while len(_ITEMS) > 32:
+                _ITEMS.popitem(last=False)
+    if item.error:
+        raise ImageError(path, item.error)
+    if not 0 <= index < item.n_slices:
+        raise ImageError(path, f"has {item.n_slices} slices; slice {index + 1} does not exist")
+    return item.slices[index]
+
+
 def _tiff_frames(path: Path) -> int:
     try:
         with Image.open(path) as im:

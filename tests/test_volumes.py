@@ -284,3 +284,19 @@ def test_a_csv_can_label_single_slices_of_a_volume(tmp_path):
     (tmp_path / "labels.csv").write_text("file,slice,label\nvol.dcm,30,DME\nvol.dcm,4,NORMAL\n")
     with pytest.raises(DatasetError, match="has 9 slices; slice 30 does not exist"):
         load_csv_dataset(tmp_path, tmp_path / "labels.csv")
+
+
+def test_slice_source_addresses_frames_and_volume_folder_files(tmp_path):
+    from engine.images import ImageError
+    from engine.volumes import slice_source
+
+    W.write_volume(tmp_path / "v.dcm", bscans(4))
+    assert slice_source(tmp_path / "v.dcm", 2) == FrameRef(tmp_path / "v.dcm", 2)
+    folder = tmp_path / "vol"
+    folder.mkdir()
+    for i in (1, 2, 10):
+        Image.fromarray(bscans(1)[0]).save(folder / f"b{i}.png")
+    (folder / "volume.json").write_text("{}")
+    assert slice_source(folder, 2) == folder / "b10.png"
+    with pytest.raises(ImageError, match="has 3 slices; slice 4 does not exist"):
+        slice_source(folder, 3)
