@@ -109,6 +109,20 @@ def screen_rate(lm, items) -> float:  # noqa: ANN001
     return count_slices(items) / dt
 
 
+def decode_ms(lm, items) -> float:  # noqa: ANN001
+    """Milliseconds per B-scan to decode into the model's input, on one thread."""
+    from engine.inference import model_decoder
+    from engine.volumes import expand, release_open_files
+
+    release_open_files()
+    decode = model_decoder(lm)
+    flat, _ = expand(items)
+    t = time.perf_counter()
+    for src in flat:
+        decode(src)
+    return 1000 * (time.perf_counter() - t) / len(flat)
+
+
 def run() -> dict:
     torch.set_num_threads(os.cpu_count() or 2)
     out: dict = {"threads": torch.get_num_threads()}
@@ -119,6 +133,10 @@ def run() -> dict:
         out["volume_source"] = source
         variants = write_variants(vol, tmp)
         screen_rate(lm, variants["png"][:16])  # warm-up
+        for name, items in variants.items():
+            out[f"volume_{name}_decode_ms"] = statistics.median(
+                decode_ms(lm, items) for _ in range(REPS)
+            )
         rates: dict[str, list[float]] = {k: [] for k in variants}
         for _ in range(REPS):
             for name in ("dicom_8bit", "dicom_16bit", "dicom_j2k", "tiff"):
@@ -138,7 +156,10 @@ def print_table(r: dict) -> None:
         f"OCT volume screening ({r['volume_source']}; efficientnet_b0 224 px, {r['threads']} threads)"
     )
     png = r["volume_png_bscans_per_s"]
-    print(f"  128 PNG files (baseline)        {png:7.1f} B-scans/s")
+    print(
+        f"  128 PNG files (baseline)        {png:7.1f} B-scans/s"
+        f"  (decode {r['volume_png_decode_ms']:.1f} ms per B-scan, one thread)"
+    )
     for name, label in (
         ("dicom_8bit", "DICOM OCT, 8-bit"),
         ("dicom_16bit", "DICOM OCT, 16-bit + window"),
@@ -146,7 +167,10 @@ def print_table(r: dict) -> None:
         ("tiff", "multi-page TIFF"),
     ):
         rate = r[f"volume_{name}_bscans_per_s"]
-        print(f"  {label:<32}{rate:7.1f} B-scans/s  ({rate / png:.2f}× the PNG rate)")
+        print(
+            f"  {label:<32}{rate:7.1f} B-scans/s  ({rate / png:.2f}× the PNG rate;"
+            f" decode {r[f'volume_{name}_decode_ms']:.1f} ms)"
+        )
 
 
 if __name__ == "__main__":
