@@ -275,3 +275,17 @@ def test_deflated_and_palette_colour_files_are_read(tmp_path):
     assert np.abs(a[..., 0].astype(int) - grey).max() <= 1
     assert np.abs(a[..., 1].astype(int) - (255 - grey)).max() <= 1
     assert a[..., 2].max() == 0
+
+
+def test_uncompressed_ybr_full_is_converted_to_rgb(tmp_path):
+    import pydicom
+    from pydicom.pixels import convert_color_space
+
+    rgb = smooth_rgb(48, 64)
+    path = W.write_photograph(tmp_path / "ybr.dcm", rgb)
+    ds = pydicom.dcmread(path)
+    ds.PixelData = convert_color_space(rgb, "RGB", "YBR_FULL").tobytes()
+    ds.PhotometricInterpretation = "YBR_FULL"
+    ds.save_as(path)
+    im, _ = open_image(path)
+    assert np.abs(np.asarray(im, dtype=np.int16) - rgb).max() <= 2
