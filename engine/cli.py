@@ -403,8 +403,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 SCREEN_FIXED_COLUMNS = [
     "path",
-    "kind",
-    "slice",
     "label",
     "confidence",
     "error",
@@ -417,13 +415,16 @@ SCREEN_FIXED_COLUMNS = [
     "quality",
     "triage",
     "triage_reason",
+    # items: an image, a volume (its B-scan count and most suspicious slice) or a slice
+    "kind",
+    "slice",
     "slices",
     "key_slice",
     "patient",
     "eye",
     "date",
 ]
-N_LEADING = 6  # columns before the per-label probabilities
+N_LEADING = 4  # columns before the per-label probabilities
 
 
 def cmd_screen(args: argparse.Namespace) -> int:
