@@ -35,6 +35,7 @@ demo-model: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check engine desktop tests benchmarks
 	$(VENV)/bin/ruff format --check engine desktop tests benchmarks
+	$(VENV)/bin/lint-imports --no-cache
 
 # One-folder PyInstaller bundle: dist/eyetriage/eyetriage (see packaging/README.md).
 package: $(STAMP)

@@ -13,6 +13,7 @@ sys.path.insert(0, str(ROOT))
 
 SUITES = [
     "bench_screen",
+    "bench_engines",
     "bench_uncertainty",
     "bench_attribution",
     "bench_gui",

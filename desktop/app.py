@@ -18,7 +18,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "path",
         nargs="?",
-        help="a folder of images, or a workspace folder (contains workspace.sqlite)",
+        help="a folder of images, or a workspace folder",
     )
     p.add_argument(
         "--demo", action="store_true", help="open the demo workspace (synthetic images, demo model)"
@@ -63,8 +63,10 @@ def run_app(argv: list[str]) -> int:
         if args.demo:
             window.open_demo()
         elif args.path:
+            from engine.store import is_workspace
+
             target = Path(args.path).expanduser()
-            if (target / "workspace.sqlite").is_file():
+            if is_workspace(target):
                 window.open_workspace(target)
             elif target.is_dir():
                 window.open_image_folder(target)

@@ -8,42 +8,35 @@ Five panels, each with words beside every number and a friendly empty state:
 4. Cohen's kappa between reviewers and with the AI;
 5. a confusion matrix of reviewed label against AI label (counts plus shading).
 
-Everything shown comes from :func:`load_dashboard_data`, which only reads the store with a
-few light SQL queries (no image is opened, no model is run), so :meth:`DashboardPage.refresh`
-is cheap enough for the GUI thread.
+Everything shown comes from :func:`load_dashboard_data`, which asks the store for its
+dashboard totals and reviewer agreement (no image is opened, no model is run), so
+:meth:`DashboardPage.refresh` is cheap enough for the GUI thread.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from PySide6.QtCharts import (
     QBarCategoryAxis,
     QBarSet,
     QChart,
-    QChartView,
     QHorizontalBarSeries,
     QLineSeries,
     QScatterSeries,
     QValueAxis,
 )
-from PySide6.QtCore import QEvent, QMargins, QPointF, Qt
-from PySide6.QtGui import QBrush, QColor, QFont, QKeySequence, QPainter, QPalette, QPen
+from PySide6.QtCore import QEvent, QPointF, Qt
+from PySide6.QtGui import QBrush, QColor, QFont, QKeySequence, QPalette, QPen
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QGridLayout,
-    QGroupBox,
     QHBoxLayout,
     QHeaderView,
     QLabel,
     QPushButton,
     QScrollArea,
-    QSizePolicy,
-    QStackedLayout,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -51,7 +44,20 @@ from PySide6.QtWidgets import (
 )
 
 from engine.modelfile import ModelSpec
-from engine.store import DB_NAME, TRIAGE_STATES, StoreError, Workspace
+from engine.store import TRIAGE_STATES
+
+from .dashboard_data import (
+    CALIBRATION_BINS,
+    MIN_CALIBRATION_N,
+    TRIAGE_WORDS,
+    UNGRADABLE,
+    DashboardData,
+    kappa_words,
+    load_dashboard_data,
+    pct,
+    referral_sentence,
+)
+from .dashboard_parts import Panel, axis, caption, chart_view, is_dark, mix, new_chart, stack
 
 __all__ = [
     "MIN_CALIBRATION_N",
@@ -62,258 +68,6 @@ __all__ = [
     "load_dashboard_data",
     "referral_sentence",
 ]
-
-# Below this many reviewed images a reliability diagram is mostly noise.
-MIN_CALIBRATION_N = 20
-CALIBRATION_BINS = 10
-TRIAGE_WORDS = {
-    "auto-cleared": "Auto-cleared",
-    "needs-review": "Needs review",
-    "ungradable": "Ungradable",
-    "out-of-distribution": "Out of distribution",
-    "error": "Error",
-}
-UNGRADABLE = "ungradable"
-_LABELLING_ACTIONS = ("confirm", "correct", "ungradable")
-
-
-# --------------------------------------------------------------------------- data
-
-
-@dataclass
-class DashboardData:
-    """Everything the dashboard shows, read from one workspace (plain data, no Qt)."""
-
-    ok: bool = False
-    message: str = ""  # why there is nothing to show (no workspace, unreadable store...)
-    n_images: int = 0
-    n_screened: int = 0
-    n_reviewed: int = 0  # screened images with a current review
-    triage_counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TRIAGE_STATES, 0))
-    model_name: str | None = None
-    model_hash: str | None = None
-    row_labels: list[str] = field(default_factory=list)  # reviewed label (confusion rows)
-    col_labels: list[str] = field(default_factory=list)  # AI label (confusion columns)
-    confusion: list[list[int]] = field(default_factory=list)
-    confidence: list[float] = field(default_factory=list)  # AI top probability, graded reviews
-    correct: list[bool] = field(default_factory=list)  # AI label == reviewed label
-    left_out: int = 0  # reviewed images not comparable (multi-label review or AI error)
-    agreement: dict[str, Any] = field(
-        default_factory=lambda: {"reviewers": [], "pairs": [], "with_ai": []}
-    )
-
-
-def _current_reviews_sql(conn: Any) -> list[tuple[int, list[str], str]]:
-    """(image id, labels, action) of each image's latest labelling review not undone."""
-    rows = conn.execute(
-        "SELECT r.image_id, r.labels, r.action FROM reviews r WHERE r.id IN ("
-        " SELECT max(x.id) FROM reviews x"
-        " WHERE x.action IN ('confirm', 'correct', 'ungradable')"
-        " AND NOT EXISTS (SELECT 1 FROM reviews u WHERE u.undoes = x.id)"
-        " GROUP BY x.image_id)"
-    ).fetchall()
-    return [(int(r[0]), json.loads(r[1] or "[]"), str(r[2])) for r in rows]
-
-
-def _single(labels: list[str], action: str) -> str | None:
-    if len(labels) == 1:
-        return labels[0]
-    if not labels and action == "ungradable":
-        return UNGRADABLE
-    return None
-
-
-def load_dashboard_data(ws_folder: Path | None, spec: ModelSpec | None = None) -> DashboardData:
-    """Read the dashboard's numbers from the workspace store; never raises.
-
-    Predictions are each image's latest one from the active model (any model when none
-    is active), the reviewed label is the image's current review, and ``spec`` only
-    orders the labels.
-    """
-    if ws_folder is None:
-        return DashboardData(message="Open a workspace to see its dashboard.")
-    folder = Path(ws_folder)
-    if not (folder / DB_NAME).is_file():
-        return DashboardData(
-            message=f"{folder.name} is not a workspace yet: screen a folder first."
-        )
-    try:
-        with Workspace.open(folder, create=False) as ws:
-            return _read(ws, spec)
-    except (StoreError, OSError, ValueError) as exc:  # sqlite3.Error is not an OSError
-        return DashboardData(message=f"The workspace could not be read: {exc}")
-    except Exception as exc:  # noqa: BLE001 - a dashboard must never take the window down
-        return DashboardData(
-            message=f"The workspace could not be read ({type(exc).__name__}: {exc})"
-        )
-
-
-def _read(ws: Workspace, spec: ModelSpec | None) -> DashboardData:
-    conn = ws.conn
-    data = DashboardData(ok=True)
-    data.n_images = int(conn.execute("SELECT count(*) FROM images").fetchone()[0])
-    active = conn.execute("SELECT hash, name FROM models WHERE active = 1").fetchone()
-    if active is not None:
-        data.model_hash, data.model_name = active[0], active[1]
-    where, params = ("WHERE model_hash = ?", (data.model_hash,)) if data.model_hash else ("", ())
-    latest = conn.execute(
-        "SELECT image_id, label, confidence, triage FROM predictions"
-        f" WHERE id IN (SELECT max(id) FROM predictions {where} GROUP BY image_id)",
-        params,
-    ).fetchall()
-    predictions = {int(r[0]): (r[1], r[2], r[3]) for r in latest}
-    data.n_screened = len(predictions)
-    for _, _, triage in predictions.values():
-        data.triage_counts[triage] = data.triage_counts.get(triage, 0) + 1
-
-    pairs: list[tuple[str, str, float | None]] = []  # (reviewed, AI, confidence)
-    for image_id, labels, action in _current_reviews_sql(conn):
-        if image_id not in predictions:
-            continue
-        data.n_reviewed += 1
-        ai_label, confidence, _ = predictions[image_id]
-        reviewed = _single(labels, action)
-        if reviewed is None or ai_label is None:
-            data.left_out += 1
-            continue
-        pairs.append((reviewed, ai_label, confidence))
-
-    known = list(spec.labels) if spec is not None else []
-    ai_labels = known + sorted({a for _, a, _ in pairs} - set(known))
-    reviewed_labels = list(ai_labels) + sorted({r for r, _, _ in pairs} - set(ai_labels))
-    data.row_labels, data.col_labels = reviewed_labels, ai_labels
-    data.confusion = [[0] * len(ai_labels) for _ in reviewed_labels]
-    for reviewed, ai_label, confidence in pairs:
-        data.confusion[reviewed_labels.index(reviewed)][ai_labels.index(ai_label)] += 1
-        if reviewed in ai_labels and confidence is not None and math.isfinite(confidence):
-            data.confidence.append(min(1.0, max(0.0, float(confidence))))
-            data.correct.append(reviewed == ai_label)
-    data.agreement = ws.agreement(labels=known or None)
-    return data
-
-
-# --------------------------------------------------------------------------- words
-
-
-def kappa_words(kappa: float | None) -> str:
-    """Landis & Koch's words for a Cohen's kappa."""
-    if kappa is None or not math.isfinite(kappa):
-        return "not defined (too few images or one label only)"
-    if kappa < 0:
-        return "worse than chance"
-    if kappa < 0.01:
-        return "no better than chance"
-    for limit, words in ((0.2, "slight"), (0.4, "fair"), (0.6, "moderate"), (0.8, "substantial")):
-        if kappa <= limit:
-            return f"{words} agreement"
-    return "almost perfect agreement"
-
-
-def _pct(value: float) -> str:
-    return f"{100 * value:.0f}%"
-
-
-def referral_sentence(curve: list[dict] | None, target: float = 0.2) -> str:
-    """One sentence reading the referral curve at about ``target`` referred."""
-    points = [p for p in curve or [] if p.get("accuracy") is not None]
-    if not points:
-        return "This model has no referral curve (it was made without labelled validation images)."
-    point = min(points, key=lambda p: (abs(float(p["referred"]) - target), -float(p["referred"])))
-    kept = 1.0 - float(point["referred"])
-    n = int(point.get("n_referred", 0)) + int(point.get("n_kept", 0))
-    if point["referred"] <= 0:
-        text = f"Referring no image, the AI is right on {_pct(point['accuracy'])} of images"
-    else:
-        text = (
-            f"Refer the {_pct(point['referred'])} most uncertain images to a clinician and "
-            f"the AI is right on {_pct(point['accuracy'])} of the other {_pct(kept)}"
-        )
-    if point.get("sensitivity") is not None:
-        text += f" (finds {_pct(point['sensitivity'])} of the disease among them)"
-    text += "."
-    if n:
-        text += f" Measured on {n} labelled validation images when the model was made."
-    return text
-
-
-# --------------------------------------------------------------------------- widgets
-
-
-def _is_dark(widget: QWidget) -> bool:
-    return widget.palette().color(QPalette.ColorRole.Window).lightness() < 128
-
-
-class _Panel(QGroupBox):
-    """A titled panel that shows either its content or a plain-words empty state."""
-
-    def __init__(self, title: str, content: QWidget, parent: QWidget | None = None) -> None:
-        super().__init__(title, parent)
-        self._stack = QStackedLayout()
-        self.content = content
-        self.empty_label = QLabel()
-        self.empty_label.setWordWrap(True)
-        self.empty_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.empty_label.setMargin(12)
-        self._stack.addWidget(content)
-        self._stack.addWidget(self.empty_label)
-        self.setLayout(self._stack)
-
-    def show_content(self) -> None:
-        self._stack.setCurrentWidget(self.content)
-
-    def show_empty(self, message: str) -> None:
-        self.empty_label.setText(message)
-        self._stack.setCurrentWidget(self.empty_label)
-
-    def is_empty(self) -> bool:
-        return self._stack.currentWidget() is self.empty_label
-
-
-def _chart_view(chart: QChart) -> QChartView:
-    view = QChartView(chart)
-    view.setRenderHint(QPainter.RenderHint.Antialiasing)
-    view.setMinimumHeight(210)
-    view.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
-    return view
-
-
-def _new_chart() -> QChart:
-    chart = QChart()
-    chart.setMargins(QMargins(4, 4, 4, 4))
-    chart.setBackgroundRoundness(0)
-    chart.legend().setAlignment(Qt.AlignmentFlag.AlignBottom)
-    return chart
-
-
-def _axis(title: str, lo: float, hi: float, fmt: str = "%d%%") -> QValueAxis:
-    axis = QValueAxis()
-    axis.setRange(lo, hi)
-    axis.setTitleText(title)
-    axis.setLabelFormat(fmt)
-    axis.setTickCount(6)
-    return axis
-
-
-def _stack(main: QWidget, caption: QWidget, stretch_last: bool = True) -> QWidget:
-    """A panel body: the chart or table, its caption below, no margins."""
-    box = QWidget()
-    lay = QVBoxLayout(box)
-    lay.setContentsMargins(0, 0, 0, 0)
-    if stretch_last:
-        lay.addWidget(main, 1)
-        lay.addWidget(caption)
-    else:
-        lay.addWidget(main)
-        lay.addWidget(caption)
-        lay.addStretch(1)
-    return box
-
-
-def _caption() -> QLabel:
-    label = QLabel()
-    label.setWordWrap(True)
-    label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-    return label
 
 
 class DashboardPage(QWidget):
@@ -395,12 +149,12 @@ class DashboardPage(QWidget):
 
     # ------------------------------------------------------------------ building
 
-    def _build_triage(self) -> _Panel:
+    def _build_triage(self) -> Panel:
         self.triage_set = QBarSet("Images")
         self.triage_series = QHorizontalBarSeries()
         self.triage_series.append(self.triage_set)
         self.triage_series.setBarWidth(0.6)
-        chart = _new_chart()
+        chart = new_chart()
         chart.addSeries(self.triage_series)
         chart.legend().hide()
         self.triage_axis = QBarCategoryAxis()
@@ -412,11 +166,11 @@ class DashboardPage(QWidget):
         self.triage_series.attachAxis(self.triage_axis)
         self.triage_series.attachAxis(self.triage_count_axis)
         self.triage_chart = chart
-        self.reviewed_label = _caption()
-        return _Panel("Triage of screened images", _stack(_chart_view(chart), self.reviewed_label))
+        self.reviewed_label = caption()
+        return Panel("Triage of screened images", stack(chart_view(chart), self.reviewed_label))
 
-    def _build_referral(self) -> _Panel:
-        chart = _new_chart()
+    def _build_referral(self) -> Panel:
+        chart = new_chart()
         self.referral_accuracy = QLineSeries()
         self.referral_accuracy.setName("Accuracy")
         self.referral_sensitivity = QLineSeries()
@@ -426,19 +180,19 @@ class DashboardPage(QWidget):
         self.referral_marker.setMarkerSize(9)
         for series in (self.referral_accuracy, self.referral_sensitivity, self.referral_marker):
             chart.addSeries(series)
-        x = _axis("Most uncertain images referred to a clinician", 0, 100)
-        self.referral_y = y = _axis("Of the kept images", 0, 100)
+        x = axis("Most uncertain images referred to a clinician", 0, 100)
+        self.referral_y = y = axis("Of the kept images", 0, 100)
         chart.addAxis(x, Qt.AlignmentFlag.AlignBottom)
         chart.addAxis(y, Qt.AlignmentFlag.AlignLeft)
         for series in (self.referral_accuracy, self.referral_sensitivity, self.referral_marker):
             series.attachAxis(x)
             series.attachAxis(y)
         self.referral_chart = chart
-        self.referral_text = _caption()
-        return _Panel("Referral curve of the model", _stack(_chart_view(chart), self.referral_text))
+        self.referral_text = caption()
+        return Panel("Referral curve of the model", stack(chart_view(chart), self.referral_text))
 
-    def _build_calibration(self) -> _Panel:
-        chart = _new_chart()
+    def _build_calibration(self) -> Panel:
+        chart = new_chart()
         self.calibration_ideal = QLineSeries()
         self.calibration_ideal.setName("Ideal")
         self.calibration_ideal.append([QPointF(0, 0), QPointF(100, 100)])
@@ -447,21 +201,21 @@ class DashboardPage(QWidget):
         self.calibration_series.setPointsVisible(True)
         chart.addSeries(self.calibration_ideal)
         chart.addSeries(self.calibration_series)
-        x = _axis("AI confidence", 0, 100)
-        y = _axis("Right (per reviewers)", 0, 100)
+        x = axis("AI confidence", 0, 100)
+        y = axis("Right (per reviewers)", 0, 100)
         chart.addAxis(x, Qt.AlignmentFlag.AlignBottom)
         chart.addAxis(y, Qt.AlignmentFlag.AlignLeft)
         for series in (self.calibration_ideal, self.calibration_series):
             series.attachAxis(x)
             series.attachAxis(y)
         self.calibration_chart = chart
-        self.calibration_text = _caption()
-        return _Panel(
+        self.calibration_text = caption()
+        return Panel(
             "Calibration: does the AI's confidence hold?",
-            _stack(_chart_view(chart), self.calibration_text),
+            stack(chart_view(chart), self.calibration_text),
         )
 
-    def _build_agreement(self) -> _Panel:
+    def _build_agreement(self) -> Panel:
         self.agreement_table = QTableWidget(0, 4)
         self.agreement_table.setHorizontalHeaderLabels(
             ["Compared", "Images (n)", "Cohen's kappa", "In words"]
@@ -471,24 +225,24 @@ class DashboardPage(QWidget):
         header = self.agreement_table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(3, QHeaderView.ResizeMode.Stretch)
-        self.agreement_text = _caption()
+        self.agreement_text = caption()
         self.agreement_text.setText(
             "Kappa is 1 for full agreement and 0 for agreement no better than chance; "
             "images both sides graded are compared."
         )
-        return _Panel(
+        return Panel(
             "Agreement between reviewers and with the AI",
-            _stack(self.agreement_table, self.agreement_text, stretch_last=False),
+            stack(self.agreement_table, self.agreement_text, stretch_last=False),
         )
 
-    def _build_confusion(self) -> _Panel:
+    def _build_confusion(self) -> Panel:
         self.confusion_table = QTableWidget(0, 0)
         self._setup_table(self.confusion_table)
         self.confusion_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        self.confusion_text = _caption()
-        return _Panel(
+        self.confusion_text = caption()
+        return Panel(
             "Confusion matrix: reviewed label against AI label",
-            _stack(self.confusion_table, self.confusion_text, stretch_last=False),
+            stack(self.confusion_table, self.confusion_text, stretch_last=False),
         )
 
     @staticmethod
@@ -525,7 +279,7 @@ class DashboardPage(QWidget):
 
     def _style_charts(self) -> None:
         """Chart theme from the palette (light or dark), then the dashed reference lines."""
-        dark = _is_dark(self)
+        dark = is_dark(self)
         theme = QChart.ChartTheme.ChartThemeDark if dark else QChart.ChartTheme.ChartThemeLight
         for chart in (self.triage_chart, self.referral_chart, self.calibration_chart):
             chart.setTheme(theme)
@@ -585,7 +339,7 @@ class DashboardPage(QWidget):
         self.triage_count_axis.applyNiceNumbers()
         text = (
             f"Reviewed {data.n_reviewed} of {data.n_screened} screened images "
-            f"({_pct(data.n_reviewed / data.n_screened)})."
+            f"({pct(data.n_reviewed / data.n_screened)})."
         )
         needs = data.triage_counts.get("needs-review", 0)
         if needs:
@@ -669,8 +423,8 @@ class DashboardPage(QWidget):
         else:
             tendency = "it is under-confident"
         self.calibration_text.setText(
-            f"On {n} reviewed images the AI's mean confidence is {_pct(mean_conf)} and it was "
-            f"right on {_pct(accuracy)}: {tendency} (expected calibration error "
+            f"On {n} reviewed images the AI's mean confidence is {pct(mean_conf)} and it was "
+            f"right on {pct(accuracy)}: {tendency} (expected calibration error "
             f"{100 * ece:.0f} percentage points). Points below the dashed line mean "
             "over-confidence."
         )
@@ -733,17 +487,17 @@ class DashboardPage(QWidget):
         table.setColumnCount(len(data.col_labels))
         table.setHorizontalHeaderLabels([f"AI: {self._display(c)}" for c in data.col_labels])
         table.setVerticalHeaderLabels([f"Reviewed: {self._display(r)}" for r in data.row_labels])
-        dark = _is_dark(self)
+        dark = is_dark(self)
         base = self.palette().color(QPalette.ColorRole.Base)
         accent = QColor("#3b7dd8")
         for i, row in enumerate(data.confusion):
             row_total = sum(row)
             for j, count in enumerate(row):
                 share = count / row_total if row_total else 0.0
-                text = f"{count}  ({_pct(share)})" if row_total else "0"
+                text = f"{count}  ({pct(share)})" if row_total else "0"
                 item = QTableWidgetItem(text)
                 item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
-                colour = _mix(base, accent, 0.75 * share)
+                colour = mix(base, accent, 0.75 * share)
                 item.setBackground(QBrush(colour))
                 light_text = colour.lightness() < 140 or (dark and share < 0.5)
                 item.setForeground(QBrush(QColor("#ffffff" if light_text else "#111111")))
@@ -767,7 +521,7 @@ class DashboardPage(QWidget):
         )
         text = (
             f"{total} reviewed images: the AI agreed with the reviewer on {agree_n} "
-            f"({_pct(agree_n / total)}; bold cells). Numbers are images, with the share of each "
+            f"({pct(agree_n / total)}; bold cells). Numbers are images, with the share of each "
             "row in brackets; darker shading means a larger share."
         )
         if data.left_out:
@@ -783,12 +537,3 @@ class DashboardPage(QWidget):
             [int(table.item(i, j).text().split()[0]) for j in range(table.columnCount())]
             for i in range(table.rowCount())
         ]
-
-
-def _mix(a: QColor, b: QColor, t: float) -> QColor:
-    t = max(0.0, min(1.0, t))
-    return QColor(
-        round(a.red() + (b.red() - a.red()) * t),
-        round(a.green() + (b.green() - a.green()) * t),
-        round(a.blue() + (b.blue() - a.blue()) * t),
-    )

@@ -1,7 +1,9 @@
 """Model history: every model version of a workspace, with its audit metrics; roll back to any.
 
-The list comes from ``engine.improve.model_history`` and a rollback goes through
-``engine.improve.rollback`` (which records it in the audit log). Reading the history is a
+The list comes from the engine's version lifecycle (``engine.improve.model_history``) and a
+rollback goes through ``engine.improve.rollback``, the same function as ``eyetriage
+rollback``: it refuses rejected or never-accepted versions and records the change in the
+audit log. Reading the history is a
 small query, so it is done on the GUI thread when the dialog opens.
 """
 
@@ -236,20 +238,19 @@ class ModelHistoryDialog(QDialog):
             self.note.setText("Screening is running: wait for it to finish (or cancel it) first.")
             return False
         model_hash = str(e.get("hash"))
-        try:
-            from engine.improve import rollback
+        from engine.improve import ImproveError, rollback
 
-            rollback(self.ws_folder, model_hash, self.actor)
-        except Exception as exc:  # noqa: BLE001
-            message = f"Could not roll back to {model_hash[:8]}: {exc}"
+        from .workers import readable_error
+
+        try:
+            row = rollback(self.ws_folder, model_hash, self.actor)
+        except Exception as exc:  # noqa: BLE001 - say it in the dialog, change nothing
+            why = str(exc) if isinstance(exc, ImproveError) else readable_error(exc)
+            message = f"Could not roll back to {model_hash[:8]}: {why}"
             self.note.setText(message)
             self.error.emit(message)
             return False
-        path = e.get("path") or e.get("model_path")
-        if not path:
-            from .improve import model_path_for
-
-            path = model_path_for(self.ws_folder, model_hash)
+        path = row.get("path") or e.get("path")
         self.note.setText(f"Version {model_hash[:8]} is active again.")
         self.reload()
         self.rolled_back.emit(model_hash, str(path or ""))

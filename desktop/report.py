@@ -1,4 +1,4 @@
-"""Exports: the per-patient PDF screening report and the CSV/JSON export dialog.
+"""The per-patient PDF screening report.
 
 The PDF is drawn with ``QPainter`` on a ``QPdfWriter`` (A4, 300 dpi) and needs no window,
 so it works offscreen and from a worker thread (a ``QGuiApplication`` must exist). Each
@@ -9,6 +9,9 @@ overlay that cannot be computed becomes a box that says why, never a crash.
 
 Writing reports with overlays runs the model: call these functions from a worker, not
 from the GUI thread. torch is imported only when overlays are wanted.
+
+Why one module of about 680 lines: it is one document; its data, words and drawing share
+the page geometry (margins, picture size, line heights) and change together.
 """
 
 from __future__ import annotations
@@ -37,11 +40,12 @@ from PySide6.QtGui import (
     QPdfWriter,
     QPen,
 )
-from PySide6.QtWidgets import QFileDialog, QMessageBox, QWidget
 
 from engine.modelcard import DEMO_NOTICE, NOT_A_DEVICE
 from engine.modelfile import ModelSpec
-from engine.store import DB_NAME, StoreError, Workspace
+from engine.store import Workspace
+
+from .qimage import pil_to_qimage
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -52,7 +56,6 @@ if TYPE_CHECKING:
 __all__ = [
     "IMAGES_PER_PAGE",
     "REPORT_TITLE",
-    "export_dialog",
     "patients_in_workspace",
     "report_page_count",
     "write_all_patient_reports",
@@ -107,10 +110,8 @@ def _safe_name(patient: str) -> str:
 
 
 def _open_ws(ws_folder: Path) -> Workspace:
-    folder = Path(ws_folder)
-    if not (folder / DB_NAME).is_file():
-        raise StoreError(f"{folder} is not an EyeTriage workspace (no {DB_NAME})")
-    return Workspace.open(folder, create=False)
+    """The workspace, never created here (StoreError names a folder that is not one)."""
+    return Workspace.open(Path(ws_folder), create=False)
 
 
 def patients_in_workspace(ws_folder: Path) -> list[str]:
@@ -257,13 +258,6 @@ def _review_lines(row: dict, spec: ModelSpec | None) -> list[tuple[str, str]]:
 
 
 # --------------------------------------------------------------------------- drawing
-
-
-def _pil_to_qimage(im: Image.Image) -> QImage:
-    rgb = im.convert("RGB")
-    data = rgb.tobytes()
-    qimage = QImage(data, rgb.width, rgb.height, 3 * rgb.width, QImage.Format.Format_RGB888)
-    return qimage.copy()  # own the pixels: ``data`` goes away
 
 
 class _Painter:
@@ -482,7 +476,7 @@ def _draw_block(
     overlay: _Overlay | None,
 ) -> None:
     """One image: heading, photograph and overlay side by side, AI result and review below."""
-    from engine.explain import load_display_image
+    from engine.images import load_display_image
 
     x = _MARGIN_X
     content_w = _PAGE_W - 2 * _MARGIN_X
@@ -496,7 +490,7 @@ def _draw_block(
     original = None
     try:
         original = load_display_image(row["path"], longest=DISPLAY_LONGEST)
-        d.picture(x, y, _PICTURE, _pil_to_qimage(original))
+        d.picture(x, y, _PICTURE, pil_to_qimage(original))
     except Exception as exc:  # noqa: BLE001 - an unreadable file must not stop the report
         reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
         d.placeholder(x, y, _PICTURE, "Image not available", f"{reason}: {row['path']}")
@@ -509,7 +503,7 @@ def _draw_block(
             d.placeholder(ox, y, _PICTURE, "No overlay", overlay.reason)
         else:
             try:
-                d.picture(ox, y, _PICTURE, _pil_to_qimage(overlay.make(row, original)))
+                d.picture(ox, y, _PICTURE, pil_to_qimage(overlay.make(row, original)))
             except Exception as exc:  # noqa: BLE001
                 d.placeholder(ox, y, _PICTURE, "No overlay", f"it could not be computed ({exc})")
             else:
@@ -683,48 +677,3 @@ def write_all_patient_reports(
     if state is not None and not state.cancelled():
         state.progress(len(patients), len(patients), "reports written")
     return written
-
-
-def export_dialog(parent: QWidget, ws_folder: Path) -> int | None:
-    """Ask for a CSV or JSON file name, write the export, and say how many rows went out.
-
-    Returns the number of rows written, or ``None`` when cancelled or failed (the user
-    has been told why).
-    """
-    ws_folder = Path(ws_folder)
-    csv_filter, json_filter = "CSV table (*.csv)", "JSON (*.json)"
-    suggested = str(ws_folder / f"eyetriage-export-{datetime.now():%Y%m%d}.csv")
-    path, chosen = QFileDialog.getSaveFileName(
-        parent,
-        "Export results and reviews",
-        suggested,
-        f"{csv_filter};;{json_filter}",
-        csv_filter,
-    )
-    if not path:
-        return None
-    out = Path(path)
-    suffix = out.suffix.lower()
-    if suffix in (".csv", ".json"):
-        fmt = suffix[1:]
-    else:
-        fmt = "json" if chosen == json_filter else "csv"
-        out = out.with_name(out.name + f".{fmt}")
-    try:
-        with _open_ws(ws_folder) as ws:
-            n = ws.write_export(out, fmt)
-    except (StoreError, OSError) as exc:
-        QMessageBox.warning(
-            parent,
-            "Export failed",
-            f"Nothing was exported to {out.name}.\n\n{exc}\n\n"
-            "Choose a folder you can write to and try again.",
-        )
-        return None
-    QMessageBox.information(
-        parent,
-        "Export finished",
-        f"Exported {n} image{'s' if n != 1 else ''} (AI results and reviews) as "
-        f"{fmt.upper()} to\n{out}",
-    )
-    return n

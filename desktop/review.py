@@ -4,334 +4,43 @@ Layout: the :class:`~desktop.viewer.ImageViewer` in the centre with the overlay 
 it; on the right the :class:`~desktop.evidence.EvidencePanel` and the :class:`ReviewPanel`.
 Reviews are appended to the workspace store (undo is a new review, never a delete).
 
-Threading: the GUI thread only reads and writes small rows of the store. Decoding the
-display image and computing attribution overlays run in superqt workers on two private
-thread pools (one thread each: images, and the model, so one network is never used by
-two threads). Workers get plain values (paths, hashes, a model holder, a cache), return
-``QImage`` objects, always finish, and never touch a widget. Results for an image that is
-no longer on screen are kept in a small LRU and shown instantly when it comes back; the
-next two images of the queue are prefetched.
+Threading: the GUI thread only reads and writes small rows of the store, through
+:class:`engine.store.Workspace` methods. Display images and attribution overlays come from
+the :class:`~desktop.image_loader.ImageLoader` (background workers, LRU caches,
+prefetching of the next two images of the queue).
+
+Why one module of about 650 lines: decisions, blind mode, display and overlays all act on
+the current image's record and are kept together; the loader, the decision panel
+(:mod:`desktop.review_panel`) and the keys (:mod:`desktop.shortcuts`) live apart.
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PySide6.QtCore import QEvent, Qt, QThreadPool, Signal
-from PySide6.QtGui import QImage, QKeyEvent, QKeySequence, QShortcut
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
-    QAbstractSpinBox,
-    QApplication,
-    QCheckBox,
     QFrame,
-    QGridLayout,
     QHBoxLayout,
-    QLabel,
-    QLineEdit,
-    QPlainTextEdit,
-    QPushButton,
     QScrollArea,
-    QSizePolicy,
     QSplitter,
-    QTextEdit,
     QVBoxLayout,
     QWidget,
 )
-from superqt.utils import FunctionWorker
 
 from .evidence import WARN, EvidencePanel, label_names
-from .viewer import OVERLAY_NAMES, ImageViewer, OverlayBar, pil_to_qimage, pil_to_qimage_rgba
+from .image_loader import PRIORITY_CURRENT, ImageLoader, ModelHolder
+from .review_panel import MAX_LABEL_KEYS, ReviewPanel, ago
+from .shortcuts import Binding, PageShortcuts
+from .viewer import OVERLAY_NAMES, ImageViewer, OverlayBar
 
 if TYPE_CHECKING:
     from engine.modelfile import ModelSpec
     from engine.store import Workspace
 
-DISPLAY_LONGEST = 2048  # display images are reduced to this many pixels on the long side
-IMAGE_CACHE_ITEMS = 6
-OVERLAY_CACHE_ITEMS = 8
-PREFETCH = 2
-IG_KWARGS = {"n_steps": 16, "internal_batch_size": 8}  # interactive on a CPU
-MAX_LABEL_KEYS = 9
-
-# Priorities in the private pools: the image on screen first, then prefetching.
-PRIORITY_CURRENT = 2
-PRIORITY_PREFETCH = 0
-
-
-# --------------------------------------------------------------------------- worker side
-
-
-class _LRU(OrderedDict):
-    """A tiny least-recently-used dict (GUI thread only)."""
-
-    def __init__(self, maxsize: int) -> None:
-        super().__init__()
-        self.maxsize = maxsize
-
-    def get_fresh(self, key: Hashable) -> Any:
-        if key not in self:
-            return None
-        self.move_to_end(key)
-        return self[key]
-
-    def put(self, key: Hashable, value: Any) -> None:
-        self[key] = value
-        self.move_to_end(key)
-        while len(self) > self.maxsize:
-            self.popitem(last=False)
-
-
-class ModelHolder:
-    """This page's own model and attribution cache, made once by the first worker that asks.
-
-    Both are created in a worker: importing the attribution stack (torch, captum) takes
-    seconds and must never happen on the GUI thread.
-    """
-
-    def __init__(self, path: Path | None, cache_folder: Path | None = None) -> None:
-        self.path = path
-        self.cache_folder = cache_folder
-        self._lock = threading.Lock()
-        self._model: Any = None
-        self._error: str | None = None
-        self._cache: Any = None
-
-    def cache(self) -> Any:
-        """The :class:`engine.attribution.AttributionCache` (``None`` without a folder)."""
-        with self._lock:
-            if self._cache is None and self.cache_folder is not None:
-                from engine.attribution import AttributionCache
-
-                self._cache = AttributionCache(self.cache_folder)
-            return self._cache
-
-    def get(self) -> Any:
-        """The :class:`engine.models.LoadedModel`; raises RuntimeError with a readable reason."""
-        with self._lock:
-            if self._model is None and self._error is None:
-                if self.path is None:
-                    self._error = (
-                        "no model file is known for this workspace, so no overlays can be computed"
-                    )
-                else:
-                    try:
-                        from engine.models import load_model
-
-                        self._model = load_model(self.path, device="auto")
-                    except Exception as exc:  # noqa: BLE001 - reported to the reader as words
-                        self._error = f"the model {Path(self.path).name} could not be loaded: {exc}"
-            if self._error is not None:
-                raise RuntimeError(self._error)
-            return self._model
-
-
-@dataclass
-class OverlayResult:
-    image: QImage
-    target_label: str
-    probability: float
-
-
-def load_display_qimage(path: str, longest: int = DISPLAY_LONGEST) -> QImage:
-    """Decode, orient and reduce an image for display (worker side; no torch import).
-
-    Same steps as ``engine.explain.load_display_image``; that module imports torch at
-    import time, which would delay the first image by seconds.
-    """
-    from PIL import Image
-
-    from engine.images import open_image, to_rgb
-
-    image, _ = open_image(path, min_side=None)
-    rgb = to_rgb(image)
-    if longest and max(rgb.size) > longest:
-        scale = longest / max(rgb.size)
-        rgb = rgb.resize(
-            (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))), Image.BILINEAR
-        )
-    return pil_to_qimage(rgb)
-
-
-def compute_overlay(
-    holder: ModelHolder,
-    path: str,
-    sha256: str | None,
-    method: str,
-    longest: int = DISPLAY_LONGEST,
-) -> OverlayResult:
-    """Attribution of the predicted class, drawn over the display image (worker side).
-
-    The overlay is the fully tinted image (alpha 1); the viewer's opacity slider then
-    blends it with the original, which is the same as drawing it at that alpha.
-    """
-    from engine.explain import explain_file, load_display_image
-    from engine.overlay import render_overlay
-
-    lm = holder.get()
-    kw = dict(IG_KWARGS) if method == "ig" else {}
-    exp = explain_file(lm, path, method=method, cache=holder.cache(), image_sha256=sha256, **kw)
-    display = load_display_image(path, longest=longest)
-    amap = exp.map_on_original(display.width, display.height)
-    tinted = render_overlay(display, amap, alpha=1.0, contour_top_pct=10.0)
-    return OverlayResult(pil_to_qimage_rgba(tinted), exp.target_label, float(exp.probability))
-
-
-# --------------------------------------------------------------------------- review panel
-
-
-def _key_button(text: str, tip: str, name: str) -> QPushButton:
-    button = QPushButton(text)
-    button.setObjectName(name)
-    button.setToolTip(tip)
-    button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
-    button.setMinimumHeight(28)
-    button.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-    return button
-
-
-class ReviewPanel(QWidget):
-    """Decision buttons (keys printed on them), the note field and the review status."""
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setObjectName("reviewPanel")
-        self.heading = QLabel()
-        self.heading.setObjectName("reviewHeading")
-        self.heading.setWordWrap(True)
-        self.label_box = QWidget()
-        self.label_grid = QGridLayout(self.label_box)
-        self.label_grid.setContentsMargins(0, 0, 0, 0)
-        self.label_grid.setSpacing(4)
-        self.label_buttons: list[QPushButton] = []
-        self.label_checks: list[QCheckBox] = []
-        self.confirm_button = _key_button(
-            "Enter  Confirm AI", "Save the AI answer as your label (Enter)", "confirmButton"
-        )
-        self.ungradable_button = _key_button(
-            "U  Ungradable", "The image cannot be graded (U)", "ungradableButton"
-        )
-        self.note_button = _key_button(
-            "N  Note", "Write a note saved with your next decision (N)", "noteButton"
-        )
-        self.undo_button = _key_button(
-            "Z  Undo", "Undo your last decision (Z); it is kept in the history", "undoButton"
-        )
-        self.prev_button = _key_button(
-            "K/←  Previous", "Previous image in the worklist (K or ←)", "previousButton"
-        )
-        self.next_button = _key_button(
-            "J/→  Next", "Next image in the worklist (J or →)", "nextButton"
-        )
-        actions = QGridLayout()
-        actions.setSpacing(4)
-        actions.addWidget(self.confirm_button, 0, 0)
-        actions.addWidget(self.ungradable_button, 0, 1)
-        actions.addWidget(self.note_button, 1, 0)
-        actions.addWidget(self.undo_button, 1, 1)
-        actions.addWidget(self.prev_button, 2, 0)
-        actions.addWidget(self.next_button, 2, 1)
-        self.note_edit = QLineEdit()
-        self.note_edit.setObjectName("noteEdit")
-        self.note_edit.setPlaceholderText("Note, saved with your next decision (Enter: done)")
-        self.note_edit.setClearButtonEnabled(True)
-        self.note_edit.hide()
-        self.current_label = QLabel("Not reviewed")
-        self.current_label.setObjectName("currentReview")
-        self.current_label.setWordWrap(True)
-        self.prompt_label = QLabel()
-        self.prompt_label.setObjectName("reviewPrompt")
-        self.prompt_label.setWordWrap(True)
-        self.prompt_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.mode_label = QLabel()
-        self.mode_label.setObjectName("reviewMode")
-        self.mode_label.setStyleSheet("color: palette(placeholder-text); font-size: 9pt;")
-        self.mode_label.setWordWrap(True)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(8, 6, 8, 6)
-        layout.setSpacing(5)
-        layout.addWidget(self.heading)
-        layout.addWidget(self.label_box)
-        layout.addLayout(actions)
-        layout.addWidget(self.note_edit)
-        layout.addWidget(self.current_label)
-        layout.addWidget(self.prompt_label)
-        layout.addWidget(self.mode_label)
-        self._labels: list[str] = []
-        self._multilabel = False
-        self.set_prompt("")
-
-    def set_labels(self, labels: list[str], names: list[str], multilabel: bool) -> bool:
-        """One button (or checkbox for a multi-label task) per label; returns True if rebuilt."""
-        if (
-            labels == self._labels
-            and multilabel == self._multilabel
-            and (self.label_buttons or self.label_checks)
-        ):
-            return False
-        self._labels = list(labels)
-        self._multilabel = multilabel
-        for widget in (*self.label_buttons, *self.label_checks):
-            self.label_grid.removeWidget(widget)
-            widget.deleteLater()
-        self.label_buttons, self.label_checks = [], []
-        columns = 2 if max((len(n) for n in names), default=0) <= 12 else 1
-        for i, name in enumerate(names):
-            key = str(i + 1) if i < MAX_LABEL_KEYS else ""
-            text = f"{key}  {name}" if key else name
-            if multilabel:
-                widget: QWidget = QCheckBox(text)
-                widget.setFocusPolicy(Qt.FocusPolicy.NoFocus)
-                widget.setToolTip(f"Tick or untick {name} ({key}); Enter saves the ticked labels")
-                self.label_checks.append(widget)  # type: ignore[arg-type]
-            else:
-                widget = _key_button(
-                    text, f"Label the image {name} (key {key})" if key else name, f"label_{i + 1}"
-                )
-                widget.setCheckable(True)  # checked = the current review's label
-                self.label_buttons.append(widget)  # type: ignore[arg-type]
-            widget.setObjectName(f"label_{i + 1}")
-            self.label_grid.addWidget(widget, i // columns, i % columns)
-        self.confirm_button.setText(
-            "Enter  Save ticked labels" if multilabel else "Enter  Confirm AI"
-        )
-        return True
-
-    def set_current(self, text: str) -> None:
-        self.current_label.setText(text)
-
-    def set_prompt(self, text: str, warning: bool = False) -> None:
-        """A one-line message under the buttons (saved, nothing to undo, name needed…)."""
-        self.prompt_label.setText(f"{WARN} {text}" if warning and text else text)
-        self.prompt_label.setProperty("warning", warning)
-        self.prompt_label.setStyleSheet("color: #b35c00; font-weight: bold;" if warning else "")
-        self.prompt_label.setVisible(bool(text))
-
-
-def _ago(iso: str | None) -> str:
-    """``"2 min ago"`` from an ISO-8601 UTC timestamp."""
-    if not iso:
-        return ""
-    try:
-        then = datetime.fromisoformat(iso)
-    except ValueError:
-        return iso
-    if then.tzinfo is None:
-        then = then.replace(tzinfo=UTC)
-    seconds = max(0.0, (datetime.now(UTC) - then).total_seconds())
-    if seconds < 45:
-        return "just now"
-    if seconds < 3600:
-        return f"{max(1, round(seconds / 60))} min ago"
-    if seconds < 86400:
-        return f"{round(seconds / 3600)} h ago"
-    return f"on {then.date().isoformat()}"
+PREFETCH = 2  # images of the queue decoded (and explained) ahead of the reader
 
 
 # --------------------------------------------------------------------------- the page
@@ -349,7 +58,6 @@ class ReviewPage(QWidget):
         self._ws: Workspace | None = None
         self._ws_folder: Path | None = None
         self._spec: ModelSpec | None = None
-        self._holder = ModelHolder(None)
         self._reviewer = ""
         self._blind = False
         self._auto_advance = True
@@ -360,16 +68,12 @@ class ReviewPage(QWidget):
         self._notes: dict[int, str] = {}  # unsaved notes, kept when the reader moves on
         self._labels: list[str] = []
         self._method = "none"
-        self._gen = 0
         self._closed = False
-        self._images: _LRU = _LRU(IMAGE_CACHE_ITEMS)
-        self._overlays: _LRU = _LRU(OVERLAY_CACHE_ITEMS)
-        self._failed: dict[Hashable, str] = {}
-        self._pending: dict[Hashable, FunctionWorker] = {}
-        self._io_pool = QThreadPool(self)
-        self._io_pool.setMaxThreadCount(1)
-        self._model_pool = QThreadPool(self)
-        self._model_pool.setMaxThreadCount(1)  # one network, one thread (attribution hooks)
+        self.loader = ImageLoader(self)
+        self.loader.image_ready.connect(self._on_image_ready)
+        self.loader.image_failed.connect(self._on_image_failed)
+        self.loader.overlay_ready.connect(self._on_overlay_ready)
+        self.loader.overlay_failed.connect(lambda image_id, *_: self._on_overlay_changed(image_id))
 
         self.viewer = ImageViewer()
         self.bar = OverlayBar()
@@ -437,7 +141,7 @@ class ReviewPage(QWidget):
 
     def _install_shortcuts(self) -> None:
         """Window-wide keys, active while this page is visible (a text field keeps its keys)."""
-        bindings: list[tuple[list[Any], Callable[[], None]]] = [
+        bindings: list[Binding] = [
             ([Qt.Key.Key_Return, Qt.Key.Key_Enter], self.confirm_ai),
             ([Qt.Key.Key_U], self.mark_ungradable),
             ([Qt.Key.Key_N], self.edit_note),
@@ -456,39 +160,7 @@ class ReviewPage(QWidget):
         ]
         for i in range(MAX_LABEL_KEYS):
             bindings.append(([getattr(Qt.Key, f"Key_{i + 1}")], lambda i=i: self.press_label(i)))
-        self._shortcuts: list[QShortcut] = []
-        for keys, slot in bindings:
-            for key in keys:
-                sequence = QKeySequence(key) if isinstance(key, str) else QKeySequence(key)
-                shortcut = QShortcut(sequence, self)
-                shortcut.setContext(Qt.ShortcutContext.WindowShortcut)
-                shortcut.setAutoRepeat(False)
-                shortcut.activated.connect(lambda s=shortcut, f=slot: self._on_shortcut(s, f))
-                self._shortcuts.append(shortcut)
-
-    def _on_shortcut(self, shortcut: QShortcut, slot: Callable[[], None]) -> None:
-        """Run ``slot``, unless a text field has the focus: then the key goes to the field.
-
-        Text fields already keep letters and digits; Enter has to be handed back here, so
-        Enter in the note field (or any search box of the window) never confirms the AI.
-        """
-        focus = QApplication.focusWidget()
-        if isinstance(focus, QLineEdit | QTextEdit | QPlainTextEdit | QAbstractSpinBox):
-            sequence = shortcut.key()
-            if sequence.count():
-                combo = sequence[0]
-                same = [sc for sc in self._shortcuts if sc.key() == sequence and sc.isEnabled()]
-                for sc in same:  # or the forwarded key would trigger the shortcut again
-                    sc.setEnabled(False)
-                try:
-                    for kind in (QEvent.Type.KeyPress, QEvent.Type.KeyRelease):
-                        event = QKeyEvent(kind, combo.key(), combo.keyboardModifiers())
-                        QApplication.sendEvent(focus, event)
-                finally:
-                    for sc in same:
-                        sc.setEnabled(True)
-            return
-        slot()
+        self._shortcuts = PageShortcuts(self, bindings)
 
     # ------------------------------------------------------------------ public API
 
@@ -497,7 +169,6 @@ class ReviewPage(QWidget):
         from engine.store import Workspace
 
         self._drop_workspace()
-        self._gen += 1
         self._ws_folder = Path(ws_folder)
         self._ws = Workspace.open(self._ws_folder, create=False)
         if model_path is None:
@@ -512,11 +183,12 @@ class ReviewPage(QWidget):
                 self._spec = read_spec(model_path)
             except Exception as exc:  # noqa: BLE001 - the page works without overlays
                 self.bar.set_status(f"{WARN} Model description unreadable: {exc}")
-        self._holder = ModelHolder(model_path, self._ws.cache_dir / "attribution")
+        self.loader.reset(ModelHolder(model_path, self._ws.cache_dir / "attribution"))
         self.evidence.set_spec(self._spec)
         self._current = None
         self.viewer.clear()
         self.viewer.set_message("No image selected.\nChoose an image in the worklist.")
+        self.evidence.set_file("")
         self.evidence.show_prediction(None)
         self.panel.set_current("")
         if self._spec is not None:
@@ -576,24 +248,14 @@ class ReviewPage(QWidget):
 
     def is_busy(self) -> bool:
         """True while any of this page's workers is queued or running."""
-        return (
-            bool(self._pending)
-            or self._io_pool.activeThreadCount() > 0
-            or self._model_pool.activeThreadCount() > 0
-        )
+        return self.loader.is_busy()
 
     def shutdown(self) -> None:
         """Cancel queued work, wait for running workers, close the workspace connection."""
         if self._closed:
             return
         self._closed = True
-        for worker in list(self._pending.values()):
-            worker.quit()
-        self._io_pool.clear()
-        self._model_pool.clear()
-        self._io_pool.waitForDone(-1)
-        self._model_pool.waitForDone(-1)
-        self._pending.clear()
+        self.loader.shutdown()
         self._drop_workspace()
 
     # ------------------------------------------------------------------ navigation
@@ -711,10 +373,9 @@ class ReviewPage(QWidget):
                 f"Nothing to undo: {self._reviewer} has no decision left to undo."
             )
             return
-        row = self._ws.conn.execute(
-            "SELECT image_id FROM reviews WHERE id = ?", (undo_id,)
-        ).fetchone()
-        image_id = int(row[0])
+        undone = self._ws.review(undo_id)
+        assert undone is not None  # written just now, in this connection
+        image_id = int(undone["image_id"])
         if self.current_image_id() != image_id:
             self._show(image_id)
         else:
@@ -795,15 +456,16 @@ class ReviewPage(QWidget):
         self.panel.note_edit.setText(note)
         self.panel.note_edit.setVisible(bool(note))
         self.panel.set_prompt("")
-        image = self._images.get_fresh(image_id)
+        image = self.loader.image(image_id)
+        error = self.loader.image_error(image_id)
         if image is not None:
             self.viewer.set_image(image)
-        elif ("image", image_id) in self._failed:
-            self.viewer.set_message(self._failed[("image", image_id)])
+        elif error is not None:
+            self.viewer.set_message(_cannot_show(record["path"], error))
         else:
             self.viewer.clear()
             self.viewer.set_message(f"Loading {Path(record['path']).name}…")
-            self._request_image(image_id, record["path"], PRIORITY_CURRENT)
+            self.loader.request_image(image_id, record["path"], PRIORITY_CURRENT)
         self._refresh(image_id, record)
         self._prefetch()
         self.current_changed.emit(image_id)
@@ -864,29 +526,12 @@ class ReviewPage(QWidget):
         what = ", ".join(labels) if labels else "ungradable"
         if review.get("action") == "confirm":
             what += " (confirmed the AI)"
-        return f"reviewed by {review['reviewer']}: {what}, {_ago(review.get('created_at'))}"
+        return f"reviewed by {review['reviewer']}: {what}, {ago(review.get('created_at'))}"
 
     def _record(self, image_id: int) -> dict[str, Any] | None:
-        """The image row, its latest prediction of the active model and its current review."""
+        """The image, its latest prediction of the active model and its current review."""
         assert self._ws is not None
-        row = self._ws.conn.execute(
-            "SELECT id, path, sha256, patient, eye FROM images WHERE id = ?", (image_id,)
-        ).fetchone()
-        if row is None:
-            return None
-        active = self._ws.active_model()
-        predictions = self._ws.predictions(image_id)
-        if active is not None:
-            predictions = [p for p in predictions if p["model_hash"] == active["hash"]]
-        return {
-            "image_id": int(row["id"]),
-            "path": row["path"],
-            "sha256": row["sha256"],
-            "patient": row["patient"],
-            "eye": row["eye"],
-            "prediction": predictions[-1] if predictions else None,
-            "review": self._ws.current_review(image_id),
-        }
+        return self._ws.image_record(image_id)
 
     def _is_hidden(self, image_id: int) -> bool:
         if not self._blind or image_id in self._revealed:
@@ -938,7 +583,7 @@ class ReviewPage(QWidget):
             self.bar.set_status("Overlay hidden (blind mode)")
             return
         key = ("overlay", image_id, method)
-        result = self._overlays.get_fresh(key)
+        result = self.loader.overlay(image_id, method)
         name = OVERLAY_NAMES[method]
         if result is not None:
             if not self.viewer.has_overlay() or self.viewer.overlay_item().data(0) != key:
@@ -951,11 +596,12 @@ class ReviewPage(QWidget):
             )
             return
         self.viewer.set_overlay(None)
-        if key in self._failed:
-            self.bar.set_status(f"{WARN} {name} unavailable: {self._failed[key]}")
+        error = self.loader.overlay_error(image_id, method)
+        if error is not None:
+            self.bar.set_status(f"{WARN} {name} unavailable: {error}")
             return
         self.bar.set_status(f"Computing {name}…")
-        self._request_overlay(
+        self.loader.request_overlay(
             image_id, current["path"], current["sha256"], method, PRIORITY_CURRENT
         )
 
@@ -968,112 +614,42 @@ class ReviewPage(QWidget):
             return
         index = self._queue.index(current)
         for image_id in self._queue[index + 1 : index + 1 + PREFETCH]:
-            info = None
-            if self._images.get(image_id) is None and ("image", image_id) not in self._failed:
-                info = info or self._path_and_hash(image_id)
-                if info:
-                    self._request_image(image_id, info[0], PRIORITY_PREFETCH)
-            if self._method != "none":
-                key = ("overlay", image_id, self._method)
-                if self._overlays.get(key) is None and key not in self._failed:
-                    info = info or self._path_and_hash(image_id)
-                    if info:
-                        self._request_overlay(
-                            image_id, info[0], info[1], self._method, PRIORITY_PREFETCH
-                        )
+            image = self._ws.image(image_id)
+            if image is not None:
+                self.loader.prefetch(image_id, image["path"], image["sha256"], self._method)
 
-    def _path_and_hash(self, image_id: int) -> tuple[str, str] | None:
-        assert self._ws is not None
-        row = self._ws.conn.execute(
-            "SELECT path, sha256 FROM images WHERE id = ?", (image_id,)
-        ).fetchone()
-        return None if row is None else (row["path"], row["sha256"])
+    # ------------------------------------------------------------------ loader results
 
-    # ------------------------------------------------------------------ workers
+    def _on_image_ready(self, image_id: int, image: Any) -> None:
+        if self.current_image_id() == image_id:
+            self.viewer.set_image(image)
+            self._update_overlay()
 
-    def _request_image(self, image_id: int, path: str, priority: int) -> None:
-        self._submit(
-            ("image", image_id),
-            self._io_pool,
-            priority,
-            load_display_qimage,
-            str(path),
-            DISPLAY_LONGEST,
-        )
+    def _on_image_failed(self, image_id: int, error: str) -> None:
+        if self.current_image_id() == image_id and self._current is not None:
+            self.viewer.set_message(_cannot_show(self._current["path"], error))
 
-    def _request_overlay(
-        self, image_id: int, path: str, sha256: str, method: str, priority: int
-    ) -> None:
-        self._submit(
-            ("overlay", image_id, method),
-            self._model_pool,
-            priority,
-            compute_overlay,
-            self._holder,
-            str(path),
-            sha256,
-            method,
-            DISPLAY_LONGEST,
-        )
+    def _on_overlay_ready(self, image_id: int, method: str, _result: Any) -> None:
+        if method == self._method:
+            self._on_overlay_changed(image_id)
 
-    def _submit(
-        self, key: Hashable, pool: QThreadPool, priority: int, func: Callable[..., Any], *args: Any
-    ) -> None:
-        if self._closed or key in self._pending:
-            return
-        worker = FunctionWorker(func, *args)
-        gen = self._gen
-        worker.returned.connect(lambda result, k=key, g=gen: self._on_result(k, g, result))
-        worker.errored.connect(lambda exc, k=key, g=gen: self._on_error(k, g, exc))
-        worker.finished.connect(lambda k=key, w=worker: self._on_finished(k, w))
-        self._pending[key] = worker
-        pool.start(worker, priority)
-
-    def _on_finished(self, key: Hashable, worker: FunctionWorker) -> None:
-        if self._pending.get(key) is worker:
-            del self._pending[key]
-
-    def _on_result(self, key: Any, gen: int, result: Any) -> None:
-        if self._closed or gen != self._gen:
-            return
-        kind, image_id = key[0], key[1]
-        current = self.current_image_id()
-        if kind == "image":
-            self._images.put(image_id, result)
-            if current == image_id:
-                self.viewer.set_image(result)
-                self._update_overlay()
-        else:
-            self._overlays.put(key, result)
-            if current == image_id and key[2] == self._method:
-                self._update_overlay()
-
-    def _on_error(self, key: Any, gen: int, exc: BaseException) -> None:
-        if self._closed or gen != self._gen:
-            return
-        kind, image_id = key[0], key[1]
-        if kind == "image":
-            path = self._path_and_hash(image_id)
-            name = Path(path[0]).name if path else f"image {image_id}"
-            self._failed[key] = (
-                f"Cannot show {name}.\n{exc}\n\n"
-                "Check that the file is still there and readable (a disconnected drive?). "
-                "You can still review it from the evidence, or skip it with J/→."
-            )
-            if self.current_image_id() == image_id:
-                self.viewer.set_message(self._failed[key])
-        else:
-            self._failed[key] = str(exc)
-            if self.current_image_id() == image_id:
-                self._update_overlay()
+    def _on_overlay_changed(self, image_id: int) -> None:
+        if self.current_image_id() == image_id:
+            self._update_overlay()
 
     def _drop_workspace(self) -> None:
-        self._images.clear()
-        self._overlays.clear()
-        self._failed.clear()
+        self.loader.clear()
         self._revealed.clear()
         self._notes.clear()
-        self._pending.clear()  # late results of the old workspace are ignored by generation
         if self._ws is not None:
             self._ws.close()
             self._ws = None
+
+
+def _cannot_show(path: str, error: str) -> str:
+    """What the viewer says when an image cannot be decoded."""
+    return (
+        f"Cannot show {Path(path).name}.\n{error}\n\n"
+        "Check that the file is still there and readable (a disconnected drive?). "
+        "You can still review it from the evidence, or skip it with J/→."
+    )

@@ -25,6 +25,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from engine.engines import ENGINE_WORDS, ENGINES, installed_engines
+from engine.triage import DEFAULT_THRESHOLD
+
 ORG = APP = "EyeTriage"
 DEVICES = ("auto", "cpu", "cuda")
 UNCERTAINTY_METHODS = ("none", "mc", "tta", "mc-full")
@@ -58,8 +61,9 @@ class AppSettings:
     reviewer: str = ""
     blind_mode: bool = False
     device: str = "auto"
+    engine: str = "auto"
     batch_size: int = 32
-    threshold: float = 0.85
+    threshold: float = DEFAULT_THRESHOLD
     uncertainty: str = "mc"
     policy: str = "threshold"
     refer_findings: bool = False
@@ -102,6 +106,8 @@ class AppSettings:
     def _sanitise(self) -> None:
         if self.device not in DEVICES:
             self.device = "auto"
+        if self.engine not in ENGINES:
+            self.engine = "auto"
         if self.uncertainty not in UNCERTAINTY_METHODS:
             self.uncertainty = "mc"
         if self.policy not in POLICIES:
@@ -194,6 +200,20 @@ class SettingsDialog(QDialog):
         self.device.setCurrentIndex(DEVICES.index(settings.device))
         form.addRow("&Device:", self.device)
 
+        self.engine = QComboBox()
+        usable = installed_engines()
+        for name in ENGINES:
+            self.engine.addItem(ENGINE_WORDS[name], name)
+            if name not in usable:  # listed, so the choice is known, but not selectable
+                self.engine.model().item(self.engine.count() - 1).setEnabled(False)
+        self.engine.setCurrentIndex(ENGINES.index(settings.engine))
+        self.engine.setToolTip(
+            "How the model runs on the CPU (a GPU always uses PyTorch). Automatic measures "
+            "the engines once per model type on this computer and keeps the fastest; "
+            "ONNX Runtime and OpenVINO run the model at full precision."
+        )
+        form.addRow("Inference &engine:", self.engine)
+
         self.batch_size = QSpinBox()
         self.batch_size.setRange(1, 512)
         self.batch_size.setValue(settings.batch_size)
@@ -245,6 +265,7 @@ class SettingsDialog(QDialog):
             blind_mode=self.blind.isChecked(),
             auto_advance=self.auto_advance.isChecked(),
             device=self.device.currentData(),
+            engine=self.engine.currentData(),
             batch_size=self.batch_size.value(),
             uncertainty=self.uncertainty.currentData(),
             policy=self.policy.currentData(),

@@ -3,13 +3,11 @@
 ``ImageViewer`` shows one image (the largest thing on the review page) and, above it, an
 overlay pixmap of the same geometry whose opacity the reader chooses. ``OverlayBar`` is
 the slim control strip under the viewer (overlay method, opacity, legend, key hints).
-Helpers here turn PIL images into ``QImage`` objects; they are safe to call in a worker
-thread (``QImage`` is plain data; only ``QPixmap`` is tied to the GUI thread).
+Images arrive as ``QImage`` (made in workers by :mod:`desktop.qimage`); only ``QPixmap``
+is tied to the GUI thread.
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QRectF, Qt, Signal
 from PySide6.QtGui import (
@@ -38,9 +36,6 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-if TYPE_CHECKING:
-    from PIL import Image
-
 ZOOM_STEP = 1.25
 MIN_SCALE = 0.02
 MAX_SCALE = 40.0
@@ -49,22 +44,6 @@ SIDE_GAP = 16  # scene pixels between the original and the overlay in side-by-si
 OVERLAY_METHODS = ("none", "gradcam", "ig")
 OVERLAY_NAMES = {"none": "None", "gradcam": "Grad-CAM", "ig": "Integrated Gradients"}
 OVERLAY_KEYS = {"none": "O", "gradcam": "G", "ig": "I"}
-
-
-def pil_to_qimage(image: Image.Image) -> QImage:
-    """A deep-copied ``QImage`` (RGB32, the format a pixmap takes without conversion)."""
-    rgb = image.convert("RGB")
-    data = rgb.tobytes("raw", "RGB")
-    qimage = QImage(data, rgb.width, rgb.height, 3 * rgb.width, QImage.Format.Format_RGB888)
-    return qimage.convertToFormat(QImage.Format.Format_RGB32)  # owns its pixels
-
-
-def pil_to_qimage_rgba(image: Image.Image) -> QImage:
-    """A deep-copied premultiplied ARGB ``QImage`` of an RGB or RGBA PIL image."""
-    rgba = image.convert("RGBA")
-    data = rgba.tobytes("raw", "RGBA")
-    qimage = QImage(data, rgba.width, rgba.height, 4 * rgba.width, QImage.Format.Format_RGBA8888)
-    return qimage.convertToFormat(QImage.Format.Format_ARGB32_Premultiplied)
 
 
 def _legend_colour(t: float) -> QColor:
@@ -405,12 +384,18 @@ class OverlayBar(QWidget):
         self.legend.setObjectName("overlayLegend")
         self.legend.setToolTip(
             "Warm colours: evidence that supports the AI answer; cool colours: evidence "
-            "against it. The white outline marks the strongest 10% of the support."
+            "against it. White outlines mark the few largest regions among the strongest "
+            "10% of the support (specks are not outlined). Nothing is coloured outside the "
+            "retina: the fundus field of view, or the tissue band of an OCT scan."
         )
         self._set_legend()
         supports = QLabel("supports")
         supports.setToolTip(self.legend.toolTip())
-        for widget in (against, self.legend, supports):
+        self.masked_note = QLabel("· retina only")
+        self.masked_note.setObjectName("overlayMaskNote")
+        self.masked_note.setToolTip(self.legend.toolTip())
+        self.masked_note.setStyleSheet("color: palette(placeholder-text);")
+        for widget in (against, self.legend, supports, self.masked_note):
             bottom.addWidget(widget)
         bottom.addSpacing(8)
         self.status = QLabel()

@@ -122,12 +122,10 @@ class WelcomePage(QWidget):
         return b
 
     def set_recent(self, folders: list[str]) -> None:
-        """Show the recent workspaces that still exist (newest first)."""
+        """Show these recent workspaces (newest first; the registry leaves out vanished ones)."""
         self.recent.clear()
         for f in folders:
             p = Path(f)
-            if not (p / "workspace.sqlite").is_file():
-                continue
             item = QListWidgetItem(f"{p.name}\n{p}")
             item.setData(Qt.ItemDataRole.UserRole, str(p))
             item.setToolTip(str(p))

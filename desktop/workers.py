@@ -2,8 +2,10 @@
 
 Workers get plain data (paths, numbers, dicts), never widgets, and hand back plain dicts.
 Each opens its own :class:`engine.store.Workspace` connection (SQLite connections must not
-cross threads). Every job reports errors as a readable message and always emits
-``finished``; :meth:`ScreenJob.wait` lets the window cancel and wait before it closes.
+cross threads); screening rows come from the engine as it stores them, and every worklist
+row is built by :func:`desktop.worklist_model.row_from_prediction`. Every job reports
+errors as a readable message and always emits ``finished``; :meth:`ScreenJob.wait` lets
+the window cancel and wait before it closes.
 torch is imported inside the worker, so the window never waits for it.
 """
 
@@ -18,9 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, QThreadPool, Signal
 
-from .worklist import make_row, row_from_prediction
+from engine.triage import DEFAULT_THRESHOLD
+
+from .worklist_model import row_from_prediction
 
 
 @dataclass
@@ -35,8 +39,9 @@ class ScreenRequest:
     batch_size: int = 32
     uncertainty: str = "mc"
     policy: str = "threshold"
-    threshold: float = 0.85
+    threshold: float = DEFAULT_THRESHOLD
     refer_findings: bool = False
+    engine: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -75,29 +80,15 @@ def load_worklist_rows(workspace: Path) -> dict[str, Any]:
     }
 
 
-def _image_facts(ws: Any, paths: list[str]) -> dict[str, dict]:
-    """id, sha256, patient and eye of stored images, by resolved path (one query)."""
-    out: dict[str, dict] = {}
-    conn = ws.conn
-    for start in range(0, len(paths), 500):
-        part = paths[start : start + 500]
-        marks = ",".join("?" * len(part))
-        for r in conn.execute(
-            f"SELECT id, path, sha256, patient, eye FROM images WHERE path IN ({marks})", part
-        ):
-            out[r["path"]] = dict(r)
-    return out
-
-
 def screening_events(request: ScreenRequest, state: Any) -> Iterator[dict[str, Any]]:
     """The screening run as plain events (runs in a worker thread).
 
     Yields ``{"kind": "status", "message"}``, ``{"kind": "rows", "rows", "run_id"}`` per
     chunk and finally ``{"kind": "done", ...}`` (the engine's summary plus ``device``).
     """
+    from engine.engines import engine_cache_dir
     from engine.images import discover_images
     from engine.screen import ScreenSettings
-    from engine.store import Workspace
     from engine.triage import TriagePolicy
     from engine.workspace_screen import iter_screen_into_workspace
 
@@ -150,47 +141,35 @@ def screening_events(request: ScreenRequest, state: Any) -> Iterator[dict[str, A
         policy=TriagePolicy(
             kind=request.policy, threshold=request.threshold, refer_findings=request.refer_findings
         ),
+        engine=request.engine,
+        engine_cache=engine_cache_dir(request.workspace),
     )
     display = lm.spec.display
-    events = iter_screen_into_workspace(request.workspace, paths, [lm], settings, state)
+    actor = str(request.extra.get("actor") or "desktop")
+    events = iter_screen_into_workspace(
+        request.workspace, paths, [lm], settings, state, actor=actor
+    )
     try:
-        with Workspace.open(request.workspace) as ws:  # this thread's own connection
-            for event in events:
-                if event["kind"] == "chunk":
-                    results = event["results"]
-                    facts = _image_facts(ws, [str(Path(r.path).resolve()) for r in results])
-                    rows = []
-                    for r in results:
-                        f = facts.get(str(Path(r.path).resolve()))
-                        if f is None:
-                            continue
-                        review = ws.current_review(f["id"])
-                        rows.append(
-                            make_row(
-                                image_id=f["id"],
-                                path=f["path"],
-                                sha256=f["sha256"],
-                                patient=f["patient"],
-                                eye=f["eye"],
-                                label=r.label,
-                                display_label=";".join(display(x) for x in r.label.split(";"))
-                                if r.label
-                                else None,
-                                confidence=r.confidence,
-                                entropy=r.entropy,
-                                mutual_info=r.mutual_info,
-                                triage=r.triage,
-                                triage_reason=r.triage_reason,
-                                error=r.error,
-                                prediction_id=getattr(r, "prediction_id", None),
-                                review=review,
-                            )
-                        )
-                    yield {"kind": "rows", "rows": rows, "run_id": event["run_id"]}
-                else:
-                    yield {**event, "device": device}
+        for event in events:
+            if event["kind"] == "chunk":
+                # the engine hands back the rows it stored: no second look at the database
+                rows = [row_from_prediction(record, display) for record in event["records"]]
+                yield {"kind": "rows", "rows": rows, "run_id": event["run_id"]}
+            else:
+                yield {**event, "device": device}
     finally:
         events.close()  # records a cancelled run even when we stop early
+
+
+def start_now(worker: Any) -> None:
+    """Queue a superqt worker on the global thread pool at once.
+
+    ``worker.start()`` called from the event loop defers the start by a timer tick; a
+    window closing in between waited for a job that had not begun, and the job then ran
+    while the application was being torn down. Started here, the pool's ``waitForDone``
+    at shutdown covers it. The caller keeps a reference until ``finished``.
+    """
+    QThreadPool.globalInstance().start(worker)
 
 
 class ScreenJob(QObject):
@@ -246,7 +225,7 @@ class ScreenJob(QObject):
         worker.yielded.connect(self._on_event)
         worker.finished.connect(self._on_finished)
         self._worker = worker
-        worker.start()
+        start_now(worker)
 
     def _on_event(self, event: dict[str, Any]) -> None:
         kind = event.get("kind")
@@ -333,7 +312,7 @@ class FunctionJob(QObject):
         worker.returned.connect(self.returned.emit)
         worker.finished.connect(self.finished.emit)
         self._worker = worker
-        worker.start()
+        start_now(worker)
 
     def _on_error(self, exc: BaseException) -> None:
         from .crash import log

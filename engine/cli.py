@@ -17,51 +17,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-class CliError(Exception):
-    """A failure the user can act on; printed as one line, exit status 1."""
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _err(msg: str) -> None:
-    print(f"eyetriage: {msg}", file=sys.stderr)
-
-
-class Progress:
-    """A one-line progress bar on a terminal; sparse plain lines otherwise (logs, CI)."""
-
-    def __init__(self, label: str, quiet: bool = False) -> None:
-        self.label = label
-        self.quiet = quiet
-        self.tty = sys.stderr.isatty()
-        self.t0 = time.monotonic()
-        self.last_line = 0.0
-
-    def __call__(self, done: int, total: int, message: str = "") -> None:
-        if self.quiet:
-            return
-        elapsed = time.monotonic() - self.t0
-        rate = done / elapsed if elapsed > 0 else 0.0
-        eta = (total - done) / rate if rate > 0 and total else None
-        from .tasks import format_eta
-
-        msg = message if message and message != self.label else ""
-        text = f"{self.label} {done}/{total} · {rate:.1f}/s · ETA {format_eta(eta)} {msg}".rstrip()
-        if self.tty:
-            width = 30
-            filled = int(width * done / total) if total else width
-            print(
-                f"\r[{'#' * filled}{'.' * (width - filled)}] {text}\033[K", end="", file=sys.stderr
-            )
-            if done >= total:
-                print(file=sys.stderr)
-        elif done >= total or time.monotonic() - self.last_line > 5:
-            self.last_line = time.monotonic()
-            print(text, file=sys.stderr)
+from .cli_common import (
+    EXIT_FAIL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliError,
+    Progress,
+    err,
+    known_error,
+    print_json,
+)
+from .cli_explain import add_explain_commands
+from .cli_improve import add_improve_commands
+from .cli_workspace import add_workspace_commands
+from .fileio import atomic_file
+from .triage import DEFAULT_THRESHOLD
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
@@ -115,34 +86,6 @@ def _load_models(paths: Sequence[str], device: str):  # noqa: ANN202
     from .models import load_model
 
     return [load_model(p, device=device) for p in paths]
-
-
-def _json_default(o: Any) -> Any:
-    import numpy as np
-
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, default=_json_default, allow_nan=False))
-
-
-def _clean_nan(obj: Any) -> Any:
-    import math
-
-    if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
-        return None
-    if isinstance(obj, dict):
-        return {k: _clean_nan(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_clean_nan(v) for v in obj]
-    return obj
 
 
 # --------------------------------------------------------------------------- commands
@@ -225,66 +168,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         "skipped_unlabelled": ds.skipped_empty,
     }
     if args.json:
-        _print_json(_clean_nan(summary))
+        print_json(summary)
     return EXIT_OK
-
-
-def evaluate_model_on(lm, ds, batch_size: int, workers: int | None, quiet: bool, plot: str | None):  # noqa: ANN001, ANN201
-    """Metrics on every image of ``ds`` with this model (no split)."""
-    import numpy as np
-
-    from .calibration import sigmoid, softmax
-    from .inference import predict_logits
-    from .metrics import evaluate_predictions
-    from .referral import referral_curve
-    from .tasks import TaskState
-    from .uncertainty_stats import entropy
-
-    spec = lm.spec
-    paths = [s.path for s in ds.samples]
-    state = TaskState(Progress("evaluating", quiet=quiet))
-    logits, errors, _ = predict_logits(lm, paths, batch_size, workers, state)
-    ok = ~np.isnan(logits).any(1)
-    y = ds.targets()[ok]
-    z = logits[ok]
-    if spec.task == "multilabel":
-        probs = sigmoid(z / spec.temperature)
-        raw = sigmoid(z)
-    else:
-        probs = softmax(z, spec.temperature)
-        raw = softmax(z, 1.0)
-    volumes = ds.volumes()
-    if volumes:  # volume labels: score each volume by its most suspicious B-scan
-        from .volumes import roll_up_arrays
-
-        owners = [s.volume or f"image:{i}" for i, s in enumerate(ds.samples)]
-        owners = [o for o, good in zip(owners, ok, strict=True) if good]
-        y, probs, raw = roll_up_arrays(owners, y, probs, raw, spec)
-    out = evaluate_predictions(y, probs, spec.task, spec.labels)
-    out["ece_uncalibrated"] = evaluate_predictions(y, raw, spec.task, spec.labels)["ece"]
-    if volumes:
-        out["scored"] = "volumes (each by its most suspicious B-scan)"
-        out["n_volumes"] = len(volumes)
-    out["temperature"] = spec.temperature
-    out["n_errors"] = int((~ok).sum())
-    out["errors"] = [{"path": str(paths[i]), "error": e} for i, e in sorted(errors.items())][:50]
-    if spec.task != "multilabel" and len(y):
-        neg = (
-            0
-            if spec.task == "binary"
-            else (spec.labels.index(spec.negative_label) if spec.negative_label else None)
-        )
-        out["referral_curve"] = referral_curve(
-            y, probs, entropy(probs), spec.task, negative_index=neg
-        )
-        if plot:
-            from .plots import plot_referral_curve
-
-            plot_referral_curve(
-                out["referral_curve"], plot, title=f"{spec.name}: referral curve (n={len(y)})"
-            )
-    out["model"] = {"name": spec.name, "arch": spec.arch, "task": spec.task, "sha256": lm.sha256}
-    return out
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -296,15 +181,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise CliError(f"the data's labels {ds.labels} do not match the model's {spec.labels}")
     if args.part:
         ds = _split_part(ds, spec, args.part)
+    from .evaluate import evaluate_model_on
+    from .tasks import TaskState
+
     (lm,) = _load_models([args.model], args.device)
-    out = evaluate_model_on(
-        lm, ds, args.batch_size, args.workers, args.quiet or args.json, args.plot
-    )
+    state = TaskState(Progress("evaluating", quiet=args.quiet or args.json))
+    out = evaluate_model_on(lm, ds, args.batch_size, args.workers, state, args.plot)
     if args.part:
         out["part"] = args.part
-    out = _clean_nan(out)
     if args.json:
-        _print_json(out)
+        print_json(out)
     else:
         _print_evaluation(out, spec)
     return EXIT_OK
@@ -428,7 +314,8 @@ N_LEADING = 4  # columns before the per-label probabilities
 
 
 def cmd_screen(args: argparse.Namespace) -> int:
-    from .screen import ScreenSettings
+    from .engines import engine_cache_dir
+    from .screen import ScreenSettings, attach_engine
     from .triage import TriagePolicy
     from .volumes import discover_items
 
@@ -456,17 +343,27 @@ def cmd_screen(args: argparse.Namespace) -> int:
         k=args.k,
         quality=not args.no_quality,
         policy=policy,
+        engine=args.engine,
+        engine_cache=engine_cache_dir(args.workspace),
     )
+    models = attach_engine(models, settings)
     if args.workspace:
         volumes = [it for it in items if it.is_volume]
         if volumes:
-            _err(
+            err(
                 f"{len(volumes)} volume(s) left out of the workspace run (e.g. {volumes[0].path}); "
                 "screen them with --out"
             )
         paths = [it.path for it in items if not it.is_volume]
         return _screen_workspace(args, paths, models, settings)
     return _screen_csv(args, items, models, settings)
+
+
+def _runs_on(lm) -> str:  # noqa: ANN001 - LoadedModel
+    """``cpu, onnxruntime``: the device and the engine the backbone ran in."""
+    from .backends import engine_name
+
+    return f"{lm.device.type}, {engine_name(lm)}"
 
 
 def _screen_csv(args, items, models, settings) -> int:  # noqa: ANN001
@@ -483,13 +380,11 @@ def _screen_csv(args, items, models, settings) -> int:  # noqa: ANN001
     n_slices = count_slices(items)
     state = TaskState(Progress("screening", quiet=args.quiet))
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial")
     counts: dict[str, int] = {}
     written = 0
     interrupted = False
     t0 = time.monotonic()
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_file(out, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
         try:
@@ -502,15 +397,14 @@ def _screen_csv(args, items, models, settings) -> int:  # noqa: ANN001
                     counts[r.triage] = counts.get(r.triage, 0) + 1
                 written += len(chunk)
                 f.flush()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # the rows screened so far are still written
             interrupted = True
             state.cancel()
-    os.replace(tmp, out)
     dt = time.monotonic() - t0
     n_volumes = sum(1 for it in items if it.is_volume)
-    _summary(counts, written, len(items), dt, models[0].device.type, out, n_volumes, n_slices)
+    _summary(counts, written, len(items), dt, _runs_on(models[0]), out, n_volumes, n_slices)
     if interrupted:
-        _err(f"interrupted: {written} of {len(items)} rows written to {out}")
+        err(f"interrupted: {written} of {len(items)} rows written to {out}")
         return EXIT_INTERRUPTED
     return EXIT_OK
 
@@ -578,10 +472,12 @@ def _screen_workspace(args, paths, models, settings) -> int:  # noqa: ANN001
     state = TaskState(Progress("screening", quiet=args.quiet))
     t0 = time.monotonic()
     try:
-        report = screen_into_workspace(args.workspace, paths, models, settings, state)
+        report = screen_into_workspace(
+            args.workspace, paths, models, settings, state, actor=args.actor
+        )
     except KeyboardInterrupt:
         state.cancel()
-        _err("interrupted: finished images are saved; run the same command again to resume")
+        err("interrupted: finished images are saved; run the same command again to resume")
         return EXIT_INTERRUPTED
     dt = time.monotonic() - t0
     print(
@@ -590,8 +486,11 @@ def _screen_workspace(args, paths, models, settings) -> int:  # noqa: ANN001
         else "screening every image"
     )
     _summary(
-        report["counts"], report["screened"], len(paths), dt, models[0].device.type, args.workspace
+        report["counts"], report["screened"], len(paths), dt, _runs_on(models[0]), args.workspace
     )
+    activation = report.get("activation") or {}
+    if activation.get("message"):
+        print(activation["message"])
     if args.out:
         from .store import Workspace
 
@@ -608,7 +507,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         d = json.loads(spec.to_json())
         d["sha256"] = file_sha256(args.model)
-        _print_json(d)
+        print_json(d)
         return EXIT_OK
     from .modelcard import model_card_text
 
@@ -622,104 +521,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.out) if args.out else None, quick=args.quick)
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from .store import Workspace
-
-    with Workspace.open(args.workspace, create=False) as ws:
-        n = ws.write_export(args.out, args.format)
-    print(f"exported {n} rows to {args.out}")
-    return EXIT_OK
-
-
-def cmd_review(args: argparse.Namespace) -> int:
-    from .store import Workspace
-
-    with Workspace.open(args.workspace, create=False) as ws:
-        if args.from_csv:
-            n = ws.import_reviews_csv(args.from_csv, default_reviewer=args.reviewer)
-            print(f"recorded {n} reviews from {args.from_csv}")
-            return EXIT_OK
-        if not args.image or not args.reviewer:
-            raise CliError("give IMAGE_PATH, --label and --reviewer (or --from-csv FILE)")
-        if args.action != "ungradable" and not args.label and args.action != "skip":
-            raise CliError("--label is required unless --action is ungradable or skip")
-        labels = [x for x in (args.label or "").split(";") if x]
-        action = args.action or "correct"
-        rid = ws.add_review(
-            str(Path(args.image).resolve()), args.reviewer, labels, action=action, note=args.note
-        )
-        print(
-            f"review {rid} recorded: {args.image} -> {', '.join(labels) or action} by {args.reviewer}"
-        )
-    return EXIT_OK
-
-
-def cmd_agreement(args: argparse.Namespace) -> int:
-    from .store import Workspace
-
-    with Workspace.open(args.workspace, create=False) as ws:
-        out = _clean_nan(ws.agreement())
-    if args.json:
-        _print_json(out)
-        return EXIT_OK
-    if not out.get("pairs") and not out.get("with_ai"):
-        print("no image has been reviewed by two readers (or by a reader and the AI) yet")
-    for p in out.get("pairs", []):
-        k = "n/a" if p["kappa"] is None else f"{p['kappa']:.3f}"
-        print(f"{p['a']} vs {p['b']}: Cohen's kappa {k} on {p['n']} images")
-    for p in out.get("with_ai", []):
-        k = "n/a" if p["kappa"] is None else f"{p['kappa']:.3f}"
-        print(f"{p['reviewer']} vs AI: Cohen's kappa {k} on {p['n']} images")
-    return EXIT_OK
-
-
-def cmd_models(args: argparse.Namespace) -> int:
-    from .store import Workspace
-
-    with Workspace.open(args.workspace, create=False) as ws:
-        rows = ws.models()
-    rows = [
-        {
-            "hash": r["hash"],
-            "name": r.get("name"),
-            "path": r.get("path"),
-            "parent": r.get("parent"),
-            "active": bool(r.get("active")),
-            "created_at": r.get("created_at"),
-            "metrics": r.get("metrics"),
-        }
-        for r in rows
-    ]
-    if args.json:
-        _print_json(rows)
-    else:
-        for r in rows:
-            mark = "*" if r["active"] else " "
-            print(
-                f"{mark} {r['hash'][:12]}  {r['created_at'] or '':<25} {r['name']}  (parent {str(r['parent'])[:12]})"
-            )
-    return EXIT_OK
-
-
-def cmd_rollback(args: argparse.Namespace) -> int:
-    from .store import Workspace
-
-    with Workspace.open(args.workspace, create=False) as ws:
-        matches = [m for m in ws.models() if m["hash"].startswith(args.hash)]
-        if len(matches) != 1:
-            raise CliError(
-                f"{args.hash}: {'no' if not matches else 'more than one'} model version matches"
-            )
-        ws.set_active_model(matches[0]["hash"], actor=args.actor)
-    print(f"active model is now {matches[0]['hash'][:12]} ({matches[0].get('name')})")
-    return EXIT_OK
-
-
 # --------------------------------------------------------------------------- parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .engines import ENGINES
 
     p = argparse.ArgumentParser(
         prog="eyetriage",
@@ -814,7 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--uncertainty", choices=["none", "mc", "mc-full", "tta", "ensemble"])
     sc.add_argument("--k", type=int, help="stochastic passes (default: mc 20, tta 8)")
     sc.add_argument("--policy", choices=["threshold", "conformal"], default="threshold")
-    sc.add_argument("--threshold", type=float, default=0.85)
+    sc.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
     sc.add_argument(
         "--refer-findings", action="store_true", help="every non-normal answer goes to review"
     )
@@ -830,7 +637,19 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--batch-size", type=int, default=32)
     sc.add_argument("--workers", type=int)
     sc.add_argument("--device", default="auto")
+    sc.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="auto",
+        help="CPU inference engine for the backbone (auto: the fastest measured on this "
+        "computer, remembered; a GPU keeps torch)",
+    )
     sc.add_argument("--quiet", action="store_true")
+    sc.add_argument(
+        "--actor",
+        default=os.environ.get("USER", "cli"),
+        help="name recorded in the audit log if the run makes its model the active one",
+    )
     sc.set_defaults(func=cmd_screen)
 
     i = sub.add_parser("info", help="show a model file's description (model card)")
@@ -843,55 +662,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quick", action="store_true", help="smaller and faster")
     d.set_defaults(func=cmd_demo)
 
-    x = sub.add_parser("export", help="write a workspace's results and reviews")
-    x.add_argument("workspace")
-    x.add_argument("--format", choices=["csv", "json"], default="csv")
-    x.add_argument("--out", required=True)
-    x.set_defaults(func=cmd_export)
-
-    r = sub.add_parser("review", help="record a review (or many, --from-csv)")
-    r.add_argument("workspace")
-    r.add_argument("image", nargs="?")
-    r.add_argument("--label", help="label (several separated by ';' for multi-label)")
-    r.add_argument("--reviewer")
-    r.add_argument("--action", choices=["confirm", "correct", "ungradable", "skip"])
-    r.add_argument("--note")
-    r.add_argument("--from-csv", help="CSV with columns path,label,reviewer[,action,note]")
-    r.set_defaults(func=cmd_review)
-
-    a = sub.add_parser("agreement", help="Cohen's kappa between reviewers and with the AI")
-    a.add_argument("workspace")
-    a.add_argument("--json", action="store_true")
-    a.set_defaults(func=cmd_agreement)
-
-    m = sub.add_parser("models", help="list a workspace's model versions")
-    m.add_argument("workspace")
-    m.add_argument("--json", action="store_true")
-    m.set_defaults(func=cmd_models)
-
-    rb = sub.add_parser("rollback", help="make an earlier model version active")
-    rb.add_argument("workspace")
-    rb.add_argument("hash")
-    rb.add_argument("--actor", default=os.environ.get("USER", "cli"))
-    rb.set_defaults(func=cmd_rollback)
-
-    _add_optional_commands(sub)
-    return p
-
-
-def _add_optional_commands(sub: Any) -> None:
-    """Commands whose modules live beside this one (attribution, model improvement)."""
-    try:
-        from .cli_explain import add_explain_commands
-    except ImportError:
-        pass
-    else:
-        add_explain_commands(sub)
-    try:
-        from .cli_improve import add_improve_commands
-    except ImportError:
-        return
+    add_workspace_commands(sub)
+    add_explain_commands(sub)
     add_improve_commands(sub)
+    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -907,26 +681,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        _err("interrupted")
+        err("interrupted")
         return EXIT_INTERRUPTED
     except CliError as e:
-        _err(str(e))
+        err(str(e))
         return EXIT_FAIL
     except Exception as e:  # noqa: BLE001 - every known failure type gets one readable line
-        known = _known_error(e)
+        known = known_error(e)
         if known is None:
             raise
-        _err(known)
+        err(known)
         return EXIT_FAIL
-
-
-def _known_error(e: Exception) -> str | None:
-    names = {c.__name__ for c in type(e).__mro__}
-    if names & {"ModelFileError", "DatasetError", "StoreError", "ImageError", "CliError"}:
-        return str(e)
-    if isinstance(e, ValueError | FileNotFoundError | PermissionError):
-        return str(e)
-    return None
 
 
 if __name__ == "__main__":

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def add_explain_commands(sub: Any) -> None:
@@ -24,8 +26,15 @@ def add_explain_commands(sub: Any) -> None:
         help="for volumes: key (the most suspicious B-scan, default), all, or a 1-based number",
     )
     e.add_argument("--raw", action="store_true", help="also write <stem>_<method>.npy maps")
-    e.add_argument("--layer", help="Grad-CAM layer name (default: found automatically)")
-    e.add_argument("--steps", type=int, default=32, help="Integrated Gradients steps")
+    e.add_argument(
+        "--layer", help="Grad-CAM layer(s): a name, 'last', or 'a+b' (default: chosen per model)"
+    )
+    e.add_argument(
+        "--steps", type=int, default=32, help="Integrated Gradients passes (noise-averaged)"
+    )
+    e.add_argument("--noise-samples", type=int, help="IG noisy copies (0 = plain IG)")
+    e.add_argument("--smooth", type=float, help="display smoothing (share of the image side)")
+    e.add_argument("--no-mask", action="store_true", help="keep colour outside the retina")
     e.add_argument("--internal-batch-size", type=int, default=16, help="IG batch (memory bound)")
     e.add_argument("--alpha", type=float, default=0.45, help="overlay opacity")
     e.add_argument("--device", default="auto")
@@ -38,7 +47,19 @@ def add_explain_commands(sub: Any) -> None:
     v.add_argument("data", help="synthetic set (class folders + _masks/ + labels.csv)")
     v.add_argument("--method", choices=["gradcam", "ig", "occlusion"], default="gradcam")
     v.add_argument("--limit", type=int, default=200, help="at most this many images")
-    v.add_argument("--steps", type=int, default=32, help="Integrated Gradients steps")
+    v.add_argument("--steps", type=int, default=32, help="Integrated Gradients passes")
+    v.add_argument("--noise-samples", type=int, help="IG noisy copies (0 = plain IG)")
+    v.add_argument("--layer", help="Grad-CAM layer(s): a name, 'last', or 'a+b' for a blend")
+    v.add_argument("--smooth", type=float, help="display smoothing (share of the image side)")
+    v.add_argument("--no-mask", action="store_true", help="keep colour outside the retina")
+    v.add_argument(
+        "--compare",
+        action="store_true",
+        help="measure the raw method against each display choice (layers, smoothing, mask)",
+    )
+    v.add_argument(
+        "--curve-steps", type=int, default=20, help="points of the deletion/insertion curves"
+    )
     v.add_argument("--json", action="store_true")
     v.add_argument("--device", default="auto")
     v.set_defaults(func=cmd_explain_eval)
@@ -46,10 +67,13 @@ def add_explain_commands(sub: Any) -> None:
 
 def _method_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if args.method == "ig":
-        return {
+        kw: dict[str, Any] = {
             "n_steps": args.steps,
-            "internal_batch_size": getattr(args, "internal_batch_size", 8),
+            "internal_batch_size": getattr(args, "internal_batch_size", 16),
         }
+        if getattr(args, "noise_samples", None) is not None:
+            kw["noise_samples"] = args.noise_samples
+        return kw
     if args.method == "gradcam" and getattr(args, "layer", None):
         return {"layer": args.layer}
     return {}
@@ -73,9 +97,24 @@ def _chosen_slices(lm, item, choice: str) -> list[int]:  # noqa: ANN001
     return [k - 1]
 
 
+def _display(args: argparse.Namespace) -> Any:
+    """The :class:`engine.explain.Display` the options ask for (``None``: the default)."""
+    from .explain import DEFAULT_DISPLAY, Display
+
+    if args.smooth is None and not args.no_mask:
+        return None
+    base = DEFAULT_DISPLAY.get(args.method, Display())
+    return Display(
+        smooth=base.smooth if args.smooth is None else args.smooth,
+        mask=base.mask and not args.no_mask,
+    )
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
-    from .explain import explain_file, load_display_image, render_explanation
-    from .images import ImageError
+    import numpy as np
+
+    from .explain import explain_file, render_explanation
+    from .images import ImageError, load_display_image
     from .models import load_model
     from .overlay import save_png
     from .volumes import discover_items
@@ -110,7 +149,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
             continue
         for source, stem, where in jobs:
             try:
-                exp = explain_file(lm, source, args.method, target=args.target, **kw)
+                exp = explain_file(
+                    lm, source, args.method, target=args.target, display=_display(args), **kw
+                )
                 original = load_display_image(source)
             except ImageError as e:
                 print(f"skipped {e}")
@@ -123,9 +164,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
             if args.raw:
                 np.save(out / f"{stem}_{args.method}.npy", exp.map_on_original().astype(np.float32))
             done += 1
+            note = ", no colour outside the retina" if exp.masked else ""
             print(
                 f"{item.path.name}{where}: {args.method} for '{exp.target_label}' "
-                f"(p={exp.probability:.2f})"
+                f"(p={exp.probability:.2f}{note})"
             )
     dt = time.monotonic() - t0
     print(
@@ -136,6 +178,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def _mask_in_model_frame(mask_path: Path, box: tuple[float, ...], size: int) -> np.ndarray:
     """The finding mask cut and scaled exactly like the model's input square."""
+    import numpy as np
     from PIL import Image
 
     with Image.open(mask_path) as m:
@@ -146,13 +189,62 @@ def _mask_in_model_frame(mask_path: Path, box: tuple[float, ...], size: int) -> 
         return np.asarray(canvas.resize((size, size), Image.NEAREST)) > 127
 
 
+def _eval_variants(
+    args: argparse.Namespace, lm: Any
+) -> tuple[dict[str, dict[str, Any]], list[tuple[str, str, Any]]]:
+    """What ``explain-eval`` measures: raw maps to compute (name -> method options) and the
+    displayed variants (name, raw map used, :class:`engine.explain.Display`)."""
+    from .attribution import default_gradcam_layers, feature_stages
+    from .explain import DEFAULT_DISPLAY, RAW, Display
+
+    kw = _method_kwargs(args)
+    chosen = DEFAULT_DISPLAY.get(args.method, Display())
+    if args.smooth is not None or args.no_mask:
+        chosen = Display(
+            smooth=chosen.smooth if args.smooth is None else args.smooth,
+            mask=chosen.mask and not args.no_mask,
+        )
+    if not args.compare:
+        return {"map": kw}, [("display", "map", chosen)]
+    size = (lm.spec.input_size, lm.spec.input_size)
+    if args.method == "gradcam":
+        stages = [name for name, _ in feature_stages(lm.net, size)]
+        computes: dict[str, dict[str, Any]] = {"last": {"layer": "last"}}
+        if len(stages) >= 2:
+            computes[stages[-2]] = {"layer": stages[-2]}
+            computes["blend"] = {"layer": f"{stages[-2]}+{stages[-1]}"}
+        default = "+".join(default_gradcam_layers(lm.net, size))
+        variants = [(f"raw {name}", name, RAW) for name in computes]
+        variants += [(f"masked {name}", name, Display(0.0, True)) for name in computes]
+        variants.append(("last, smooth 0.03", "last", Display(0.03, False)))
+        variants.append((f"display (default layers {default})", "default", chosen))
+        computes["default"] = {"layer": None}
+        return computes, variants
+    if args.method == "ig":
+        steps = args.steps
+        computes = {
+            f"plain {steps} steps": {"n_steps": steps, "noise_samples": 0},
+            f"noise-averaged {steps} passes": {"n_steps": steps, "noise_samples": 4},
+        }
+        plain, noisy = list(computes)
+        variants = [("raw " + name, name, RAW) for name in computes]
+        variants.append((f"{plain}, smooth 0.02", plain, Display(0.02, False)))
+        for sm in (0.01, 0.02, 0.04):
+            variants.append((f"{noisy}, smooth {sm:g}", noisy, Display(sm, False)))
+        variants.append((f"{plain}, masked", plain, Display(0.0, True)))
+        variants.append((f"display ({plain}, {chosen.key()})", plain, chosen))
+        return computes, variants
+    return {"map": kw}, [("raw", "map", RAW), ("display", "map", chosen)]
+
+
 def cmd_explain_eval(args: argparse.Namespace) -> int:
     import csv
 
+    import numpy as np
     import torch
 
-    from .explain import explain_file
-    from .faithfulness import deletion_auc, mass_in_mask, pointing_game
+    from .explain import RAW, display_map, explain_file, retina_mask
+    from .faithfulness import faithfulness_scores
     from .images import decode_for_model
     from .models import load_model
 
@@ -169,55 +261,89 @@ def cmd_explain_eval(args: argparse.Namespace) -> int:
     if not rows:
         print("eyetriage: no image with a finding mask and a label this model knows")
         return 1
-    kw = _method_kwargs(args)
-    hits, masses, dels, areas = [], [], [], []
-    per_label: dict[str, list[tuple[bool, float, float]]] = {}
-    t0 = time.monotonic()
-    for r in rows:
+    computes, variants = _eval_variants(args, lm)
+    scores: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in variants}
+    labels_of: list[str] = []
+    areas: list[float] = []
+    seconds: dict[str, float] = dict.fromkeys(computes, 0.0)
+    for i, r in enumerate(rows):
+        if not args.json or args.compare:
+            print(f"  {i + 1}/{len(rows)} {r['file']}", file=sys.stderr, flush=True)
         path = root / r["file"]
         target = spec.labels.index(r["label"])
-        exp = explain_file(lm, path, args.method, target=target, **kw)
-        mask = _mask_in_model_frame(root / r["mask"], exp.crop_box, spec.input_size)
-        if not mask.any():
-            continue
         dec = decode_for_model(path, spec.input_size, spec.modality, spec.preprocessing)
+        raws: dict[str, Any] = {}
+        for cname, ckw in computes.items():
+            t0 = time.monotonic()
+            raws[cname] = explain_file(lm, path, args.method, target=target, display=RAW, **ckw)
+            seconds[cname] += time.monotonic() - t0
+        box = next(iter(raws.values())).crop_box
+        finding = _mask_in_model_frame(root / r["mask"], box, spec.input_size)
+        if not finding.any():
+            continue
+        retina = retina_mask(dec.array, spec.modality)
         x = lm.normalise(torch.from_numpy(np.array(dec.array[None]))).float().contiguous()
-        areas.append(float(mask.mean()))
-        hits.append(bool(pointing_game(exp.amap, mask)))
-        masses.append(float(mass_in_mask(exp.amap, mask)))
-        per_label.setdefault(r["label"], []).append((hits[-1], masses[-1], areas[-1]))
-        dels.append(
-            float(
-                deletion_auc(
-                    lm.net, x, exp.amap, target, task=spec.task, mean=spec.mean, std=spec.std
+        areas.append(float(finding.mean()))
+        labels_of.append(r["label"])
+        for name, cname, display in variants:
+            amap = display_map(raws[cname].amap, display, retina)
+            scores[name].append(
+                faithfulness_scores(
+                    lm.net,
+                    x,
+                    amap,
+                    finding,
+                    target,
+                    spec.task,
+                    spec.mean,
+                    spec.std,
+                    steps=args.curve_steps,
                 )
             )
-        )
-    out = {
+    n = len(areas)
+    keys = ("pointing_game", "mass_in_mask", "deletion_auc", "insertion_auc")
+
+    def summary(items: list[dict[str, float]]) -> dict[str, float | None]:
+        return {k: float(np.mean([it[k] for it in items])) if items else None for k in keys}
+
+    main_name = variants[-1][0]
+    main = scores[main_name]
+    per_label: dict[str, Any] = {}
+    for lab in sorted(set(labels_of)):
+        idx = [i for i, v in enumerate(labels_of) if v == lab]
+        per_label[lab] = {
+            "n": len(idx),
+            **{k: v for k, v in summary([main[i] for i in idx]).items() if k != "insertion_auc"},
+            "mean_mask_area": float(np.mean([areas[i] for i in idx])),
+        }
+    out: dict[str, Any] = {
         "method": args.method,
-        "n": len(hits),
-        "pointing_game": float(np.mean(hits)) if hits else None,
-        "mass_in_mask": float(np.mean(masses)) if masses else None,
-        "deletion_auc": float(np.mean(dels)) if dels else None,
+        "n": n,
+        **summary(main),
         # the share of the image the masks cover: what mass_in_mask would be by chance
         "mean_mask_area": float(np.mean(areas)) if areas else None,
-        "per_label": {
-            lab: {
-                "n": len(v),
-                "pointing_game": float(np.mean([h for h, _, _ in v])),
-                "mass_in_mask": float(np.mean([m for _, m, _ in v])),
-                "mean_mask_area": float(np.mean([a for _, _, a in v])),
-            }
-            for lab, v in sorted(per_label.items())
-        },
-        "seconds_per_image": (time.monotonic() - t0) / max(1, len(hits)),
+        "per_label": per_label,
+        "seconds_per_image": sum(seconds.values()) / max(1, n),
         "model": {"name": spec.name, "arch": spec.arch, "sha256": lm.sha256},
     }
+    if args.compare:
+        out["compare"] = {name: summary(scores[name]) for name, _, _ in variants}
+        out["seconds_per_image_by_map"] = {k: v / max(1, n) for k, v in seconds.items()}
     if args.json:
         print(json.dumps(out, indent=2))
-    else:
-        print(
-            f"{args.method}: n={out['n']}  pointing game {out['pointing_game']:.3f}  "
-            f"mass in mask {out['mass_in_mask']:.3f}  deletion AUC {out['deletion_auc']:.3f}"
-        )
+        return 0
+    if args.compare:
+        print(f"{args.method} on {n} images (mean finding area {out['mean_mask_area']:.3f})")
+        print(f"  {'variant':<52} {'pointing':>8} {'mass':>6} {'delet.':>6} {'insert.':>7}")
+        for name, res in out["compare"].items():
+            print(
+                f"  {name:<52} {res['pointing_game']:8.3f} {res['mass_in_mask']:6.3f} "
+                f"{res['deletion_auc']:6.3f} {res['insertion_auc']:7.3f}"
+            )
+        return 0
+    print(
+        f"{args.method}: n={n}  pointing game {out['pointing_game']:.3f}  "
+        f"mass in mask {out['mass_in_mask']:.3f}  deletion AUC {out['deletion_auc']:.3f}  "
+        f"insertion AUC {out['insertion_auc']:.3f}"
+    )
     return 0

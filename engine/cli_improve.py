@@ -9,6 +9,8 @@ import os
 import sys
 from typing import Any
 
+from .cli_common import EXIT_INTERRUPTED, CliError, print_json
+
 
 def add_improve_commands(sub: Any) -> None:
     p = sub.add_parser(
@@ -21,7 +23,8 @@ def add_improve_commands(sub: Any) -> None:
     p.add_argument(
         "--accept-if-better",
         action="store_true",
-        help="make the new version active only if audit-set balanced accuracy rises",
+        help="make the new version active only if the comparison recommends it (a real rise "
+        "in audit balanced accuracy, enough audit images, no more missed disease)",
     )
     p.add_argument(
         "--self-learning",
@@ -84,33 +87,25 @@ def _printer(quiet: bool):  # noqa: ANN202
 
 
 def decide_acceptance(result: dict) -> tuple[bool, str]:
-    """Accept only when audit-set balanced accuracy rises (a tie is not an improvement)."""
-    b = _num((result.get("before") or {}).get("balanced_accuracy"))
-    a = _num((result.get("after") or {}).get("balanced_accuracy"))
-    if not result.get("n_audit"):
-        return False, "not accepted: the audit set is empty, so the new version cannot be judged"
-    if a is None or b is None:
-        return False, "not accepted: balanced accuracy on the audit set is undefined"
-    if a > b:
-        return True, f"accepted: audit-set balanced accuracy rose from {b:.3f} to {a:.3f}"
-    word = "stayed at" if a == b else "fell from"
-    detail = f"{b:.3f}" if a == b else f"{b:.3f} to {a:.3f}"
-    return False, f"not accepted: audit-set balanced accuracy {word} {detail}"
+    """Accept only when the engine's comparison recommends the new version (one rule)."""
+    from .improve import judge
+
+    verdict = judge(result)
+    word = "accepted" if verdict.recommend else "not accepted"
+    return verdict.recommend, f"{word}: {verdict.text()}"
 
 
 def cmd_improve(args: argparse.Namespace) -> int:
-    from .cli import CliError
     from .improve import ImproveError
 
     try:
         return _run_improve(args)
-    except ImproveError as e:
-        raise CliError(str(e)) from None
+    except ImproveError as e:  # one line on the terminal
+        raise CliError(" ".join(str(e).split())) from None
 
 
 def _run_improve(args: argparse.Namespace) -> int:
-    from .cli import EXIT_INTERRUPTED, CliError, _clean_nan, _print_json
-    from .improve import ImproveConfig, ImproveProcess, accept, review_status
+    from .improve import ImproveCancelled, ImproveConfig, ImproveProcess, accept, review_status
 
     cfg = ImproveConfig(
         epochs=args.epochs,
@@ -144,8 +139,9 @@ def _run_improve(args: argparse.Namespace) -> int:
     proc.start()
     try:
         result = proc.wait()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ImproveCancelled):
         proc.cancel()
+        proc.join(30)
         print("eyetriage: cancelled; nothing was changed", file=sys.stderr)
         return EXIT_INTERRUPTED
     accepted, reason = False, "not accepted: run with --accept-if-better, or use accept-model"
@@ -155,27 +151,41 @@ def _run_improve(args: argparse.Namespace) -> int:
             accept(args.workspace, result["model"], args.actor)
     out = {**result, "accepted": accepted, "reason": reason}
     if args.json:
-        _print_json(_clean_nan(out))
+        print_json(out)
     else:
-        b, a = result["before"], result["after"]
-        print(
-            f"new version {result['model'][:12]} ({result['strategy']}, {result['seconds']:.0f} s)"
-        )
-        print(f"audit set: {result['n_audit']} images")
-        for key in ("accuracy", "balanced_accuracy", "review_workload"):
-            print(f"  {key:<18} {_fmt(b.get(key))} -> {_fmt(a.get(key))}")
-        print(f"  {len(result['changed'])} audit images changed their answer")
-        print(reason)
+        _print_result(result, reason)
     return 0
 
 
+def _print_result(result: dict, reason: str) -> None:
+    """The comparison in the order a clinician reads it: missed disease first."""
+    from .improve import judge
+
+    verdict = judge(result)
+    ev = verdict.evidence
+    b, a = result["before"], result["after"]
+    print(f"new version {result['model'][:12]} ({result['strategy']}, {result['seconds']:.0f} s)")
+    print(f"audit set: {result['n_audit']} images")
+    if ev.get("missed_before") is not None:
+        print(
+            f"  missed disease     {ev['missed_before']} -> {ev['missed_after']} of "
+            f"{ev['findings']} images with a finding (called '{ev['negative_label']}')"
+        )
+    for key in ("balanced_accuracy", "accuracy", "sensitivity", "specificity", "review_workload"):
+        if b.get(key) is not None or a.get(key) is not None:
+            print(f"  {key:<18} {_fmt(b.get(key))} -> {_fmt(a.get(key))}")
+    print(f"  {len(result['changed'])} audit images changed their answer")
+    if verdict.workload:
+        print(verdict.workload)
+    print(reason)
+
+
 def cmd_history(args: argparse.Namespace) -> int:
-    from .cli import _clean_nan, _print_json
     from .improve import model_history
 
     rows = model_history(args.workspace)
     if args.json:
-        _print_json(_clean_nan(rows))
+        print_json(rows)
         return 0
     for r in rows:
         m = r.get("metrics") or {}
@@ -188,7 +198,6 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_decide(args: argparse.Namespace) -> int:
-    from .cli import CliError
     from .improve import ImproveError, accept, reject
 
     try:

@@ -40,6 +40,7 @@ def create_demo_workspace(
     model is registered and made active. Screening is left to the caller (the desktop runs
     it in the background with progress).
     """
+    from .activation import register_model
     from .modelfile import file_sha256, read_spec
     from .store import Workspace
     from .synth import synthesize
@@ -56,18 +57,7 @@ def create_demo_workspace(
     ws_dir = parent / "workspace"
     spec = read_spec(model_path)
     with Workspace.open(ws_dir) as ws:
-        import json
-
-        ws.register_model(
-            file_sha256(model_path),
-            model_path,
-            spec.name,
-            parent=spec.provenance.get("parent"),
-            created_at=spec.provenance.get("created_at"),
-            metrics=spec.metrics,
-            description=json.loads(spec.to_json()),
-            activate=ws.active_model() is None,
-        )
+        register_model(ws, file_sha256(model_path), model_path, spec)
     return {"workspace": ws_dir, "images": images, "model": model_path}
 
 
@@ -144,11 +134,9 @@ def run_demo(out: Path | None = None, quick: bool = False) -> int:
     print("3. evaluating on a fresh synthetic set ...")
     synthesize(root / "eval", "fundus", n=48 if quick else 120, seed=12, size=256, difficulty=0.4)
     lm = load_model(res.path)
-    from .cli import evaluate_model_on
+    from .evaluate import evaluate_model_on
 
-    ev = evaluate_model_on(
-        lm, load_folder_dataset(root / "eval", label_order=lm.spec.labels), 32, None, True, None
-    )
+    ev = evaluate_model_on(lm, load_folder_dataset(root / "eval", label_order=lm.spec.labels))
     print(
         f"   n={ev['n']}  accuracy {ev['accuracy']:.3f}  balanced accuracy {ev['balanced_accuracy']:.3f}"
         f"  AUC {ev['auc']:.3f}  ECE {ev['ece']:.3f} (uncalibrated {ev['ece_uncalibrated']:.3f})"

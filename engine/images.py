@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -276,6 +275,14 @@ def _refuse_volume(path: Source, im: Image.Image) -> None:
         )
 
 
+def load_display_image(path: str | Source, longest: int | None = None) -> Image.Image:
+    """The original image, oriented, as RGB, reduced to ``longest`` pixels if larger (for
+    showing it; the model's input comes from :func:`decode_for_model`)."""
+    im, _ = open_image(path, min_side=None)
+    rgb = to_rgb(im)
+    return _fit(rgb, longest) if longest else rgb
+
+
 def _decode_fundus(path: Source, size: int, prep: Preprocessing, want_analysis: bool) -> Decoded:
     from . import fundus
 
@@ -343,11 +350,3 @@ def _fit(im: Image.Image, longest: int) -> Image.Image:
         return im
     s = longest / max(im.size)
     return im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))), Image.BILINEAR)
-
-
-def image_stats(paths: Iterable[Path]) -> dict[str, int]:
-    """Counts by extension, for summaries."""
-    counts: dict[str, int] = {}
-    for p in paths:
-        counts[p.suffix.lower()] = counts.get(p.suffix.lower(), 0) + 1
-    return counts

@@ -123,10 +123,6 @@ def merge(net: nn.Module) -> nn.Module:
     return net
 
 
-def is_adapter(spec: ModelSpec) -> bool:
-    return bool((spec.provenance or {}).get("lora"))
-
-
 def find_base(base_hash: str, adapter_path: Path, search: Sequence[Path] = ()) -> Path:
     """The base model file with sha256 ``base_hash``.
 
@@ -134,9 +130,11 @@ def find_base(base_hash: str, adapter_path: Path, search: Sequence[Path] = ()) -
     then beside the adapter file, then in ``search``. Raises :class:`ModelFileError`.
     """
     candidates: list[Path] = []
-    ws_root = adapter_path.parent.parent
-    if (ws_root / "workspace.sqlite").is_file():
-        candidates += _registered_path(ws_root, base_hash)
+    from .store import registered_model_path
+
+    registered = registered_model_path(adapter_path.parent.parent, base_hash)
+    if registered is not None:
+        candidates.append(registered)
     folders = [adapter_path.parent, *(Path(s) for s in search)]
     for folder in folders:
         files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
@@ -155,20 +153,6 @@ def find_base(base_hash: str, adapter_path: Path, search: Sequence[Path] = ()) -
         f"{adapter_path.name}: a LoRA adapter whose base model (sha256 {base_hash[:12]}) is "
         "missing; put the base model file beside the adapter or register it in the workspace"
     )
-
-
-def _registered_path(ws_root: Path, base_hash: str) -> list[Path]:
-    import sqlite3
-
-    try:
-        conn = sqlite3.connect(f"file:{ws_root / 'workspace.sqlite'}?mode=ro", uri=True)
-        try:
-            row = conn.execute("SELECT path FROM models WHERE hash = ?", (base_hash,)).fetchone()
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return []
-    return [Path(row[0])] if row and row[0] else []
 
 
 def join_with_base(

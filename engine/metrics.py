@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from .jsonable import to_jsonable
+
 TASKS = ("multiclass", "binary", "multilabel", "ordinal")
 SINGLE_LABEL_TASKS = ("multiclass", "binary", "ordinal")
 KAPPA_WEIGHTS = (None, "linear", "quadratic")
@@ -308,24 +310,6 @@ def balanced_accuracy(y_true: Any, y_pred: Any, n_classes: int) -> float:
     if not present.any():
         return math.nan
     return float(np.mean(np.diag(cm)[present] / support[present]))
-
-
-def to_jsonable(value: Any) -> Any:
-    """Recursively convert numpy scalars/arrays to Python and NaN/inf to None (valid JSON)."""
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return to_jsonable(value.tolist())
-    if isinstance(value, np.bool_ | bool):
-        return bool(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, float | np.floating):
-        f = float(value)
-        return f if math.isfinite(f) else None
-    return value
 
 
 def evaluate_predictions(

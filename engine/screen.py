@@ -8,7 +8,7 @@ and the desktop fills its worklist without waiting for the whole run; it takes a
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,8 @@ from .inference import model_decoder
 from .models import LoadedModel
 from .pipeline import iter_decoded_batches
 from .tasks import TaskState
-from .triage import TriagePolicy, decide
-from .uncertainty import METHODS, sample
+from .triage import TriagePolicy, read_answer, triage_answer
+from .uncertainty import METHODS, check_method, sample
 
 DEFAULT_K = {"none": 1, "mc": 20, "mc-full": 10, "tta": 8, "ensemble": 1}
 
@@ -36,8 +36,15 @@ class ScreenSettings:
     amp: bool = True
     quality: bool = True
     policy: TriagePolicy = field(default_factory=TriagePolicy)
+    # CPU inference engine for the backbone (see engine.backends); a GPU always keeps torch
+    engine: str = "auto"
+    # where exported backbones are cached: a workspace's cache, else the user cache folder
+    engine_cache: str | Path | None = None
 
     def __post_init__(self) -> None:
+        from .engines import check_engine
+
+        check_engine(self.engine)
         if self.uncertainty not in METHODS:
             raise ValueError(
                 f"unknown uncertainty method {self.uncertainty!r}; choose from {', '.join(METHODS)}"
@@ -91,9 +98,6 @@ class ScreenResult:
     slices: list[ScreenResult] | None = None  # a volume's slice results, in order
     facts: dict[str, Any] | None = None  # patient, eye, date... as the file says
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 def check_ensemble(models: Sequence[LoadedModel]) -> None:
     """Models averaged together must agree on task, labels and input."""
@@ -133,6 +137,8 @@ def screen(
     if not models:
         raise ValueError("no model given")
     check_ensemble(models)
+    check_method(models, settings.uncertainty)
+    models = attach_engine(models, settings) if paths else models
     lm = models[0]
     spec = lm.spec
     multilabel = spec.task == "multilabel"
@@ -176,6 +182,20 @@ def screen(
         state.progress(batch.stop, total, "screening")
 
 
+def attach_engine(models: Sequence[LoadedModel], settings: ScreenSettings) -> list[LoadedModel]:
+    """The models with their backbones on the settings' engine (copies; the callers' models
+    keep their torch networks for attribution). Full-network MC dropout needs dropout inside
+    the backbone, so it stays on torch."""
+    from .backends import prepare
+
+    if settings.uncertainty == "mc-full":
+        return list(models)
+    return [
+        prepare(m, settings.engine, settings.engine_cache, settings.batch_size, settings.amp)
+        for m in models
+    ]
+
+
 def _quality_gate(d: Decoded) -> None:
     """Runs in the decode thread: the quality gate costs no time on the model's thread."""
     from .quality import assess_quality
@@ -200,51 +220,22 @@ def _result(
 ) -> ScreenResult:
     labels = spec.labels
     p = {lab: round(float(v), 6) for lab, v in zip(labels, probs, strict=True)}
-    multilabel = spec.task == "multilabel"
-    thresholds = spec.thresholds.get("labels", {}) if spec.thresholds else {}
-    uncertain: list[str] | None = None
-    if multilabel:
-        present = [lab for lab in labels if p[lab] >= thresholds.get(lab, 0.5)]
-        label = ";".join(present) if present else (spec.negative_label or "none")
-        confidence = float(np.min(np.maximum(probs, 1 - probs)))
-        uncertain = [
-            spec.display(lab) for lab, v in p.items() if max(v, 1 - v) < settings.policy.threshold
-        ]
-        display = ", ".join(spec.display(x) for x in present) or "no finding"
-    else:
-        top = int(np.argmax(probs))
-        if spec.task == "ordinal":  # median grade of the predicted distribution
-            top = int(np.searchsorted(np.cumsum(probs), 0.5))
-            top = min(top, len(labels) - 1)
-        label = labels[top]
-        confidence = float(probs[top])
-        display = spec.display(label)
+    answer = read_answer(spec, probs, settings.policy.threshold)
     cset = [labels[c] for c in np.flatnonzero(set_row)] if set_row is not None else None
-    ood_thr = spec.ood.get("threshold") if spec.ood else None
-    is_ood = ood_score is not None and ood_thr is not None and ood_score > ood_thr
     ood_reason = None
     if spec.modality == "oct" and dec.fov_found:
-        is_ood = True
         ood_reason = "looks like a fundus photograph (circular field of view), not an OCT scan"
     q = dec.quality
-    q_ok = None if q is None else bool(q.get("ok", True))
-    state, reason = decide(
-        error=None,
-        label=label,
-        display=display,
-        confidence=confidence,
+    is_ood, state, reason = triage_answer(
+        spec,
+        answer,
         conformal_set=cset,
-        set_display=[spec.display(c) for c in cset] if cset else None,
-        quality_ok=q_ok,
-        quality_reasons=None if q is None else q.get("reasons"),
-        ood=is_ood,
         ood_score=ood_score,
-        ood_threshold=ood_thr,
-        ood_reason=ood_reason,
-        negative_label=spec.negative_label,
-        multilabel_uncertain=uncertain if multilabel else None,
+        quality=q,
         policy=settings.policy,
+        ood_reason=ood_reason,
     )
+    label, display, confidence = answer.label, answer.display, answer.confidence
     ent = float(stats["entropy"][j])
     mi = float(stats["mutual_info"][j])
     words = describe(
@@ -265,7 +256,7 @@ def _result(
         ood_score=None if ood_score is None else round(ood_score, 4),
         ood=is_ood,
         quality=q,
-        quality_ok=q_ok,
+        quality_ok=None if q is None else bool(q.get("ok", True)),
         triage=state,
         triage_reason=reason,
         uncertainty_method=settings.uncertainty,
@@ -285,7 +276,3 @@ def screen_all(
     for chunk in screen(paths, models, settings, state):
         out.extend(chunk)
     return out
-
-
-def rate_line(state: TaskState, device: str) -> str:
-    return f"{state.done}/{state.total} · {state.rate():.1f} img/s · {device}"

@@ -1,9 +1,11 @@
 """``eyetriage --self-test``: prove an installation (or a frozen bundle) works, headless.
 
 Each step exercises one thing that breaks in a badly packaged application: torchvision's
-compiled operators, the demo model and timm, screening into a workspace, Grad-CAM (captum),
+compiled operators, the demo model and timm, screening into a workspace through ONNX Runtime
+(export, engine, same answers as torch), Grad-CAM (captum),
 reviewing and exporting, the fine-tuning libraries and their version checks, the DICOM
-decoders (found by entry point, easily lost in a bundle), and Qt offscreen. Everything runs on synthetic images in a temporary folder that is removed
+decoders (found by entry point, easily lost in a bundle), and Qt offscreen. Everything runs
+on synthetic images in a temporary folder that is removed
 afterwards. One line per step is printed; the exit code is 0 only when every step passed.
 
 The Qt step lives in :mod:`desktop.selftest_gui` and is imported by name, only when the
@@ -145,20 +147,43 @@ def _synthesise(st: SelfTest, root: Path) -> str:
 
 
 def _screen(st: SelfTest, root: Path) -> str:
-    from .screen import ScreenSettings
+    """Screen into a workspace through ONNX Runtime (the CPU engine most clinics run), and
+    check its answers against torch at full precision; a GPU keeps torch."""
+    from .backends import engine_name, prepare
+    from .engines import engine_cache_dir
+    from .screen import ScreenSettings, screen_all
     from .workspace_screen import screen_into_workspace
 
-    settings = ScreenSettings(batch_size=N_IMAGES, device=st.device)
-    report = screen_into_workspace(
-        root / "workspace", st.state["images"], [st.state["model"]], settings
+    lm = st.state["model"]
+    folder = root / "workspace"
+    engine = "onnxruntime" if lm.device.type == "cpu" else "torch"
+    settings = ScreenSettings(
+        batch_size=N_IMAGES, device=st.device, engine=engine, engine_cache=engine_cache_dir(folder)
     )
+    on_engine = prepare(lm, engine, settings.engine_cache, N_IMAGES, settings.amp)
+    if engine_name(on_engine) != engine:
+        raise RuntimeError(f"the {engine} engine could not run the model (see the log)")
+    report = screen_into_workspace(folder, st.state["images"], [on_engine], settings)
     if report.get("status") != "finished" or report.get("screened") != N_IMAGES:
         raise RuntimeError(
             f"screening {report.get('status')}: {report.get('screened')} of {N_IMAGES} images"
         )
-    st.state["workspace"] = root / "workspace"
+    st.state["workspace"] = folder
     counts = ", ".join(f"{k} {v}" for k, v in sorted(report["counts"].items()))
-    return f"{N_IMAGES} images screened ({counts})"
+    detail = f"{N_IMAGES} images screened with {engine} ({counts})"
+    if engine != "torch":
+        reference = ScreenSettings(batch_size=N_IMAGES, engine="torch", amp=False)
+        ref = screen_all(st.state["images"], [lm], reference)
+        got = screen_all(st.state["images"], [on_engine], settings)
+        diff = max(
+            abs(a.probabilities[k] - b.probabilities[k])
+            for a, b in zip(ref, got, strict=True)
+            for k in a.probabilities
+        )
+        if diff > 1e-4 or [r.triage for r in ref] != [r.triage for r in got]:
+            raise RuntimeError(f"{engine} answers differ from torch fp32 (largest {diff:.2g})")
+        detail += f", same answers as torch fp32 (largest difference {diff:.1g})"
+    return detail
 
 
 def _explain(st: SelfTest) -> str:

@@ -57,10 +57,6 @@ class TaskState:
         elapsed = time.monotonic() - self.started
         return self.done / elapsed if elapsed > 0 else 0.0
 
-    def eta_seconds(self) -> float | None:
-        r = self.rate()
-        return (self.total - self.done) / r if r > 0 and self.total else None
-
 
 def format_eta(seconds: float | None) -> str:
     if seconds is None:

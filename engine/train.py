@@ -6,7 +6,6 @@ augmentation then runs batch-wise on tensors, which is far cheaper than decoding
 
 from __future__ import annotations
 
-import copy
 import math
 import random
 import time
@@ -18,16 +17,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
 from .data import DatasetError, LabelledSet, split_indices
+from .fit import FitConfig, fit, make_loss, predict_arrays
 from .images import decode_for_model
 from .modelfile import ModelSpec, Preprocessing, save_model_file
-from .models import autocast_for, create_network, load_init_weights, pick_device
+from .models import create_network, load_init_weights, pick_device
 from .pipeline import iter_decoded_batches
-from .tasks import Cancelled, TaskState, format_eta
+from .tasks import Cancelled, TaskState
 
 Log = Callable[[str], None]
 
@@ -120,142 +119,6 @@ def decode_set(
     return arrays[ok], targets[ok], problems
 
 
-class Augmenter:
-    """Training-only augmentation on uint8 NHWC batches, done as one affine warp per image.
-
-    Random resized crop (scale 0.75–1), small rotation (±15°), horizontal flip (and vertical
-    flip for fundus), brightness/contrast/saturation jitter.
-    """
-
-    def __init__(self, modality: str, generator: torch.Generator) -> None:
-        self.modality = modality
-        self.g = generator
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """(N,3,H,W) float in [0,255] -> augmented, same shape."""
-        n = x.shape[0]
-        g = self.g
-
-        def u(lo: float, hi: float) -> torch.Tensor:
-            return lo + (hi - lo) * torch.rand(n, generator=g)
-
-        angle = (
-            u(-15, 15) * math.pi / 180 if self.modality == "fundus" else u(-5, 5) * math.pi / 180
-        )
-        scale = torch.sqrt(u(0.75, 1.0))
-        flip_h = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
-        flip_v = (
-            torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
-            if self.modality == "fundus"
-            else torch.ones(n)
-        )
-        max_shift = 1 - scale
-        tx, ty = u(-1, 1) * max_shift, u(-1, 1) * max_shift
-        cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
-        theta = torch.stack(
-            [
-                torch.stack([cos * flip_h, -sin, tx], 1),
-                torch.stack([sin * flip_h * flip_v, cos * flip_v, ty], 1),
-            ],
-            1,
-        ).to(x)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        b = u(0.8, 1.2).view(n, 1, 1, 1).to(x)
-        c = u(0.8, 1.2).view(n, 1, 1, 1).to(x)
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        x = (x - mean) * c + mean * b
-        if self.modality == "fundus":
-            s = u(0.9, 1.1).view(n, 1, 1, 1).to(x)
-            grey = x.mean(dim=1, keepdim=True)
-            x = (x - grey) * s + grey
-        return x.clamp(0, 255)
-
-
-def make_loss(task: str, targets: np.ndarray, n_out: int, ordinal_weight: float) -> nn.Module:
-    """Class-balanced loss: weighted CE, ordinal CE + expected squared grade error, or BCE."""
-    if task == "multilabel":
-        t = targets.reshape(len(targets), -1).astype(np.float64)
-        pos = t.sum(0)
-        pos_weight = torch.tensor(np.clip((len(t) - pos) / np.maximum(pos, 1), 0.1, 10.0)).float()
-        return nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    counts = np.bincount(targets.astype(int), minlength=n_out).astype(np.float64)
-    w = np.where(counts > 0, len(targets) / (n_out * np.maximum(counts, 1)), 0.0)
-    weight = torch.tensor(w / w[counts > 0].mean()).float()
-    if task == "ordinal":
-        return OrdinalLoss(weight, ordinal_weight)
-    return nn.CrossEntropyLoss(weight=weight)
-
-
-class OrdinalLoss(nn.Module):
-    """Cross-entropy plus the expected squared distance between predicted and true grade.
-
-    The second term punishes "PDR called none" far more than "PDR called NPDR", which is
-    what quadratic weighted kappa measures; the output stays a class distribution, so
-    calibration, conformal sets and attribution work unchanged.
-    """
-
-    def __init__(self, weight: torch.Tensor, lam: float) -> None:
-        super().__init__()
-        self.register_buffer("weight", weight)
-        self.lam = lam
-
-    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        ce = F.cross_entropy(logits, y, weight=self.weight)
-        p = torch.softmax(logits.float(), dim=1)
-        grades = torch.arange(logits.shape[1], device=logits.device).float()
-        dist = (grades.view(1, -1) - y.float().view(-1, 1)) ** 2
-        w = self.weight[y]
-        return ce + self.lam * ((p * dist).sum(1) * w).sum() / w.sum()
-
-
-def _batches(n: int, bs: int, g: torch.Generator | None) -> list[torch.Tensor]:
-    order = torch.randperm(n, generator=g) if g is not None else torch.arange(n)
-    return [order[i : i + bs] for i in range(0, n, bs)]
-
-
-def _to_input(x_uint8: torch.Tensor, spec: ModelSpec, device: torch.device) -> torch.Tensor:
-    x = x_uint8.permute(0, 3, 1, 2).float()
-    return x.to(device)
-
-
-def _normalise(x: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
-    mean = torch.tensor(spec.mean, device=x.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(spec.std, device=x.device).view(1, 3, 1, 1) * 255
-    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
-
-
-def predict_arrays(
-    net: nn.Module,
-    spec: ModelSpec,
-    arrays: np.ndarray,
-    device: torch.device,
-    amp: bool,
-    bs: int = 64,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and penultimate features for in-memory uint8 images (eval mode)."""
-    from .models import penultimate_and_logits
-
-    net.eval()
-    logits, feats = [], []
-    with torch.inference_mode(), autocast_for(device, amp):
-        for i in range(0, len(arrays), bs):
-            x = _normalise(_to_input(torch.from_numpy(arrays[i : i + bs]), spec, device), spec)
-            f, z = penultimate_and_logits(net, x)
-            logits.append(z.float().cpu().numpy())
-            feats.append(f.float().cpu().numpy())
-    if not logits:
-        return np.zeros((0, spec.num_outputs), np.float32), np.zeros((0, 0), np.float32)
-    return np.concatenate(logits), np.concatenate(feats)
-
-
-def _freeze_backbone(net: nn.Module) -> None:
-    head = net.get_classifier()
-    head_params = {id(p) for p in head.parameters()}
-    for p in net.parameters():
-        p.requires_grad = id(p) in head_params
-
-
 def train_model(
     ds: LabelledSet,
     cfg: TrainConfig,
@@ -306,92 +169,27 @@ def train_model(
     if cfg.init_weights:
         skipped = load_init_weights(net, cfg.init_weights)
         log(f"initial weights from {Path(cfg.init_weights).name} ({len(skipped)} tensors left new)")
-    if cfg.strategy == "head":
-        _freeze_backbone(net)
-    elif cfg.strategy == "lora":
+    if cfg.strategy == "lora":
         from .lora import inject, lora_settings
 
         net = inject(net, lora_settings(net, cfg.arch))
-    elif cfg.strategy != "full":
+    elif cfg.strategy not in ("full", "head"):
         raise ValueError(f"unknown strategy {cfg.strategy!r} (full, head or lora)")
     net = net.to(device).to(memory_format=torch.channels_last)
     loss_fn = make_loss(ds.task, targets[tr], spec.num_outputs, cfg.ordinal_weight).to(device)
-    params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    g = torch.Generator().manual_seed(cfg.seed)
-    aug = Augmenter(cfg.modality, g)
-    steps_per_epoch = math.ceil(len(tr) / cfg.batch_size)
-    if cfg.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
-    total_steps = max(1, steps_per_epoch * cfg.epochs)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.15
+    fit_cfg = FitConfig(
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        patience=cfg.patience,
+        seed=cfg.seed,
+        amp=cfg.amp,
+        strategy=cfg.strategy,
+        max_steps_per_epoch=cfg.max_steps_per_epoch,
     )
-    x_train = torch.from_numpy(arrays[tr])
-    y_all = torch.from_numpy(targets)
-    y_train = y_all[tr]
-    best = (math.inf, None, -1)
-    history: list[dict[str, float]] = []
-    step = 0
-    bad_epochs = 0
-    for epoch in range(cfg.epochs):
-        net.train()
-        if cfg.strategy in ("head", "lora"):
-            net.eval()
-            net.get_classifier().train()
-        running, seen = 0.0, 0
-        for bi, idx in enumerate(_batches(len(tr), cfg.batch_size, g)):
-            if bi >= steps_per_epoch:
-                break
-            state.check()
-            x = _to_input(x_train[idx], spec, device)
-            x = _normalise(aug(x), spec)
-            y = y_train[idx].to(device)
-            if ds.task == "multilabel":
-                y = y.float()
-            with autocast_for(device, cfg.amp):
-                logits = net(x)
-            loss = loss_fn(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 5.0)  # from-scratch nets can spike early
-            opt.step()
-            sched.step()
-            step += 1
-            running += float(loss.detach()) * len(idx)
-            seen += len(idx)
-            eta = (time.monotonic() - t0) / step * (total_steps - step)
-            state.progress(
-                step,
-                total_steps,
-                f"epoch {epoch + 1}/{cfg.epochs} loss {running / seen:.4f} ETA {format_eta(eta)}",
-            )
-        val_logits, _ = predict_arrays(net, spec, arrays[va], device, cfg.amp)
-        val_loss = float(loss_fn(torch.from_numpy(val_logits), _target_tensor(y_all[va], ds.task)))
-        val_acc = _quick_accuracy(val_logits, targets[va], ds.task)
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "train_loss": running / max(1, seen),
-                "val_loss": val_loss,
-                "val_accuracy": val_acc,
-            }
-        )
-        log(
-            f"epoch {epoch + 1}/{cfg.epochs}: train loss {running / max(1, seen):.4f}  "
-            f"val loss {val_loss:.4f}  val acc {val_acc:.3f}"
-        )
-        if val_loss < best[0] - 1e-4:
-            best = (val_loss, copy.deepcopy(net.state_dict()), epoch + 1)
-            bad_epochs = 0
-        else:
-            bad_epochs += 1
-            if bad_epochs >= cfg.patience:
-                log(f"early stop: no validation improvement for {cfg.patience} epochs")
-                break
-    if best[1] is not None:
-        net.load_state_dict(best[1])
-        log(f"restored the best weights (epoch {best[2]}, val loss {best[0]:.4f})")
+    fitted = fit(net, spec, arrays, targets, tr, va, loss_fn, fit_cfg, device, state, log)
+    history = fitted.history
     if cfg.strategy == "lora":  # a trained-from-here model has no base: store merged weights
         from .lora import merge
 
@@ -415,7 +213,7 @@ def train_model(
             "counts": {"train": len(tr), "validation": len(va), "test": len(te)},
         },
         "epochs_run": len(history),
-        "best_epoch": best[2],
+        "best_epoch": fitted.best_epoch if fitted.best_epoch is not None else -1,
         "history": history,
         "config": {k: v for k, v in asdict(cfg).items() if k not in ("workers",)},
         "engine_version": __version__,
@@ -434,10 +232,6 @@ def train_model(
     return TrainResult(spec, out, sha, history, test_metrics, warnings, time.monotonic() - t0)
 
 
-def _target_tensor(y: torch.Tensor, task: str) -> torch.Tensor:
-    return y.float() if task == "multilabel" else y.long()
-
-
 def _surviving_index(ds: LabelledSet, problems: list[str]) -> dict[int, int]:
     bad = {p.split(": ", 1)[0] for p in problems}
     out: dict[int, int] = {}
@@ -448,14 +242,6 @@ def _surviving_index(ds: LabelledSet, problems: list[str]) -> dict[int, int]:
         out[i] = k
         k += 1
     return out
-
-
-def _quick_accuracy(logits: np.ndarray, y: np.ndarray, task: str) -> float:
-    if len(y) == 0:
-        return float("nan")
-    if task == "multilabel":
-        return float(((logits > 0) == (y > 0)).all(1).mean())
-    return float((logits.argmax(1) == y).mean())
 
 
 def finalise_spec(
@@ -508,9 +294,13 @@ def calibrate_spec_on(
     probs = softmax(logits, spec.temperature)
     try:
         cal = fit_conformal(probs, y, alpha=alpha)
-    except ValueError as e:
+    except ValueError:
         spec.conformal = None
-        warnings.append(f"no conformal sets: {e}")
+        need = math.ceil((1 - alpha) / alpha)
+        warnings.append(
+            f"no conformal prediction sets: {len(y)} calibration images are too few for "
+            f"{100 * (1 - alpha):.0f}% coverage (at least {need} are needed)"
+        )
     else:
         spec.conformal = cal.to_dict()
         log(

@@ -18,6 +18,29 @@ from torch import nn
 from .models import LoadedModel, autocast_for, penultimate_and_logits, probabilities
 
 METHODS = ("none", "mc", "mc-full", "tta", "ensemble")
+DROPOUT_METHODS = ("mc", "mc-full")
+
+
+class UncertaintyError(ValueError):
+    """The chosen uncertainty method cannot be used with this model; the message says why."""
+
+
+def check_method(models: list[LoadedModel], method: str) -> None:
+    """Refuse MC dropout on a model trained without head dropout (its spread would be noise).
+
+    Dropout at inference only estimates the model's uncertainty when the model learnt with
+    that dropout; sampling a rate it never saw would report noise as uncertainty.
+    """
+    if method not in DROPOUT_METHODS:
+        return
+    for lm in models:
+        if lm.spec.head_dropout <= 0:
+            name = lm.spec.name or (lm.path.name if lm.path else lm.spec.arch)
+            raise UncertaintyError(
+                f"MC dropout needs a model trained with dropout: '{name}' was trained without "
+                "head dropout, so the spread of its dropout passes would not be uncertainty it "
+                "learnt. Choose TTA (--uncertainty tta) or no uncertainty for this model."
+            )
 
 
 @contextlib.contextmanager
@@ -54,7 +77,8 @@ def mc_fast(
 
     Costs one forward pass plus K tiny matrix products, so uncertainty is nearly free.
     """
-    p = lm.spec.head_dropout if lm.spec.head_dropout > 0 else 0.2
+    check_method([lm], "mc")
+    p = lm.spec.head_dropout
     head = lm.net.get_classifier()
     with torch.inference_mode(), autocast_for(lm.device, amp):
         feats, _ = penultimate_and_logits(lm.net, x)
@@ -73,6 +97,7 @@ def mc_full(
     lm: LoadedModel, x: torch.Tensor, k: int, amp: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """K full passes with every dropout module active (BatchNorm stays in eval mode)."""
+    check_method([lm], "mc-full")
     _, feats = plain(lm, x, amp)
     outs = []
     with dropout_only(lm.net), torch.inference_mode(), autocast_for(lm.device, amp):

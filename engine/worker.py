@@ -10,25 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import TextIO
 
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if hasattr(obj, "tolist"):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, str | int | bool) or obj is None:
-        return obj
-    return str(obj)
+from .jsonable import to_jsonable
 
 
 class _Emitter:
@@ -38,7 +25,7 @@ class _Emitter:
         self.out = out
 
     def __call__(self, event: dict) -> None:
-        self.out.write(json.dumps(_jsonable(event), allow_nan=False) + "\n")
+        self.out.write(json.dumps(to_jsonable(event), allow_nan=False) + "\n")
         self.out.flush()
 
 
@@ -49,6 +36,19 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("workspace")
     i.add_argument("--config", default="{}", help="ImproveConfig as JSON")
     return p
+
+
+def _sentence(e: Exception) -> str:
+    """The error as a sentence for the user; the traceback went to stderr (the details)."""
+    from .cli_common import known_error
+
+    known = known_error(e)
+    if known:
+        return known
+    return (
+        f"the task stopped with an unexpected error ({type(e).__name__}); the details are in "
+        "the log"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         except Exception as e:  # noqa: BLE001 - every failure becomes one error event
             traceback.print_exc(file=sys.stderr)
-            emit({"event": "error", "message": str(e) or type(e).__name__})
+            emit({"event": "error", "message": _sentence(e)})
             return 1
         emit({"event": "done", "result": result})
         return 0

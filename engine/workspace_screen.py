@@ -3,6 +3,12 @@
 Images already screened by the same model with the same settings (matched by file hash)
 are skipped, so re-running a folder only does the new or changed files, and a run that was
 interrupted (Ctrl+C, a crash, ``kill -9``) resumes where it stopped.
+
+Each chunk event carries the rows just stored (``records``: the same shape as
+:meth:`engine.store.Workspace.latest_predictions`, with each image's current review), so a
+caller that shows them never has to read the database again. When the run ends, the one
+activation rule (:mod:`engine.activation`) decides which model is active, and the ``done``
+event says what it decided.
 """
 
 from __future__ import annotations
@@ -11,32 +17,20 @@ import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .activation import activate_after_screening, register_model
 from .models import LoadedModel
 from .screen import ScreenResult, ScreenSettings, screen
 from .tasks import TaskState
 
-
-def model_description(lm: LoadedModel) -> dict[str, Any]:
-    import json
-
-    return json.loads(lm.spec.to_json())
+if TYPE_CHECKING:
+    from .store import Workspace
 
 
-def register(ws, lm: LoadedModel, activate_if_none: bool = True) -> None:  # noqa: ANN001
-    """Record the model version in the workspace (idempotent)."""
-    spec = lm.spec
-    ws.register_model(
-        lm.sha256,
-        lm.path,
-        spec.name or spec.arch,
-        parent=spec.provenance.get("parent"),
-        created_at=spec.provenance.get("created_at"),
-        metrics=spec.metrics,
-        description=model_description(lm),
-        activate=activate_if_none and ws.active_model() is None,
-    )
+def register(ws: Workspace, lm: LoadedModel, actor: str = "system") -> None:
+    """Record the model version in the workspace (idempotent; see :mod:`engine.activation`)."""
+    register_model(ws, lm.sha256, lm.path, lm.spec, actor=actor)
 
 
 def _file_facts(path: Path) -> dict[str, Any]:
@@ -65,10 +59,13 @@ def screen_into_workspace(
     settings: ScreenSettings,
     state: TaskState | None = None,
     on_chunk: Any = None,
+    actor: str = "system",
 ) -> dict[str, Any]:
-    """Run the screen and record it; returns counts, the run id and what was skipped."""
+    """Run the screen and record it; returns counts, the run id, what was skipped and the
+    activation decision (``activation``: :meth:`engine.activation.Activation.as_dict`)."""
     report: dict[str, Any] = {}
-    for event in iter_screen_into_workspace(workspace, paths, models, settings, state):
+    events = iter_screen_into_workspace(workspace, paths, models, settings, state, actor=actor)
+    for event in events:
         if event["kind"] == "chunk" and on_chunk is not None:
             on_chunk(event["results"])
         if event["kind"] == "done":
@@ -82,8 +79,10 @@ def iter_screen_into_workspace(
     models: Sequence[LoadedModel],
     settings: ScreenSettings,
     state: TaskState | None = None,
+    actor: str = "system",
 ) -> Iterator[dict[str, Any]]:
-    """Generator form for the desktop: yields ``chunk`` events and a final ``done`` event."""
+    """Generator form: yields ``chunk`` events (``results``, ``records``, ``run_id``) and a
+    final ``done`` event; ``actor`` is recorded if the run changes the active model."""
     from .store import Workspace, settings_key
 
     state = state or TaskState()
@@ -93,7 +92,7 @@ def iter_screen_into_workspace(
     key = settings_key(run_settings)
     with Workspace.open(workspace) as ws:
         for m in models:
-            register(ws, m)
+            register(ws, m, actor=actor)
         state.progress(0, len(paths), "hashing files")
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2)) as pool:
             facts = list(pool.map(_file_facts, paths))
@@ -116,7 +115,8 @@ def iter_screen_into_workspace(
                     counts[r.triage] = counts.get(r.triage, 0) + 1
                     r.prediction_id = pid  # type: ignore[attr-defined]
                 screened += len(chunk)
-                yield {"kind": "chunk", "results": chunk, "run_id": run_id}
+                records = ws.prediction_records(pred_ids)
+                yield {"kind": "chunk", "results": chunk, "records": records, "run_id": run_id}
             status = "cancelled" if state.cancelled() else "finished"
         except GeneratorExit:
             status = "cancelled"
@@ -132,6 +132,7 @@ def iter_screen_into_workspace(
                 "unreadable": len(unreadable),
             }
             ws.finish_run(run_id, status, counts_all)
+        activation = activate_after_screening(ws, lm.sha256, status, actor=actor)
         if unreadable:
             counts["error"] = counts.get("error", 0) + len(unreadable)
         yield {
@@ -142,6 +143,7 @@ def iter_screen_into_workspace(
             "screened": screened,
             "skipped": skipped,
             "unreadable": [(f["path"], f["error"]) for f in unreadable],
+            "activation": activation.as_dict(),
         }
 
 

@@ -34,6 +34,18 @@ def _torch_threads():
     yield
 
 
+@pytest.fixture(scope="session")
+def _user_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("user-cache")
+
+
+@pytest.fixture(autouse=True)
+def isolated_user_cache(monkeypatch, _user_cache) -> Path:
+    """Exported engines and remembered engine choices go to a test folder, not ~/.cache."""
+    monkeypatch.setenv("EYETRIAGE_CACHE_DIR", str(_user_cache))
+    return _user_cache
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_threads():
     """Fail a test that leaves a non-daemon thread running (a worker nobody waited for)."""
@@ -78,4 +90,16 @@ def tiny_model(tmp_path_factory, synth_fundus) -> Path:
     ds = load_folder_dataset(synth_fundus)
     cfg = TrainConfig(arch=TINY_ARCH, img_size=64, epochs=2, batch_size=16, seed=1, workers=2)
     train_model(ds, cfg, out, log=lambda s: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def second_model(tmp_path_factory, tiny_model) -> Path:
+    """Another model version (same weights, another name, so another file hash)."""
+    from engine.modelfile import load_model_file, save_model_file
+
+    spec, weights, extra = load_model_file(tiny_model)
+    spec.name = "tiny second version"
+    out = tmp_path_factory.mktemp("model2") / "tiny2.safetensors"
+    save_model_file(out, spec, weights, extra)
     return out

@@ -23,7 +23,9 @@ from engine.attribution import (
     Attribution,
     AttributionCache,
     attribution_mode,
+    default_gradcam_layers,
     explain,
+    feature_stages,
     find_target_layer,
     gradcam,
     integrated_gradients,
@@ -31,6 +33,7 @@ from engine.attribution import (
     occlusion,
     resolve_layer,
 )
+from engine.explain import DEFAULT_DISPLAY, RAW, display_map, explain_file, ig_options
 from engine.faithfulness import (
     deletion_auc,
     deletion_curve,
@@ -38,6 +41,7 @@ from engine.faithfulness import (
     mass_in_mask,
     pointing_game,
 )
+from engine.models import load_model
 
 HOOK_DICTS = (
     "_forward_hooks",
@@ -174,6 +178,22 @@ def test_user_named_layer_is_used() -> None:
     np.testing.assert_allclose(by_name, by_module, rtol=1e-5, atol=1e-8)
     assert not np.allclose(by_name, default)
     assert resolve_layer(model, "layer4.1.conv2") is model.layer4[1].conv2
+
+
+def test_a_coarse_last_stage_gives_way_to_a_finer_one_and_layers_can_be_blended() -> None:
+    model = timm_model("resnet18")
+    # 224 px: layer4 is 7x7, fine enough on its own
+    assert feature_stages(model, (224, 224))[-1] == ("layer4", (7, 7))
+    assert default_gradcam_layers(model, (224, 224)) == ["layer4"]
+    # 128 px: layer4 is 4x4, so the 8x8 layer3 is used instead
+    assert default_gradcam_layers(model, (128, 128)) == ["layer3"]
+    x = random_image(128, seed=5)
+    parts = [gradcam(model, x, 0, layer=name).map for name in ("layer3", "layer4")]
+    np.testing.assert_allclose(gradcam(model, x, 0).map, parts[0], atol=1e-6)
+    np.testing.assert_allclose(gradcam(model, x, 0, layer="last").map, parts[1], atol=1e-6)
+    blend = gradcam(model, x, 0, layer="layer3+layer4").map
+    expected = sum(p / np.abs(p).max() for p in parts) / 2
+    np.testing.assert_allclose(blend, expected, rtol=1e-4, atol=1e-6)
 
 
 def test_wrong_layer_name_lists_candidates() -> None:
@@ -371,6 +391,19 @@ def test_integrated_gradients_sum_to_the_logit_change(baseline: str) -> None:
     assert attr.convergence_delta == pytest.approx(error, rel=0.05, abs=1e-5)
 
 
+def test_noise_averaged_ig_is_repeatable_and_still_finds_the_patch() -> None:
+    model, x = PatchModel(), patch_image()
+    first = integrated_gradients(model, x, 0, n_steps=8, noise_samples=4, noise=0.1).map
+    again = integrated_gradients(model, x, 0, n_steps=8, noise_samples=4, noise=0.1).map
+    plain = integrated_gradients(model, x, 0, n_steps=8).map
+    np.testing.assert_array_equal(first, again)  # seeded: the same image gives the same map
+    assert not np.allclose(first, plain)  # the noise did change the map
+    assert pointing_game(first, patch_mask(), tolerance_px=0)
+    assert mass_in_mask(first, patch_mask()) > 0.99
+    with pytest.raises(ValueError, match="noise"):
+        integrated_gradients(model, x, 0, noise_samples=2, noise=0.0)
+
+
 def test_black_baseline_is_black_and_blur_baseline_removes_detail() -> None:
     x = random_image(32, seed=4)
     black = make_baseline(x, "black")
@@ -467,7 +500,7 @@ def test_cache_round_trip_survives_a_new_session(tmp_path: Path) -> None:
     assert got.map.dtype == np.float32 and got.map.shape == (24, 32)
     np.testing.assert_allclose(got.map, amap, atol=1e-3 * np.abs(amap).max())
     assert fresh.path_for(key).suffix == ".npz"
-    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".tmp")]
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
 
 
 def test_cache_keys_are_kept_apart(tmp_path: Path) -> None:
@@ -499,3 +532,35 @@ def test_unreadable_cache_entry_is_a_miss(tmp_path: Path) -> None:
     cache.put(key, Attribution("occlusion", 0, np.ones((3, 3))))
     cache.path_for(key).write_bytes(b"not an npz file")
     assert cache.get(key) is None
+
+
+# --------------------------------------------------------------------------- display step
+
+
+def test_ig_step_budget_is_shared_by_the_noisy_copies() -> None:
+    assert ig_options({"n_steps": 32}) == {"n_steps": 32, "noise_samples": 0}  # plain IG
+    assert ig_options({"n_steps": 32, "noise_samples": 4}) == {"n_steps": 8, "noise_samples": 4}
+    assert ig_options({"n_steps": 16, "noise_samples": 4, "internal_batch_size": 8}) == {
+        "n_steps": 4,
+        "noise_samples": 4,
+        "internal_batch_size": 8,
+    }
+    assert ig_options({"n_steps": 8, "noise_samples": 4})["n_steps"] == 4  # at least 4 per copy
+
+
+def test_explanation_shows_the_display_map_and_keeps_the_raw_one(
+    synth_fundus: Path, tiny_model: Path
+) -> None:
+    lm = load_model(tiny_model, device="cpu")
+    img = next((synth_fundus / "diabetic_retinopathy").glob("*.png"))
+    exp = explain_file(lm, img, "ig", n_steps=8)
+    assert exp.masked and exp.mask is not None and exp.mask.shape == exp.amap.shape
+    assert exp.display == DEFAULT_DISPLAY["ig"]
+    assert not exp.amap[~exp.mask].any()  # nothing outside the field of view
+    assert np.abs(exp.raw_amap[~exp.mask]).max() > 0  # though the raw method put some there
+    raw = explain_file(lm, img, "ig", n_steps=8, display=RAW)
+    assert not raw.masked
+    np.testing.assert_array_equal(raw.amap, exp.raw_amap)
+    np.testing.assert_allclose(exp.amap, display_map(raw.amap, exp.display, exp.mask), atol=1e-6)
+    on_original = exp.map_on_original()
+    assert on_original.shape == Image.open(img).size[::-1]

@@ -10,11 +10,16 @@ import engine
 
 
 def test_importing_every_engine_module_loads_no_qt():
-    names = [m.name for m in pkgutil.iter_modules(engine.__path__) if m.name != "__main__"]
+    names = [
+        m.name
+        for m in pkgutil.walk_packages(engine.__path__, "engine.")
+        if m.name != "engine.__main__"
+    ]
+    assert "engine.improve.process" in names
     code = (
         "import importlib, sys\n"
         f"for n in {names!r}:\n"
-        "    importlib.import_module('engine.' + n)\n"
+        "    importlib.import_module(n)\n"
         "bad = [m for m in sys.modules if m.startswith(('PySide6', 'shiboken6', 'superqt', 'desktop'))]\n"
         "print(','.join(bad))\n"
     )
@@ -32,3 +37,20 @@ def test_store_only_commands_do_not_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_demo_and_the_command_modules_do_not_import_the_cli_module():
+    code = (
+        "import sys\n"
+        "import engine.demo, engine.evaluate, engine.cli_improve, engine.cli_explain\n"
+        "print('engine.cli' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"  # no import cycle through the command-line module
+
+
+def test_every_sub_command_is_registered():
+    from engine.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert {"explain", "explain-eval", "improve", "history", "accept-model"} <= set(sub.choices)

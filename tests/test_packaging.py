@@ -149,3 +149,20 @@ def test_make_package_ci_and_extra_are_wired():
     extra = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
     package = extra["project"]["optional-dependencies"]["package"]
     assert any(req.replace(" ", "").startswith("pyinstaller>=6.10") for req in package)
+
+
+def test_the_onnx_runtime_engine_is_bundled_and_openvino_is_not(spec):
+    assert {"onnxruntime", "onnx"} <= set(spec["HIDDEN_IMPORTS"]) & set(spec["METADATA"])
+    assert (PACKAGING / "hooks" / "hook-onnxruntime.py").is_file()
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    main = [re.split(r"[<>=!~ ]", d)[0] for d in project["dependencies"]]
+    assert {"onnxruntime", "onnx"} <= set(main)  # the CPU path most clinics run
+    assert "openvino" not in main and "openvino" in project["optional-dependencies"]
+    static: set[str] = set()  # a static import would pull OpenVINO (~180 MB) into the bundle
+    for path in (REPO / "engine").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                static |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                static.add(node.module.split(".")[0])
+    assert "onnxruntime" in static and "openvino" not in static

@@ -43,6 +43,8 @@ def test_self_test_of_the_dev_install_passes_and_prints_every_check(tmp_path):
     for step in STEPS:
         assert any(step in line and line.startswith("✓") for line in lines), (step, out.stdout)
     assert "all 9 checks passed" in out.stdout
+    screened = next(line for line in lines if "screen into workspace" in line)
+    assert "with onnxruntime" in screened and "same answers as torch fp32" in screened
 
 
 def test_missing_demo_model_fails_and_names_the_step(monkeypatch, capsys):

@@ -95,6 +95,25 @@ def test_mc_dropout_gives_spread_and_never_touches_batchnorm(synth_fundus, tiny_
     assert not any(m.training for m in lm.net.modules())
 
 
+def test_mc_dropout_refuses_a_model_trained_without_dropout(tmp_path, synth_fundus):
+    from engine.modelfile import ModelSpec, save_model_file
+    from engine.models import create_network
+    from engine.uncertainty import UncertaintyError
+
+    spec = ModelSpec("resnet10t", "binary", ["diabetic_retinopathy", "normal"], input_size=64)
+    spec.head_dropout = 0.0
+    spec.name = "no-dropout"
+    path = tmp_path / "nodrop.safetensors"
+    save_model_file(path, spec, create_network(spec).state_dict())
+    lm = load_model(path, device="cpu")
+    paths = discover_images(synth_fundus)[:2]
+    for method in ("mc", "mc-full"):
+        with pytest.raises(UncertaintyError, match="'no-dropout' was trained without head dropout"):
+            screen_all(paths, [lm], ScreenSettings(uncertainty=method, k=4))
+    res = screen_all(paths, [lm], ScreenSettings(uncertainty="tta", k=4))  # TTA still works
+    assert [r.uncertainty_method for r in res] == ["tta", "tta"]
+
+
 def test_plain_pass_has_no_model_disagreement(synth_fundus, tiny_model):
     lm = load_model(tiny_model, device="cpu")
     res = screen_all(discover_images(synth_fundus)[:6], [lm], ScreenSettings(uncertainty="none"))
@@ -230,10 +249,14 @@ def test_ctrl_c_stops_screening_and_keeps_the_finished_rows(tmp_path, tiny_model
         # default so the child behaves as under a user's Ctrl+C
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    partial = out.with_name(f".{out.name}.partial")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        if partial.exists() and partial.read_text().count("\n") > 8:
+        partial = next(out.parent.glob(f".{out.name}.*.tmp"), None)  # the file being written
+        try:
+            rows = partial.read_text().count("\n") if partial is not None else 0
+        except FileNotFoundError:  # renamed in between: the run ended
+            rows = 0
+        if rows > 8:
             break
         time.sleep(0.05)
     if proc.poll() is not None:

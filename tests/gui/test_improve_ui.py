@@ -170,7 +170,7 @@ def test_improve_runs_a_child_and_compares_then_accept_switches(qtbot, tmp_path,
         assert dlg_texts[key][1] == format_metric(key, result["after"][key])
     for key, (_, _, change) in dlg_texts.items():
         if result["before"].get(key) is not None and result["after"].get(key) is not None:
-            assert change[0] in "▲▼=", change  # a symbol, never only a colour
+            assert change[0] in "▲▼=↑↓", change  # a symbol, never only a colour
     assert f"Audit set: {result['after']['n']} reviewed images" in compare.head.text()
     assert compare.changed.rowCount() == len(result["changed"])
     assert store(ws_folder)["active"] == old_active  # nothing switched before the choice
@@ -231,7 +231,7 @@ def test_cancel_kills_the_child_and_changes_nothing(qtbot, tmp_path, ws_folder):
 
 
 def test_a_crashing_child_is_explained_and_changes_nothing(qtbot, tmp_path, ws_folder, monkeypatch):
-    import engine.improve
+    import engine.improve.process
 
     script = (
         "import json, sys;"
@@ -241,7 +241,7 @@ def test_a_crashing_child_is_explained_and_changes_nothing(qtbot, tmp_path, ws_f
         "sys.exit(3)"
     )
     monkeypatch.setattr(
-        engine.improve, "worker_command", lambda args: [sys.executable, "-c", script]
+        engine.improve.process, "worker_command", lambda args: [sys.executable, "-c", script]
     )
     add_reviews(ws_folder, 25)
     w = make_window(qtbot, tmp_path, ws_folder)

@@ -1,4 +1,4 @@
-"""Patient PDF reports and the CSV/JSON export dialog write what the store holds."""
+"""Patient PDF reports and File > Export (CSV/JSON) write what the store holds."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from PySide6.QtWidgets import QFileDialog, QMessageBox, QWidget
+from PySide6.QtWidgets import QFileDialog
 
 from desktop.report import (
     IMAGES_PER_PAGE,
-    export_dialog,
     report_page_count,
     write_all_patient_reports,
     write_patient_report,
@@ -147,55 +146,54 @@ def test_all_patient_reports_one_file_each_with_progress_and_cancel(qapp, case, 
 
 
 @pytest.fixture
-def messages(monkeypatch) -> list[tuple[str, str]]:
-    """Capture message boxes instead of blocking on them."""
-    shown: list[tuple[str, str]] = []
-    for kind in ("information", "warning"):
-        monkeypatch.setattr(
-            QMessageBox,
-            kind,
-            staticmethod(lambda parent, title, text, *a, _k=kind, **kw: shown.append((_k, text))),
-        )
-    return shown
+def window(qtbot, case, tmp_path):
+    """The application window on the case's workspace (shell only)."""
+    from desktop.mainwindow import MainWindow
+    from desktop.settings import AppSettings
 
-
-def test_export_dialog_writes_json_and_reports_the_count(
-    qtbot, case, tmp_path, monkeypatch, messages
-):
-    parent = QWidget()
-    qtbot.addWidget(parent)
-    target = tmp_path / "results"
-    monkeypatch.setattr(
-        QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: (str(target), "JSON (*.json)"))
+    w = MainWindow(
+        AppSettings(reviewer="ana"), data_dir=tmp_path / "userdata", preload=False, pages=False
     )
-    n = export_dialog(parent, case / "ws")
-    rows = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
-    assert n == len(rows) == 11
+    qtbot.addWidget(w)
+    with qtbot.waitSignal(w.worklist_loaded, timeout=60_000):
+        assert w.open_workspace(case / "ws")
+    return w
+
+
+def export(qtbot, window, fmt: str, answer: tuple[str, str], monkeypatch):
+    """File > Export with ``answer`` from the save dialog; waits for the background write."""
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: answer))
+    job = window.export_results(fmt)
+    if job is not None:
+        with qtbot.waitSignal(job.finished, timeout=60_000):
+            pass
+    return job
+
+
+def test_export_writes_json_with_current_reviews_and_says_how_many(
+    qtbot, window, tmp_path, monkeypatch
+):
+    export(qtbot, window, "json", (str(tmp_path / "results"), "JSON (*.json)"), monkeypatch)
+    rows = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))  # suffix added
+    assert len(rows) == 11
     reviewed = {Path(r["path"]).name: r["reviewed_label"] for r in rows if r["reviewed_label"]}
     assert reviewed == {
         f"{PATIENT}_OD_f_1.png": "normal",
         f"{PATIENT}_OD_f_2.png": "diabetic_retinopathy",
         f"{PATIENT}_OI_f_1.png": "ungradable",
     }
-    assert [kind for kind, _ in messages] == ["information"]
-    assert "Exported 11 images" in messages[0][1]
+    assert "Exported 11 rows" in window.statusBar().currentMessage()
 
 
-def test_export_dialog_csv_cancel_and_failure(qtbot, case, tmp_path, monkeypatch, messages):
-    parent = QWidget()
-    qtbot.addWidget(parent)
-    answers = iter(
-        [
-            (str(tmp_path / "table.csv"), "CSV table (*.csv)"),
-            ("", ""),
-            (str(tmp_path / "no-such-folder" / "x.csv"), "CSV table (*.csv)"),
-        ]
-    )
-    monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: next(answers)))
-    assert export_dialog(parent, case / "ws") == 11
+def test_export_csv_cancel_and_failure(qtbot, window, tmp_path, monkeypatch):
+    export(qtbot, window, "csv", (str(tmp_path / "table.csv"), "CSV (*.csv)"), monkeypatch)
     with open(tmp_path / "table.csv", newline="", encoding="utf-8") as handle:
         assert len(list(csv.DictReader(handle))) == 11
-    assert export_dialog(parent, case / "ws") is None  # cancelled: nothing said, nothing written
-    assert len(messages) == 1
-    assert export_dialog(parent, case / "ws") is None
-    assert messages[-1][0] == "warning" and "no-such-folder" in messages[-1][1]
+    assert export(qtbot, window, "csv", ("", ""), monkeypatch) is None  # cancelled
+    assert window.last_error is None and sorted(p.name for p in tmp_path.glob("*.csv")) == [
+        "table.csv"
+    ]
+    bad = str(tmp_path / "no-such-folder" / "x.csv")
+    export(qtbot, window, "csv", (bad, "CSV (*.csv)"), monkeypatch)
+    assert window.last_error and window.last_error.startswith("Export failed")
+    assert "no-such-folder" in window.last_error

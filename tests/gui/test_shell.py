@@ -11,20 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import QSettings, Qt
+from PySide6.QtCore import Qt
 
 from desktop.mainwindow import MainWindow
 from desktop.settings import AppSettings, SettingsDialog, open_qsettings
-from desktop.worklist import COL_UNCERTAINTY, uncertainty_value
-
-
-@pytest.fixture(autouse=True)
-def isolated_settings(tmp_path):
-    """QSettings go to an INI file under tmp_path, never the user's real settings."""
-    folder = tmp_path / "qsettings"
-    folder.mkdir()
-    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(folder))
-    yield folder
+from desktop.worklist_model import COL_UNCERTAINTY, uncertainty_value
 
 
 def make_window(qtbot, tmp_path: Path, **kw) -> MainWindow:
@@ -273,3 +264,32 @@ def test_patient_report_menu_writes_the_chosen_patients_pdf(
     qtbot.waitUntil(lambda: out.exists() and out.stat().st_size > 1000, timeout=60_000)
     qtbot.waitUntil(lambda: not w._jobs, timeout=30_000)
     assert out.read_bytes()[:4] == b"%PDF"
+
+
+def test_closing_right_after_a_background_job_starts_waits_for_it(qtbot, tmp_path):
+    """A job started from a slot is running at once, so closing the window waits for it
+    (it used to start a timer tick later and then run while the window was torn down)."""
+    import time
+
+    from PySide6.QtCore import QTimer
+
+    from desktop.workers import FunctionJob
+
+    w = make_window(qtbot, tmp_path)
+    ran: list[float] = []
+
+    def work() -> int:
+        time.sleep(0.3)
+        ran.append(time.monotonic())
+        return 1
+
+    closed: list[float] = []
+
+    def start_then_close() -> None:
+        w.run_job(FunctionJob(work, parent=w))
+        w.close()
+        closed.append(time.monotonic())
+
+    QTimer.singleShot(0, start_then_close)
+    qtbot.waitUntil(lambda: bool(closed), timeout=30_000)
+    assert len(ran) == 1 and ran[0] <= closed[0]

@@ -8,7 +8,8 @@ from PySide6.QtCore import QPoint, QPointF, Qt
 from PySide6.QtGui import QColor, QImage, QWheelEvent
 from PySide6.QtWidgets import QApplication
 
-from desktop.viewer import SIDE_GAP, ImageViewer, OverlayBar, pil_to_qimage, pil_to_qimage_rgba
+from desktop.qimage import pil_to_qimage, pil_to_qimage_rgba
+from desktop.viewer import SIDE_GAP, ImageViewer, OverlayBar
 
 
 def solid(width: int, height: int, colour: str) -> QImage:

@@ -8,18 +8,17 @@ import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QIcon, QPixmap
 
-from desktop.worklist import (
+from desktop.worklist import QuickFilterBar, WorklistPanel
+from desktop.worklist_model import (
     COL_IMAGE,
     COL_REVIEW,
     COL_TRIAGE,
     COL_UNCERTAINTY,
     ImageIdRole,
-    QuickFilterBar,
     WorklistFilter,
     WorklistModel,
-    WorklistPanel,
     informative_key,
-    make_row,
+    row_from_prediction,
     uncertainty_value,
 )
 
@@ -41,24 +40,22 @@ def synthetic_rows(n: int, seed: int = 0, start_id: int = 1) -> list[dict]:
                 "action": "correct",
                 "reviewer": "ana",
             }
-        rows.append(
-            make_row(
-                image_id=i,
-                path=f"/data/img_{i:06d}.jpg",
-                sha256=None,
-                patient=f"P{i // 2:05d}",
-                eye=("right", "left")[i % 2],
-                label=label,
-                display_label=None if label is None else label.replace("_", " "),
-                confidence=None if err else round(rng.uniform(0.5, 1.0), 4),
-                entropy=None if err else round(rng.uniform(0, 0.7), 4),
-                mutual_info=None if err or rng.random() < 0.3 else round(rng.uniform(0, 0.2), 4),
-                triage=state,
-                triage_reason="decoder said no" if err else "confidence below threshold",
-                error="file is truncated" if err else None,
-                review=review,
-            )
-        )
+        record = {
+            "image_id": i,
+            "path": f"/data/img_{i:06d}.jpg",
+            "image_sha256": None,
+            "patient": f"P{i // 2:05d}",
+            "eye": ("right", "left")[i % 2],
+            "label": label,
+            "confidence": None if err else round(rng.uniform(0.5, 1.0), 4),
+            "entropy": None if err else round(rng.uniform(0, 0.7), 4),
+            "mutual_info": None if err or rng.random() < 0.3 else round(rng.uniform(0, 0.2), 4),
+            "triage": state,
+            "triage_reason": "decoder said no" if err else "confidence below threshold",
+            "error": "file is truncated" if err else None,
+            "review": review,
+        }
+        rows.append(row_from_prediction(record, lambda x: x.replace("_", " ")))
     return rows
 
 
@@ -179,19 +176,16 @@ def test_thumbnails_are_made_in_background_and_cached(qtbot, synth_fundus, tmp_p
 
     paths = discover_images(synth_fundus)[:5]
     rows = [
-        make_row(
-            image_id=i,
-            path=str(p),
-            sha256=sha256_file(p),
-            patient=None,
-            eye=None,
-            label="normal",
-            display_label="normal",
-            confidence=0.9,
-            entropy=0.1,
-            mutual_info=None,
-            triage="needs-review",
-            triage_reason="",
+        row_from_prediction(
+            {
+                "image_id": i,
+                "path": str(p),
+                "image_sha256": sha256_file(p),
+                "label": "normal",
+                "confidence": 0.9,
+                "entropy": 0.1,
+                "triage": "needs-review",
+            }
         )
         for i, p in enumerate(paths, 1)
     ]
@@ -254,13 +248,13 @@ def test_selection_emits_image_and_queue_follows_filter(qtbot):
     ],
 )
 def test_disagreement_flag(review, ai, triage, disagrees):
-    from desktop.worklist import review_fields
+    from desktop.worklist_model import review_fields
 
     assert review_fields(review, ai, triage)["disagrees"] is disagrees
 
 
 def test_random_sample_order_is_unbiased_and_stable(qtbot):
-    from desktop.worklist import SORTS
+    from desktop.worklist_model import SORTS
 
     panel = WorklistPanel()
     qtbot.addWidget(panel)

@@ -1,0 +1,138 @@
+"""Workspace commands of ``eyetriage``: export, review, agreement, models, rollback.
+
+They read and write the store only and never import torch, so they start in a fraction of
+a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from .cli_common import EXIT_OK, CliError, print_json
+
+
+def add_workspace_commands(sub: Any) -> None:
+    x = sub.add_parser("export", help="write a workspace's results and reviews")
+    x.add_argument("workspace")
+    x.add_argument("--format", choices=["csv", "json"], default="csv")
+    x.add_argument("--out", required=True)
+    x.set_defaults(func=cmd_export)
+
+    r = sub.add_parser("review", help="record a review (or many, --from-csv)")
+    r.add_argument("workspace")
+    r.add_argument("image", nargs="?")
+    r.add_argument("--label", help="label (several separated by ';' for multi-label)")
+    r.add_argument("--reviewer")
+    r.add_argument("--action", choices=["confirm", "correct", "ungradable", "skip"])
+    r.add_argument("--note")
+    r.add_argument("--from-csv", help="CSV with columns path,label,reviewer[,action,note]")
+    r.set_defaults(func=cmd_review)
+
+    a = sub.add_parser("agreement", help="Cohen's kappa between reviewers and with the AI")
+    a.add_argument("workspace")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=cmd_agreement)
+
+    m = sub.add_parser("models", help="list a workspace's model versions")
+    m.add_argument("workspace")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=cmd_models)
+
+    rb = sub.add_parser("rollback", help="make an earlier model version active")
+    rb.add_argument("workspace")
+    rb.add_argument("hash")
+    rb.add_argument("--actor", default=os.environ.get("USER", "cli"))
+    rb.set_defaults(func=cmd_rollback)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .store import Workspace
+
+    with Workspace.open(args.workspace, create=False) as ws:
+        n = ws.write_export(args.out, args.format)
+    print(f"exported {n} rows to {args.out}")
+    return EXIT_OK
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    from .store import Workspace
+
+    with Workspace.open(args.workspace, create=False) as ws:
+        if args.from_csv:
+            n = ws.import_reviews_csv(args.from_csv, default_reviewer=args.reviewer)
+            print(f"recorded {n} reviews from {args.from_csv}")
+            return EXIT_OK
+        if not args.image or not args.reviewer:
+            raise CliError("give IMAGE_PATH, --label and --reviewer (or --from-csv FILE)")
+        if args.action != "ungradable" and not args.label and args.action != "skip":
+            raise CliError("--label is required unless --action is ungradable or skip")
+        labels = [x for x in (args.label or "").split(";") if x]
+        action = args.action or "correct"
+        rid = ws.add_review(
+            str(Path(args.image).resolve()), args.reviewer, labels, action=action, note=args.note
+        )
+        print(
+            f"review {rid} recorded: {args.image} -> {', '.join(labels) or action} by {args.reviewer}"
+        )
+    return EXIT_OK
+
+
+def cmd_agreement(args: argparse.Namespace) -> int:
+    from .store import Workspace
+
+    with Workspace.open(args.workspace, create=False) as ws:
+        out = ws.agreement()
+    if args.json:
+        print_json(out)
+        return EXIT_OK
+    if not out.get("pairs") and not out.get("with_ai"):
+        print("no image has been reviewed by two readers (or by a reader and the AI) yet")
+    for p in out.get("pairs", []):
+        k = "n/a" if p["kappa"] is None else f"{p['kappa']:.3f}"
+        print(f"{p['a']} vs {p['b']}: Cohen's kappa {k} on {p['n']} images")
+    for p in out.get("with_ai", []):
+        k = "n/a" if p["kappa"] is None else f"{p['kappa']:.3f}"
+        print(f"{p['reviewer']} vs AI: Cohen's kappa {k} on {p['n']} images")
+    return EXIT_OK
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .store import Workspace
+
+    with Workspace.open(args.workspace, create=False) as ws:
+        rows = ws.models()
+    rows = [
+        {
+            "hash": r["hash"],
+            "name": r.get("name"),
+            "path": r.get("path"),
+            "parent": r.get("parent"),
+            "active": bool(r.get("active")),
+            "created_at": r.get("created_at"),
+            "metrics": r.get("metrics"),
+        }
+        for r in rows
+    ]
+    if args.json:
+        print_json(rows)
+    else:
+        for r in rows:
+            mark = "*" if r["active"] else " "
+            print(
+                f"{mark} {r['hash'][:12]}  {r['created_at'] or '':<25} {r['name']}  (parent {str(r['parent'])[:12]})"
+            )
+    return EXIT_OK
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from .improve import ImproveError, rollback
+
+    try:
+        row = rollback(args.workspace, args.hash, args.actor)
+    except ImproveError as e:
+        raise CliError(str(e)) from None
+    print(f"active model is now {row['hash'][:12]} ({row.get('name')})")
+    return EXIT_OK

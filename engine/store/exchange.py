@@ -1,0 +1,200 @@
+"""Exchange with other programs: results out (CSV/JSON), reviews in (CSV).
+
+The export is written atomically (temporary file, fsync, rename) and audited; an import is
+checked row by row first and stored all together or not at all.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+from ..fileio import atomic_file
+from ..jsonable import to_jsonable
+from .common import (
+    BOOL_FIELDS,
+    PREDICTION_VALUES,
+    REVIEW_ACTIONS,
+    StoreError,
+    normalise_path,
+    prediction_dict,
+    review_label,
+)
+from .rules import active_hash, current_reviews, latest_prediction_rows
+from .writes import Writes
+
+EXPORT_COLUMNS = (
+    *("path", "patient", "eye", "modality", "sha256"),
+    *PREDICTION_VALUES,
+    *("reviewed_label", "review_action", "reviewer", "reviewed_at"),
+    *("model_hash", "settings_key", "predicted_at"),
+)
+
+
+class Exchange(Writes):
+    """Export of results and import of reviews."""
+
+    def export_rows(self) -> list[dict]:
+        """One row per image: its latest prediction (active model) and current review.
+
+        Columns are :data:`EXPORT_COLUMNS`; images never screened have empty prediction
+        fields. ``conformal_set`` is a list, ``quality``/``probabilities`` are dicts and
+        ``reviewed_label`` joins multiple labels with ``;``.
+        """
+        with self._read() as conn:
+            latest = {
+                r["image_id"]: prediction_dict(r)
+                for r in latest_prediction_rows(conn, active_hash(conn))
+            }
+            current = current_reviews(conn)
+            images = conn.execute("SELECT * FROM images ORDER BY id").fetchall()
+        out = []
+        for image in images:
+            pred = latest.get(image["id"], {})
+            review = current.get(image["id"])
+            row = {c: pred.get(c) for c in EXPORT_COLUMNS}
+            row.update(
+                path=image["path"],
+                patient=image["patient"],
+                eye=image["eye"],
+                modality=image["modality"],
+                sha256=image["sha256"],
+                predicted_at=pred.get("created_at"),
+                reviewed_label=None if review is None else review_label(review),
+                review_action=None if review is None else review["action"],
+                reviewer=None if review is None else review["reviewer"],
+                reviewed_at=None if review is None else review["created_at"],
+            )
+            for field in BOOL_FIELDS:
+                if row[field] is not None:
+                    row[field] = bool(row[field])
+            out.append(row)
+        return out
+
+    def write_export(self, out: str | os.PathLike[str], fmt: str) -> int:
+        """Write :meth:`export_rows` as ``"csv"`` or ``"json"`` atomically; returns row count.
+
+        The file appears complete or not at all (temporary file, fsync, ``os.replace``).
+        In CSV, ``conformal_set`` is joined with ``|`` and dicts are JSON text.
+        """
+        if fmt not in ("csv", "json"):
+            raise StoreError(f"export format must be 'csv' or 'json', got {fmt!r}")
+        out = Path(out).expanduser()
+        if not out.parent.is_dir():
+            raise StoreError(f"export folder {out.parent} does not exist")
+        rows = self.export_rows()
+        with atomic_file(out, "w", encoding="utf-8", newline="") as handle:
+            if fmt == "json":
+                json.dump(to_jsonable(rows), handle, ensure_ascii=False, indent=1)
+                handle.write("\n")
+            else:
+                writer = csv.DictWriter(handle, fieldnames=list(EXPORT_COLUMNS))
+                writer.writeheader()
+                for row in rows:
+                    writer.writerow(_csv_row(row))
+        with self._write() as conn:
+            self._audit(
+                conn, "system", "export", {"path": str(out), "format": fmt, "rows": len(rows)}
+            )
+        return len(rows)
+
+    def import_reviews_csv(
+        self, csv_path: str | os.PathLike[str], default_reviewer: str | None = None
+    ) -> int:
+        """Import reviews from a CSV with columns ``path,label,reviewer[,action,note]``.
+
+        ``label`` may hold several labels separated by ``;``. ``path`` may be absolute,
+        relative to the CSV's folder, or a bare file name matching exactly one image.
+        Every row is checked first; any bad row raises :class:`StoreError` naming its row
+        number (header = row 1) and nothing is imported. Returns the number imported.
+        """
+        csv_path = Path(csv_path).expanduser()
+        try:
+            with csv_path.open(newline="", encoding="utf-8-sig") as handle:
+                reader = csv.DictReader(handle)
+                header = [h.strip() for h in (reader.fieldnames or [])]
+                reader.fieldnames = header
+                records = list(enumerate(reader, start=2))
+        except OSError as exc:
+            raise StoreError(f"cannot read {csv_path}: {exc.strerror or exc}") from None
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise StoreError(f"{csv_path.name} is not a readable UTF-8 CSV: {exc}") from None
+        required = ["path", "label"] + ([] if default_reviewer else ["reviewer"])
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise StoreError(f"{csv_path.name}: missing column(s) {missing}; found {header}")
+        fallback = default_reviewer.strip() if default_reviewer else None
+        with self._write() as conn:
+            by_name: dict[str, list[int]] = {}
+            for row in conn.execute("SELECT id, path FROM images"):
+                by_name.setdefault(Path(row["path"]).name, []).append(int(row["id"]))
+            prepared = []
+            for number, record in records:
+                where = f"{csv_path.name} row {number}"
+                if None in record:
+                    raise StoreError(f"{where}: more fields than header columns")
+                raw_path = (record.get("path") or "").strip()
+                if not raw_path:
+                    raise StoreError(f"{where}: empty path")
+                image_id = self._find_image(conn, raw_path, csv_path.parent, by_name, where)
+                reviewer = (record.get("reviewer") or "").strip() or fallback
+                if not reviewer:
+                    raise StoreError(f"{where}: no reviewer (and no default reviewer given)")
+                action = (record.get("action") or "").strip() or "correct"
+                if action not in REVIEW_ACTIONS or action == "undo":
+                    allowed = [a for a in REVIEW_ACTIONS if a != "undo"]
+                    raise StoreError(f"{where}: action {action!r} is not one of {allowed}")
+                labels = [x.strip() for x in (record.get("label") or "").split(";") if x.strip()]
+                if action in ("confirm", "correct") and not labels:
+                    raise StoreError(f"{where}: empty label for a {action!r} review")
+                note = (record.get("note") or "").strip() or None
+                prepared.append((image_id, reviewer, list(dict.fromkeys(labels)), action, note))
+            for image_id, reviewer, labels, action, note in prepared:
+                self._insert_review(
+                    conn, image_id, reviewer, labels, action, None, None, None, note, audit=False
+                )
+            self._audit(
+                conn,
+                fallback or "system",
+                "import_reviews",
+                {"file": str(csv_path.resolve()), "rows": len(prepared)},
+            )
+        return len(prepared)
+
+    @staticmethod
+    def _find_image(
+        conn: sqlite3.Connection,
+        raw_path: str,
+        base: Path,
+        by_name: dict[str, list[int]],
+        where: str,
+    ) -> int:
+        candidate = Path(raw_path).expanduser()
+        if not candidate.is_absolute():
+            candidate = base / candidate
+        row = conn.execute(
+            "SELECT id FROM images WHERE path = ?", (normalise_path(candidate),)
+        ).fetchone()
+        if row is not None:
+            return int(row[0])
+        matches = by_name.get(Path(raw_path.replace("\\", "/")).name, [])
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise StoreError(
+                f"{where}: file name {raw_path!r} matches {len(matches)} images; give the full path"
+            )
+        raise StoreError(f"{where}: unknown image {raw_path!r} (not in this workspace)")
+
+
+def _csv_row(row: dict) -> dict:
+    out = dict(row)
+    if out.get("conformal_set") is not None:
+        out["conformal_set"] = "|".join(out["conformal_set"])
+    for field in ("quality", "probabilities"):
+        if out.get(field) is not None:
+            out[field] = json.dumps(out[field], ensure_ascii=False)
+    return out

@@ -1,0 +1,119 @@
+"""The store's read rules, each in one place, as functions of an open connection.
+
+* **the active model**: at most one row of ``models`` has ``active = 1``;
+* **an image's current review**: its latest labelling review (confirm, correct,
+  ungradable) that no ``undo`` has cancelled; skips and undos never set a label;
+* **an image's latest prediction**: the newest prediction of the given model (of any model
+  when none is given), joined with the image's facts.
+
+Reads, writes, exports and summaries all call these, so a change of a rule changes every
+screen, command and file that shows it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+from .common import IN_CHUNK, LABELLING_ACTIONS, chunks, prediction_dict, review_dict
+
+# The image columns that travel with a prediction (``sha256`` as ``current_sha256``).
+_IMAGE_COLUMNS = (
+    "i.path, i.patient, i.eye, i.modality, i.width, i.height, i.sha256 AS current_sha256"
+)
+
+
+def active_hash(conn: sqlite3.Connection) -> str | None:
+    """The hash of the active model, or ``None``."""
+    row = conn.execute("SELECT hash FROM models WHERE active = 1").fetchone()
+    return None if row is None else str(row[0])
+
+
+def current_reviews(
+    conn: sqlite3.Connection,
+    image_ids: Sequence[int] | None = None,
+    reviewer: str | None = None,
+    excluding: int | None = None,
+) -> dict[int, dict]:
+    """Image id -> its current review (optionally of one reviewer, or of some images).
+
+    ``excluding`` treats that review as undone (to find what an undo restores).
+    """
+    clauses, params = [], []
+    if reviewer is not None:
+        clauses.append("reviewer = ?")
+        params.append(reviewer)
+    rows: list[sqlite3.Row] = []
+    if image_ids is None:
+        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        rows = conn.execute(f"SELECT * FROM reviews{where} ORDER BY id", params).fetchall()
+    else:
+        for part in chunks(sorted({int(i) for i in image_ids})):
+            marks = ",".join("?" * len(part))
+            where = " AND ".join([*clauses, f"image_id IN ({marks})"])
+            rows += conn.execute(
+                f"SELECT * FROM reviews WHERE {where} ORDER BY id", [*params, *part]
+            ).fetchall()
+        rows.sort(key=lambda r: r["id"])
+    cancelled = {r["undoes"] for r in rows if r["action"] == "undo"}
+    if excluding is not None:
+        cancelled.add(excluding)
+    current: dict[int, dict] = {}
+    for r in rows:
+        if r["action"] in LABELLING_ACTIONS and r["id"] not in cancelled:
+            current[r["image_id"]] = review_dict(r)
+    return current
+
+
+def latest_prediction_rows(
+    conn: sqlite3.Connection, model_hash: str | None, image_ids: Sequence[int] | None = None
+) -> list[sqlite3.Row]:
+    """Each image's newest prediction of ``model_hash`` (any model if ``None``), by image id.
+
+    Rows hold the prediction columns plus the image's path, patient, eye, modality, size
+    and ``current_sha256``. ``image_ids`` limits the answer to those images.
+    """
+    where, params = ("WHERE model_hash = ?", [model_hash]) if model_hash else ("", [])
+    sql = (
+        f"SELECT p.*, {_IMAGE_COLUMNS} FROM predictions p JOIN images i ON i.id = p.image_id"
+        f" WHERE p.id IN (SELECT max(id) FROM predictions {where}{{only}} GROUP BY image_id)"
+        " ORDER BY i.id"
+    )
+    if image_ids is None:
+        return conn.execute(sql.format(only=""), params).fetchall()
+    rows: list[sqlite3.Row] = []
+    for part in chunks(sorted({int(i) for i in image_ids})):
+        marks = ",".join("?" * len(part))
+        only = f" {'AND' if where else 'WHERE'} image_id IN ({marks})"
+        rows += conn.execute(sql.format(only=only), [*params, *part]).fetchall()
+    return sorted(rows, key=lambda r: r["image_id"])
+
+
+def prediction_rows_by_id(conn: sqlite3.Connection, ids: Sequence[int]) -> list[sqlite3.Row]:
+    """Predictions by id, with the same image columns as :func:`latest_prediction_rows`."""
+    rows: list[sqlite3.Row] = []
+    for part in chunks([int(i) for i in ids]):
+        marks = ",".join("?" * len(part))
+        rows += conn.execute(
+            f"SELECT p.*, {_IMAGE_COLUMNS} FROM predictions p JOIN images i ON i.id = p.image_id"
+            f" WHERE p.id IN ({marks})",
+            part,
+        ).fetchall()
+    return rows
+
+
+def prediction_records(conn: sqlite3.Connection, rows: Sequence[sqlite3.Row]) -> list[dict]:
+    """Prediction rows as records: JSON parsed, ``stale`` and the image's current ``review``.
+
+    ``stale`` is true when the file changed after the prediction was made.
+    """
+    ids = [r["image_id"] for r in rows]
+    # a few images: only their reviews; many: one pass over all reviews is cheaper
+    current = current_reviews(conn, ids if len(ids) <= IN_CHUNK else None)
+    out = []
+    for r in rows:
+        d = prediction_dict(r)
+        d["stale"] = d.pop("current_sha256") != d["image_sha256"]
+        d["review"] = current.get(d["image_id"])
+        out.append(d)
+    return out

@@ -1,0 +1,152 @@
+"""The workspace schema and its migrations (append only: never edit a released one).
+
+The schema version is the highest row of the ``migrations`` table; a database from a newer
+program is refused by :meth:`engine.store.Workspace.open`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+_SCHEMA_V1 = """
+CREATE TABLE images (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    path TEXT NOT NULL UNIQUE,
+    sha256 TEXT NOT NULL,
+    size_bytes INTEGER,
+    width INTEGER,
+    height INTEGER,
+    modality TEXT,
+    patient TEXT,
+    eye TEXT CHECK (eye IS NULL OR eye IN ('right', 'left')),
+    added_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX images_patient ON images(patient);
+CREATE INDEX images_sha256 ON images(sha256);
+
+CREATE TABLE models (
+    hash TEXT PRIMARY KEY,
+    path TEXT,
+    name TEXT,
+    parent TEXT,
+    created_at TEXT,
+    metrics TEXT,
+    description TEXT,
+    active INTEGER NOT NULL DEFAULT 0 CHECK (active IN (0, 1)),
+    registered_at TEXT NOT NULL
+);
+CREATE UNIQUE INDEX models_one_active ON models(active) WHERE active = 1;
+
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    model_hash TEXT NOT NULL REFERENCES models(hash),
+    settings TEXT NOT NULL,
+    settings_key TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    status TEXT NOT NULL DEFAULT 'running'
+        CHECK (status IN ('running', 'finished', 'cancelled', 'failed')),
+    counts TEXT
+);
+CREATE INDEX runs_model ON runs(model_hash);
+
+CREATE TABLE predictions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    image_id INTEGER NOT NULL REFERENCES images(id),
+    model_hash TEXT NOT NULL REFERENCES models(hash),
+    settings_key TEXT NOT NULL,
+    image_sha256 TEXT NOT NULL,
+    probabilities TEXT,
+    label TEXT,
+    confidence REAL,
+    entropy REAL,
+    mutual_info REAL,
+    top_std REAL,
+    conformal_set TEXT,
+    ood_score REAL,
+    ood INTEGER CHECK (ood IS NULL OR ood IN (0, 1)),
+    quality TEXT,
+    quality_ok INTEGER CHECK (quality_ok IS NULL OR quality_ok IN (0, 1)),
+    triage TEXT NOT NULL CHECK (triage IN
+        ('auto-cleared', 'needs-review', 'ungradable', 'out-of-distribution', 'error')),
+    triage_reason TEXT,
+    error TEXT,
+    uncertainty_method TEXT,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX predictions_image_model ON predictions(image_id, model_hash);
+CREATE INDEX predictions_model_image ON predictions(model_hash, image_id);
+CREATE INDEX predictions_done ON predictions(model_hash, settings_key, image_sha256);
+CREATE INDEX predictions_run ON predictions(run_id);
+
+CREATE TABLE reviews (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    image_id INTEGER NOT NULL REFERENCES images(id),
+    reviewer TEXT NOT NULL CHECK (length(trim(reviewer)) > 0),
+    labels TEXT NOT NULL DEFAULT '[]',
+    action TEXT NOT NULL CHECK (action IN ('confirm', 'correct', 'ungradable', 'skip', 'undo')),
+    prediction_id INTEGER REFERENCES predictions(id),
+    undoes INTEGER REFERENCES reviews(id),
+    seconds REAL,
+    note TEXT,
+    created_at TEXT NOT NULL,
+    CHECK ((action = 'undo') = (undoes IS NOT NULL))
+);
+CREATE INDEX reviews_image ON reviews(image_id);
+CREATE INDEX reviews_reviewer ON reviews(reviewer);
+CREATE UNIQUE INDEX reviews_undone_once ON reviews(undoes) WHERE undoes IS NOT NULL;
+CREATE TRIGGER reviews_no_update BEFORE UPDATE ON reviews
+BEGIN SELECT RAISE(ABORT, 'reviews are append-only: UPDATE is not allowed'); END;
+CREATE TRIGGER reviews_no_delete BEFORE DELETE ON reviews
+BEGIN SELECT RAISE(ABORT, 'reviews are append-only: DELETE is not allowed'); END;
+
+CREATE TABLE audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    details TEXT
+);
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: UPDATE is not allowed'); END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: DELETE is not allowed'); END;
+"""
+
+
+def _migration_1_initial(conn: sqlite3.Connection) -> None:
+    """Images, models, runs, predictions, append-only reviews and audit."""
+    for statement in _split_sql(_SCHEMA_V1):
+        conn.execute(statement)
+
+
+def _split_sql(script: str) -> list[str]:
+    """Split a script into statements (``executescript`` would commit our transaction)."""
+    statements, buffer = [], ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip():
+        statements.append(buffer.strip())
+    return statements
+
+
+# Ordered; migration i (1-based) brings the schema from version i-1 to i. Append only.
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migration_1_initial,)
+SCHEMA_VERSION: int = len(MIGRATIONS)
+
+
+def user_schema_version(conn: sqlite3.Connection) -> int:
+    """The version recorded in ``migrations`` (0 for a new or foreign database)."""
+    has_table = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'migrations'"
+    ).fetchone()
+    if not has_table:
+        return 0
+    row = conn.execute("SELECT max(version) FROM migrations").fetchone()
+    return int(row[0] or 0)
