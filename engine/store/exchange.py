@@ -28,7 +28,9 @@ from .writes import Writes
 
 EXPORT_COLUMNS = (
     *("path", "patient", "eye", "modality", "sha256"),
+    *("kind", "n_slices", "acquired"),
     *PREDICTION_VALUES,
+    "key_slice",
     *("reviewed_label", "review_action", "reviewer", "reviewed_at"),
     *("model_hash", "settings_key", "predicted_at"),
 )
@@ -41,7 +43,8 @@ class Exchange(Writes):
         """One row per image: its latest prediction (active model) and current review.
 
         Columns are :data:`EXPORT_COLUMNS`; images never screened have empty prediction
-        fields. ``conformal_set`` is a list, ``quality``/``probabilities`` are dicts and
+        fields. A volume is one row (``kind`` volume, ``n_slices`` B-scans, ``key_slice``
+        its most suspicious one, 1-based). ``conformal_set`` is a list, ``quality``/``probabilities`` are dicts and
         ``reviewed_label`` joins multiple labels with ``;``.
         """
         with self._read() as conn:
@@ -62,6 +65,9 @@ class Exchange(Writes):
                 eye=image["eye"],
                 modality=image["modality"],
                 sha256=image["sha256"],
+                kind=image["kind"],
+                n_slices=image["n_slices"],
+                acquired=image["acquired"],
                 predicted_at=pred.get("created_at"),
                 reviewed_label=None if review is None else review_label(review),
                 review_action=None if review is None else review["action"],
