@@ -348,14 +348,7 @@ def cmd_screen(args: argparse.Namespace) -> int:
     )
     models = attach_engine(models, settings)
     if args.workspace:
-        volumes = [it for it in items if it.is_volume]
-        if volumes:
-            err(
-                f"{len(volumes)} volume(s) left out of the workspace run (e.g. {volumes[0].path}); "
-                "screen them with --out"
-            )
-        paths = [it.path for it in items if not it.is_volume]
-        return _screen_workspace(args, paths, models, settings)
+        return _screen_workspace(args, items, models, settings)
     return _screen_csv(args, items, models, settings)
 
 
@@ -465,7 +458,7 @@ def _summary(
     print(f"results: {where}")
 
 
-def _screen_workspace(args, paths, models, settings) -> int:  # noqa: ANN001
+def _screen_workspace(args, items, models, settings) -> int:  # noqa: ANN001
     from .tasks import TaskState
     from .workspace_screen import screen_into_workspace
 
@@ -473,7 +466,13 @@ def _screen_workspace(args, paths, models, settings) -> int:  # noqa: ANN001
     t0 = time.monotonic()
     try:
         report = screen_into_workspace(
-            args.workspace, paths, models, settings, state, actor=args.actor
+            args.workspace,
+            items,
+            models,
+            settings,
+            state,
+            actor=args.actor,
+            keep_names=args.patient_names,
         )
     except KeyboardInterrupt:
         state.cancel()
@@ -485,8 +484,18 @@ def _screen_workspace(args, paths, models, settings) -> int:  # noqa: ANN001
         if report["skipped"]
         else "screening every image"
     )
+    for path, reason in report.get("unreadable", []):
+        err(f"{path}: {reason}")
+    n_volumes = sum(1 for it in items if it.is_volume)
     _summary(
-        report["counts"], report["screened"], len(paths), dt, _runs_on(models[0]), args.workspace
+        report["counts"],
+        report["screened"],
+        len(items),
+        dt,
+        _runs_on(models[0]),
+        args.workspace,
+        n_volumes,
+        report.get("screened_slices") if n_volumes else None,
     )
     activation = report.get("activation") or {}
     if activation.get("message"):

@@ -1,5 +1,10 @@
 """Screen into a workspace: incremental, resumable, one transaction per chunk.
 
+Items are images and OCT volumes (:mod:`engine.volumes`): a volume is one worklist item with
+its B-scan count, its most suspicious slice and one stored row per B-scan. What the file
+says (:mod:`engine.filefacts`: patient, eye, acquisition date, device) is stored with the
+item and wins over the file name; the patient's name only when the caller keeps names.
+
 Images already screened by the same model with the same settings (matched by file hash)
 are skipped, so re-running a folder only does the new or changed files, and a run that was
 interrupted (Ctrl+C, a crash, ``kill -9``) resumes where it stopped.
@@ -21,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 from .activation import activate_after_screening, register_model
 from .models import LoadedModel
-from .screen import ScreenResult, ScreenSettings, screen
+from .screen import ScreenResult, ScreenSettings
 from .tasks import TaskState
+from .volumes import Item, finding_probability, item_for_path, screen_items
 
 if TYPE_CHECKING:
     from .store import Workspace
@@ -33,22 +39,60 @@ def register(ws: Workspace, lm: LoadedModel, actor: str = "system") -> None:
     register_model(ws, lm.sha256, lm.path, lm.spec, actor=actor)
 
 
-def _file_facts(path: Path) -> dict[str, Any]:
-    from .naming import parse_patient_eye
+def _item_sha256(item: Item) -> tuple[str, int]:
+    """The item's content hash and size: its file's, or for a volume folder a hash over its
+    B-scan files' names and hashes (a changed, added or removed B-scan changes it)."""
+    import hashlib
+
     from .store import sha256_file
 
+    if not item.path.is_dir():
+        return sha256_file(item.path), item.path.stat().st_size
+    digest = hashlib.sha256()
+    size = 0
+    for part in item.slices:
+        part = Path(part)  # a folder volume's slices are its image files
+        digest.update(f"{part.name}\0{sha256_file(part)}\n".encode())
+        size += part.stat().st_size
+    return digest.hexdigest(), size
+
+
+def item_row(source: Path | Item, keep_names: bool = False) -> dict[str, Any]:
+    """What the store keeps of one item: hash, size, kind, slice count and what the file says
+    (patient, eye and date, the file's word before the file name's; ``facts`` with each
+    fact's source and the device). ``error`` instead when it cannot be read or used;
+    ``item`` is the :class:`engine.volumes.Item` itself (``None`` when it is not an item)."""
+    from .filefacts import item_facts
+
+    path = Path(source.path if isinstance(source, Item) else source)
+    resolved = str(path.resolve())
+    item = source if isinstance(source, Item) else item_for_path(path)
+    if item is None:
+        return {
+            "path": resolved,
+            "item": None,
+            "error": "is not an image, a volume or a DICOM file",
+        }
+    if item.error is not None:
+        return {"path": resolved, "item": item, "error": item.error}
     try:
-        st = path.stat()
-        sha = sha256_file(path)
+        sha, size = _item_sha256(item)
     except OSError as e:
-        return {"path": str(path.resolve()), "error": f"cannot be read ({e.strerror or e})"}
-    patient, eye = parse_patient_eye(path.name)
+        return {"path": resolved, "item": item, "error": f"cannot be read ({e.strerror or e})"}
+    said = item_facts(item, keep_names=keep_names)
+    facts = {k: v for k, v in said.items() if k not in ("patient", "eye", "date", "patient_name")}
     return {
-        "path": str(path.resolve()),
+        "path": resolved,
+        "item": item,
         "sha256": sha,
-        "size_bytes": st.st_size,
-        "patient": patient,
-        "eye": eye,
+        "size_bytes": size,
+        "kind": item.kind,
+        "n_slices": item.n_slices if item.is_volume else None,
+        "patient": said["patient"],
+        "eye": said["eye"],
+        "acquired": said["date"],
+        "facts": facts,
+        "patient_name": said.get("patient_name") if keep_names else None,
     }
 
 
@@ -60,11 +104,18 @@ def screen_into_workspace(
     state: TaskState | None = None,
     on_chunk: Any = None,
     actor: str = "system",
+    keep_names: bool = False,
 ) -> dict[str, Any]:
     """Run the screen and record it; returns counts, the run id, what was skipped and the
-    activation decision (``activation``: :meth:`engine.activation.Activation.as_dict`)."""
+    activation decision (``activation``: :meth:`engine.activation.Activation.as_dict`).
+
+    ``paths`` are image files, DICOM files, multi-page TIFFs, volume folders or
+    :class:`engine.volumes.Item` objects; ``keep_names`` stores the patient's name the
+    file carries (left out by default)."""
     report: dict[str, Any] = {}
-    events = iter_screen_into_workspace(workspace, paths, models, settings, state, actor=actor)
+    events = iter_screen_into_workspace(
+        workspace, paths, models, settings, state, actor=actor, keep_names=keep_names
+    )
     for event in events:
         if event["kind"] == "chunk" and on_chunk is not None:
             on_chunk(event["results"])
@@ -75,14 +126,18 @@ def screen_into_workspace(
 
 def iter_screen_into_workspace(
     workspace: str | Path,
-    paths: Sequence[Path],
+    paths: Sequence[Path | Item],
     models: Sequence[LoadedModel],
     settings: ScreenSettings,
     state: TaskState | None = None,
     actor: str = "system",
+    keep_names: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Generator form: yields ``chunk`` events (``results``, ``records``, ``run_id``) and a
-    final ``done`` event; ``actor`` is recorded if the run changes the active model."""
+    final ``done`` event; ``actor`` is recorded if the run changes the active model.
+
+    Progress counts B-scans (an image is one); a volume is stored once all its B-scans are
+    screened, so a cancelled run leaves no volume half done."""
     from .store import Workspace, settings_key
 
     state = state or TaskState()
@@ -95,26 +150,33 @@ def iter_screen_into_workspace(
             register(ws, m, actor=actor)
         state.progress(0, len(paths), "hashing files")
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2)) as pool:
-            facts = list(pool.map(_file_facts, paths))
+            facts = list(pool.map(lambda p: item_row(p, keep_names), paths))
         readable = [f for f in facts if "error" not in f]
-        ids = ws.add_images([{**f, "modality": lm.spec.modality} for f in readable])
+        ids = ws.add_images(
+            [
+                {k: v for k, v in f.items() if k != "item"} | {"modality": lm.spec.modality}
+                for f in readable
+            ]
+        )
         id_by_path = {f["path"]: i for f, i in zip(readable, ids, strict=True)}
         done = ws.done_image_hashes(lm.sha256, key)
-        todo = [Path(f["path"]) for f in readable if f["sha256"] not in done]
+        todo: list[Item] = [f["item"] for f in readable if f["sha256"] not in done]
         skipped = len(readable) - len(todo)
         unreadable = [f for f in facts if "error" in f]
         run_id = ws.start_run(lm.sha256, run_settings)  # the store derives the same key
         counts: dict[str, int] = {}
         status = "failed"
         screened = 0
+        screened_slices = 0  # images and B-scans
         try:
-            for chunk in screen(todo, models, settings, state):
-                rows = [_row(r, id_by_path) for r in chunk]
+            for chunk in screen_items(todo, models, settings, state, keep_names):
+                rows = [_row(r, id_by_path, lm.spec) for r in chunk]
                 pred_ids = ws.add_predictions(run_id, rows)
                 for r, pid in zip(chunk, pred_ids, strict=True):
                     counts[r.triage] = counts.get(r.triage, 0) + 1
                     r.prediction_id = pid  # type: ignore[attr-defined]
                 screened += len(chunk)
+                screened_slices += sum(r.n_slices or 1 for r in chunk)
                 records = ws.prediction_records(pred_ids)
                 yield {"kind": "chunk", "results": chunk, "records": records, "run_id": run_id}
             status = "cancelled" if state.cancelled() else "finished"
@@ -141,14 +203,34 @@ def iter_screen_into_workspace(
             "status": status,
             "counts": counts,
             "screened": screened,
+            "screened_slices": screened_slices,
             "skipped": skipped,
             "unreadable": [(f["path"], f["error"]) for f in unreadable],
             "activation": activation.as_dict(),
         }
 
 
-def _row(r: ScreenResult, id_by_path: dict[str, int]) -> dict[str, Any]:
+def _row(r: ScreenResult, id_by_path: dict[str, int], spec: Any) -> dict[str, Any]:
+    """The store's prediction row for an item's result (slice numbers 1-based)."""
+    slices = [
+        {
+            "slice": s.slice_index + 1,
+            "label": s.label,
+            "confidence": s.confidence,
+            "finding": finding_probability(s.probabilities, spec),
+            "probabilities": s.probabilities or None,
+            "ood_score": s.ood_score,
+            "quality_ok": s.quality_ok,
+            "triage": s.triage,
+            "triage_reason": s.triage_reason,
+            "error": s.error,
+        }
+        for s in r.slices or []
+        if s.slice_index is not None
+    ]
     return {
+        "key_slice": None if r.key_slice is None else r.key_slice + 1,
+        "slices": slices,
         "image_id": id_by_path[str(Path(r.path).resolve())],
         "probabilities": r.probabilities,
         "label": r.label,

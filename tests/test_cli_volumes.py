@@ -98,6 +98,83 @@ def test_patient_names_are_kept_only_with_the_flag(capsys, tmp_path, mixed_clini
     assert rows["IM0001"]["patient_name"] == "Doe, Jane"
 
 
+def test_screen_into_a_workspace_stores_volumes_slices_and_what_the_files_say(
+    capsys, tmp_path, mixed_clinic, tiny_model
+):
+    from engine.store import Workspace
+
+    folder_volume = mixed_clinic / "visit"
+    folder_volume.mkdir()
+    (folder_volume / "volume.json").write_text('{"patient": "77", "eye": "OD", "date": "20240601"}')
+    for i, frame in enumerate(bscans(4, seed=5), start=1):
+        Image.fromarray(frame).save(folder_volume / f"b{i}.png")
+    ws_dir = tmp_path / "ws"
+    code, stdout, stderr = run(
+        capsys, "screen", mixed_clinic, "--model", tiny_model, "--workspace", ws_dir
+    )
+    assert code == 0, stderr
+    assert "3 volumes" in stdout
+    with Workspace.open(ws_dir, create=False) as ws:
+        items = {Path(i["path"]).name: i for i in ws.images()}
+        records = {Path(r["path"]).name: r for r in ws.latest_predictions()}
+        assert len(items) == 7  # two PNGs, IM0001, three volumes, video.dcm
+        vol = items["0000_OS_oct.dcm"]
+        assert (vol["kind"], vol["n_slices"]) == ("volume", 12)
+        # the file's patient, eye and date win over the name's (0000, OS)
+        assert (vol["patient"], vol["eye"], vol["acquired"]) == ("1221", "left", "2024-05-02")
+        assert vol["facts"]["facts_from"] == {"patient": "dicom", "eye": "dicom", "date": "dicom"}
+        assert vol["facts"]["manufacturer"] == "EyeTriage synthetic"
+        assert vol["patient_name"] is None and "patient_name" not in vol["facts"]
+        record = records["0000_OS_oct.dcm"]
+        slices = ws.slice_predictions(record["id"])
+        assert [s["slice"] for s in slices] == list(range(1, 13))
+        key = slices[record["key_slice"] - 1]
+        assert key["probabilities"] == record["probabilities"]
+        # the key slice is the one most likely to show a finding
+        assert key["finding"] == max(s["finding"] for s in slices)
+        assert record["triage"] == "out-of-distribution"  # B-scans shown to a fundus model
+        assert "12 of 12 slices" in record["triage_reason"]
+        visit = items["visit"]
+        assert (visit["kind"], visit["n_slices"], visit["patient"], visit["eye"]) == (
+            "volume",
+            4,
+            "77",
+            "right",
+        )
+        assert visit["acquired"] == "2024-06-01"
+        assert visit["facts"]["facts_from"]["patient"] == "volume.json"
+        assert len(ws.slice_predictions(records["visit"]["id"])) == 4
+        assert (items["scan.tif"]["kind"], items["scan.tif"]["n_slices"]) == ("volume", 5)
+        photo = items["IM0001"]
+        assert (photo["kind"], photo["patient"], photo["eye"]) == ("image", "1221", "right")
+        assert ws.slice_predictions(records["IM0001"]["id"]) == []
+        assert records["video.dcm"]["triage"] == "error"
+        assert "MPEG-4" in records["video.dcm"]["error"]
+    # the same folder again: every item, volumes included, is already done
+    code, stdout, _ = run(
+        capsys, "screen", mixed_clinic, "--model", tiny_model, "--workspace", ws_dir
+    )
+    assert code == 0
+    assert "6 images already screened" in stdout  # video.dcm failed, so it is tried again
+
+
+def test_a_workspace_keeps_patient_names_only_with_the_flag(
+    capsys, tmp_path, mixed_clinic, tiny_model
+):
+    from engine.store import Workspace
+
+    for flag, expected in (((), None), (("--patient-names",), "Doe, Jane")):
+        ws_dir = tmp_path / f"ws{len(flag)}"
+        code, _, _ = run(
+            capsys, "screen", mixed_clinic, "--model", tiny_model, "--workspace", ws_dir, *flag
+        )
+        assert code == 0
+        with Workspace.open(ws_dir, create=False) as ws:
+            names = {Path(i["path"]).name: i["patient_name"] for i in ws.images()}
+        assert names["IM0001"] == names["0000_OS_oct.dcm"] == expected
+        assert names["scan.tif"] is None  # no name in a TIFF
+
+
 def test_explain_a_volume_writes_the_key_slice_or_every_slice(
     capsys, tmp_path, mixed_clinic, tiny_model
 ):
