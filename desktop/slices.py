@@ -1,7 +1,7 @@
 """Moving through an OCT volume: slice number, slider, per-slice probability strip.
 
 ``SliceBar`` sits under the viewer when the item is a volume. It shows "Slice 23 / 49",
-a slider, Page Up/Page Down buttons, a "Most suspicious" jump (K) and a strip with one bar
+a slider, Page Up/Page Down buttons, a "Most suspicious" jump (M) and a strip with one bar
 per B-scan: its height is that slice's probability of a finding and a slice the model sent
 to review carries a mark as well as a colour. Clicking or dragging on the strip selects a
 slice. In blind mode the strip and the jump are hidden: they would reveal the AI's answer.
@@ -147,23 +147,29 @@ class SliceBar(QWidget):
         self.slider.setPageStep(5)
         self.key_button = QToolButton()
         self.key_button.setObjectName("keySliceButton")
-        self.key_button.setToolTip("Go to the slice with the highest probability of a finding (K)")
+        self.key_button.setToolTip("Go to the slice with the highest probability of a finding (M)")
         self.prob_label = QLabel()
         self.prob_label.setObjectName("sliceProbability")
         self.strip = SliceStrip()
+        self.slider.setMinimumWidth(120)
+        # two rows, so the slider keeps its width in a 1280 px window: navigation above,
+        # the AI's per-slice answers (strip, probability, jump) below
         top = QHBoxLayout()
         top.setContentsMargins(0, 0, 0, 0)
         top.addWidget(self.prev_button)
         top.addWidget(self.label)
         top.addWidget(self.slider, 1)
         top.addWidget(self.next_button)
-        top.addWidget(self.prob_label)
-        top.addWidget(self.key_button)
+        answers = QHBoxLayout()
+        answers.setContentsMargins(0, 0, 0, 0)
+        answers.addWidget(self.strip, 1)
+        answers.addWidget(self.prob_label)
+        answers.addWidget(self.key_button)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(8, 2, 8, 2)
         layout.setSpacing(2)
         layout.addLayout(top)
-        layout.addWidget(self.strip)
+        layout.addLayout(answers)
         self.prev_button.clicked.connect(lambda: self.step(-1))
         self.next_button.clicked.connect(lambda: self.step(1))
         self.key_button.clicked.connect(self.jump_to_key)
@@ -213,7 +219,7 @@ class SliceBar(QWidget):
         self.key_button.setVisible(not self._blind and self._key is not None)
         self.prob_label.setVisible(not self._blind)
         if self._key is not None:
-            self.key_button.setText(f"Most suspicious: {self._key + 1} (K)")
+            self.key_button.setText(f"Most suspicious: {self._key + 1} (M)")
 
     # ------------------------------------------------------------------ navigation
 

@@ -28,7 +28,7 @@ def test_a_volume_opens_on_its_most_suspicious_slice_with_words(bar):
     assert bar.current() == 30
     assert bar.label.text() == "Slice 31 / 49"
     assert bar.prob_label.text() == "finding probability 0.91"
-    assert bar.key_button.text() == "Most suspicious: 31 (K)"
+    assert bar.key_button.text() == "Most suspicious: 31 (M)"
 
 
 def test_buttons_slider_and_strip_move_through_slices(bar, qtbot):
