@@ -188,3 +188,25 @@ def test_worklist_rows_say_a_volume_and_its_slice_count(ws_folder):
     assert 1 <= vol["key_slice"] <= N
     assert (vol["patient"], vol["eye"]) == ("1221", "left")  # from the DICOM header
     assert row_from_prediction(records["photo.png"])["kind"] == "image"
+
+
+def test_the_patient_report_draws_a_volumes_most_suspicious_b_scan_and_its_overlay(
+    qapp, ws_folder, tiny_model, tmp_path
+):
+    import re
+
+    from desktop.report import picture_source, write_patient_report
+    from engine.images import FrameRef
+    from engine.modelfile import read_spec
+    from engine.store import Workspace
+
+    with Workspace.open(ws_folder, create=False) as ws:
+        (record,) = [r for r in ws.latest_predictions() if r["kind"] == "volume"]
+    source, caption = picture_source(record)
+    assert source == FrameRef(Path(record["path"]), record["key_slice"] - 1)
+    assert caption == f"B-scan {record['key_slice']} of {N} (most suspicious)"
+    out = write_patient_report(
+        ws_folder, "1221", tmp_path / "r.pdf", spec=read_spec(tiny_model), model_path=tiny_model
+    )
+    images = re.findall(rb"/Subtype\s*/Image", out.read_bytes())
+    assert len(images) >= 2  # the B-scan and its Grad-CAM overlay, not placeholders
