@@ -19,6 +19,7 @@ SUITES = [
     "bench_gui",
     "bench_improve",
     "bench_volume",
+    "bench_slice_switch",
 ]
 
 
