@@ -1,4 +1,4 @@
-"""Workspace commands of ``eyetriage``: export, review, agreement, models, rollback.
+"""Workspace commands of ``eyetriage``: export, visits, review, agreement, models, rollback.
 
 They read and write the store only and never import torch, so they start in a fraction of
 a second.
@@ -19,7 +19,17 @@ def add_workspace_commands(sub: Any) -> None:
     x.add_argument("workspace")
     x.add_argument("--format", choices=["csv", "json"], default="csv")
     x.add_argument("--out", required=True)
+    x.add_argument(
+        "--deidentify",
+        action="store_true",
+        help="pseudonymise patients, turn dates into visit numbers, replace paths",
+    )
     x.set_defaults(func=cmd_export)
+
+    vi = sub.add_parser("visits", help="one referral decision per patient, eye and visit")
+    vi.add_argument("workspace")
+    vi.add_argument("--json", action="store_true")
+    vi.set_defaults(func=cmd_visits)
 
     r = sub.add_parser("review", help="record a review (or many, --from-csv)")
     r.add_argument("workspace")
@@ -52,8 +62,36 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .store import Workspace
 
     with Workspace.open(args.workspace, create=False) as ws:
-        n = ws.write_export(args.out, args.format)
-    print(f"exported {n} rows to {args.out}")
+        n = ws.write_export(args.out, args.format, deidentify=args.deidentify)
+    print(f"exported {n} rows to {args.out}" + (" (de-identified)" if args.deidentify else ""))
+    return EXIT_OK
+
+
+def cmd_visits(args: argparse.Namespace) -> int:
+    """The roll-up by patient, eye and acquisition date (:func:`engine.visits.visit_rollup`)."""
+    from .store import Workspace
+    from .visits import visit_rollup
+
+    with Workspace.open(args.workspace, create=False) as ws:
+        rows = [{**r, "date": r["acquired"]} for r in ws.export_rows()]
+    visits = visit_rollup(rows)
+    if args.json:
+        keep = ("path", "kind", "n_slices", "key_slice", "label", "confidence", "triage")
+        print_json(
+            [{**v, "parts": [{k: p.get(k) for k in keep} for p in v["parts"]]} for v in visits]
+        )
+        return EXIT_OK
+    if not visits:
+        print("no screened items with a patient")
+    for v in visits:
+        print(
+            f"patient {v['patient']}  {v['eye']} eye  {v['date'] or 'date unknown'}: "
+            f"{v['decision']} ({v['triage'] or 'not screened'})"
+        )
+        for p in v["parts"]:
+            what = f"volume, {p['n_slices']} B-scans" if p.get("kind") == "volume" else "image"
+            key = f", key slice {p['key_slice']}" if p.get("key_slice") else ""
+            print(f"    {Path(p['path']).name} ({what}{key}): {p.get('triage') or 'not screened'}")
     return EXIT_OK
 
 

@@ -338,3 +338,71 @@ def test_other_sqlite_clients_cannot_store_a_bad_kind_or_slice(ws: Workspace) ->
         ws.conn.execute(
             "INSERT INTO slice_predictions (prediction_id, slice, triage) VALUES (1, 0, 'error')"
         )
+
+
+# ----------------------------------------------------------------- exports and visits
+
+
+def _visit_workspace(ws: Workspace, root: Path) -> tuple[int, int, int]:
+    """Patient P7's left eye on 2024-05-02: an OCT volume (referred) and a photograph
+    (cleared); the same eye on another day: a photograph (cleared)."""
+    vol, photo, later = ws.add_images(
+        [
+            volume_row(root, "oct.dcm", patient_name="DOE^JANE"),
+            volume_row(root, "photo.dcm", kind="image", n_slices=None),
+            volume_row(root, "later.dcm", kind="image", n_slices=None, acquired="2024-09-01"),
+        ]
+    )
+    ws.register_model(MODEL, None, "demo", activate=True)
+    run = ws.start_run(MODEL, {})
+    cleared = {"triage": "auto-cleared", "label": "normal", "confidence": 0.95}
+    ws.add_predictions(
+        run,
+        [
+            volume_prediction(vol),
+            {"image_id": photo, **cleared},
+            {"image_id": later, **cleared},
+        ],
+    )
+    ws.add_review(vol, "dr_a", ["dme"], slice=3, note="cysts near the fovea, Mrs Doe")
+    return vol, photo, later
+
+
+def test_a_deidentified_export_leaves_out_who_and_when_but_keeps_the_visit(
+    ws: Workspace, tmp_path: Path
+) -> None:
+    _visit_workspace(ws, tmp_path)
+    out = tmp_path / "shared.csv"
+    assert ws.write_export(out, "csv", deidentify=True) == 3
+    text = out.read_text(encoding="utf-8")
+    for secret in ("P7", "DOE", "2024-", "oct.dcm", "photo.dcm", sha("oct.dcm")):
+        assert secret not in text
+    with out.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {r["patient"] for r in rows} == {"patient-001"}
+    assert [r["visit"] for r in rows] == ["1", "1", "2"]
+    assert [r["kind"] for r in rows] == ["volume", "image", "image"]
+    assert rows[0]["key_slice"] == "3" and rows[0]["reviewed_label"] == "dme"
+    assert ws.audit_log()[-1]["details"]["deidentified"] is True
+
+
+def test_visits_command_makes_one_decision_per_patient_eye_and_date(
+    ws: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from engine.cli import main
+
+    _visit_workspace(ws, tmp_path)
+    assert main(["visits", str(ws.path), "--json"]) == 0
+    visits = json.loads(capsys.readouterr().out)
+    assert [(v["patient"], v["eye"], v["date"], v["decision"]) for v in visits] == [
+        ("P7", "left", "2024-05-02", "refer"),
+        ("P7", "left", "2024-09-01", "no referral needed"),
+    ]
+    assert [Path(p["path"]).name for p in visits[0]["parts"]] == ["oct.dcm", "photo.dcm"]
+    assert visits[0]["parts"][0]["key_slice"] == 3
+    assert main(["visits", str(ws.path)]) == 0
+    text = capsys.readouterr().out
+    assert "patient P7  left eye  2024-05-02: refer (needs-review)" in text
+    assert "oct.dcm (volume, 5 B-scans, key slice 3): needs-review" in text

@@ -80,30 +80,41 @@ class Exchange(Writes):
             out.append(row)
         return out
 
-    def write_export(self, out: str | os.PathLike[str], fmt: str) -> int:
+    def write_export(self, out: str | os.PathLike[str], fmt: str, deidentify: bool = False) -> int:
         """Write :meth:`export_rows` as ``"csv"`` or ``"json"`` atomically; returns row count.
 
         The file appears complete or not at all (temporary file, fsync, ``os.replace``).
-        In CSV, ``conformal_set`` is joined with ``|`` and dicts are JSON text.
+        In CSV, ``conformal_set`` is joined with ``|`` and dicts are JSON text. With
+        ``deidentify`` patients become pseudonyms, dates visit numbers, paths item numbers,
+        and hashes are left out (:mod:`engine.deidentify`).
         """
+        from ..deidentify import deidentified_columns, deidentify_rows
+
         if fmt not in ("csv", "json"):
             raise StoreError(f"export format must be 'csv' or 'json', got {fmt!r}")
         out = Path(out).expanduser()
         if not out.parent.is_dir():
             raise StoreError(f"export folder {out.parent} does not exist")
         rows = self.export_rows()
+        columns = list(EXPORT_COLUMNS)
+        if deidentify:
+            rows = deidentify_rows(rows)
+            columns = deidentified_columns(columns)
         with atomic_file(out, "w", encoding="utf-8", newline="") as handle:
             if fmt == "json":
                 json.dump(to_jsonable(rows), handle, ensure_ascii=False, indent=1)
                 handle.write("\n")
             else:
-                writer = csv.DictWriter(handle, fieldnames=list(EXPORT_COLUMNS))
+                writer = csv.DictWriter(handle, fieldnames=columns)
                 writer.writeheader()
                 for row in rows:
                     writer.writerow(_csv_row(row))
         with self._write() as conn:
             self._audit(
-                conn, "system", "export", {"path": str(out), "format": fmt, "rows": len(rows)}
+                conn,
+                "system",
+                "export",
+                {"path": str(out), "format": fmt, "rows": len(rows), "deidentified": deidentify},
             )
         return len(rows)
 

@@ -210,3 +210,18 @@ def test_the_patient_report_draws_a_volumes_most_suspicious_b_scan_and_its_overl
     )
     images = re.findall(rb"/Subtype\s*/Image", out.read_bytes())
     assert len(images) >= 2  # the B-scan and its Grad-CAM overlay, not placeholders
+
+
+def test_file_export_de_identified_leaves_out_the_patient_and_file_names(ws_folder, tmp_path):
+    import csv
+
+    from desktop.export_control import write_export
+
+    out = tmp_path / "shared.csv"
+    assert write_export(ws_folder, out, "csv", deidentify=True) == 2
+    text = out.read_text(encoding="utf-8")
+    assert "oct.dcm" not in text and "photo.png" not in text
+    rows = list(csv.DictReader(out.open(newline="", encoding="utf-8")))
+    assert all(r["path"].startswith("item-") and "sha256" not in r for r in rows)
+    assert sorted(r["kind"] for r in rows) == ["image", "volume"]
+    assert {r["patient"] for r in rows} == {"patient-001", ""}
