@@ -38,7 +38,8 @@ def add_workspace_commands(sub: Any) -> None:
     r.add_argument("--reviewer")
     r.add_argument("--action", choices=["confirm", "correct", "ungradable", "skip"])
     r.add_argument("--note")
-    r.add_argument("--from-csv", help="CSV with columns path,label,reviewer[,action,note]")
+    r.add_argument("--slice", type=int, help="for an OCT volume: the B-scan read (1-based)")
+    r.add_argument("--from-csv", help="CSV with columns path,label,reviewer[,action,note,slice]")
     r.set_defaults(func=cmd_review)
 
     a = sub.add_parser("agreement", help="Cohen's kappa between reviewers and with the AI")
@@ -110,7 +111,12 @@ def cmd_review(args: argparse.Namespace) -> int:
         labels = [x for x in (args.label or "").split(";") if x]
         action = args.action or "correct"
         rid = ws.add_review(
-            str(Path(args.image).resolve()), args.reviewer, labels, action=action, note=args.note
+            str(Path(args.image).resolve()),
+            args.reviewer,
+            labels,
+            action=action,
+            note=args.note,
+            slice=args.slice,
         )
         print(
             f"review {rid} recorded: {args.image} -> {', '.join(labels) or action} by {args.reviewer}"

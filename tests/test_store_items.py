@@ -406,3 +406,40 @@ def test_visits_command_makes_one_decision_per_patient_eye_and_date(
     text = capsys.readouterr().out
     assert "patient P7  left eye  2024-05-02: refer (needs-review)" in text
     assert "oct.dcm (volume, 5 B-scans, key slice 3): needs-review" in text
+
+
+def test_imported_reviews_may_note_a_slice_and_a_bad_one_names_its_row(
+    ws: Workspace, tmp_path: Path
+) -> None:
+    vol, photo, _ = _visit_workspace(ws, tmp_path)
+    before = len(ws.reviews())
+    bad = tmp_path / "bad.csv"
+    bad.write_text(
+        "path,label,reviewer,slice\noct.dcm,dme,dr_b,2\nphoto.dcm,normal,dr_b,1\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(StoreError, match=r"bad.csv row 3: slice: 1 given, but the item is a"):
+        ws.import_reviews_csv(bad)
+    bad.write_text("path,label,reviewer,slice\noct.dcm,dme,dr_b,9\n", encoding="utf-8")
+    with pytest.raises(StoreError, match=r"bad.csv row 2: slice: 9 is outside the volume's"):
+        ws.import_reviews_csv(bad)
+    assert len(ws.reviews()) == before  # all or nothing
+    good = tmp_path / "good.csv"
+    good.write_text(
+        "path,label,reviewer,slice\noct.dcm,dme,dr_b,2\nphoto.dcm,normal,dr_b,\n", encoding="utf-8"
+    )
+    assert ws.import_reviews_csv(good) == 2
+    assert [(r["image_id"], r["slice"]) for r in ws.reviews()[before:]] == [(vol, 2), (photo, None)]
+
+
+def test_the_review_command_records_a_slice(
+    ws: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from engine.cli import main
+
+    vol, _, _ = _visit_workspace(ws, tmp_path)
+    args = ["review", str(ws.path), str(tmp_path / "oct.dcm"), "--label", "dme"]
+    assert main([*args, "--reviewer", "dr_c", "--slice", "4"]) == 0
+    assert ws.reviews(vol)[-1]["slice"] == 4
+    assert main([*args, "--reviewer", "dr_c", "--slice", "40"]) != 0
+    assert "outside the volume's slices 1-5" in capsys.readouterr().err

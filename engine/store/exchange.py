@@ -23,8 +23,11 @@ from .common import (
     prediction_dict,
     review_label,
 )
+from .common import (
+    number as to_number,
+)
 from .rules import active_hash, current_reviews, latest_prediction_rows
-from .writes import Writes
+from .writes import Writes, check_slice
 
 EXPORT_COLUMNS = (
     *("path", "patient", "eye", "modality", "sha256"),
@@ -121,9 +124,10 @@ class Exchange(Writes):
     def import_reviews_csv(
         self, csv_path: str | os.PathLike[str], default_reviewer: str | None = None
     ) -> int:
-        """Import reviews from a CSV with columns ``path,label,reviewer[,action,note]``.
+        """Import reviews from a CSV with columns ``path,label,reviewer[,action,note,slice]``.
 
-        ``label`` may hold several labels separated by ``;``. ``path`` may be absolute,
+        ``label`` may hold several labels separated by ``;``; ``slice`` (1-based) notes the
+        B-scan of an OCT volume the review was made on. ``path`` may be absolute,
         relative to the CSV's folder, or a bare file name matching exactly one image.
         Every row is checked first; any bad row raises :class:`StoreError` naming its row
         number (header = row 1) and nothing is imported. Returns the number imported.
@@ -168,10 +172,30 @@ class Exchange(Writes):
                 if action in ("confirm", "correct") and not labels:
                     raise StoreError(f"{where}: empty label for a {action!r} review")
                 note = (record.get("note") or "").strip() or None
-                prepared.append((image_id, reviewer, list(dict.fromkeys(labels)), action, note))
-            for image_id, reviewer, labels, action, note in prepared:
+                raw_slice = (record.get("slice") or "").strip()
+                slice_no = None
+                if raw_slice:
+                    slice_no = to_number(raw_slice, int, f"{where}: slice")
+                    item = conn.execute(
+                        "SELECT kind, n_slices FROM images WHERE id = ?", (image_id,)
+                    ).fetchone()
+                    check_slice(slice_no, item, f"{where}: slice")
+                prepared.append(
+                    (image_id, reviewer, list(dict.fromkeys(labels)), action, note, slice_no)
+                )
+            for image_id, reviewer, labels, action, note, slice_no in prepared:
                 self._insert_review(
-                    conn, image_id, reviewer, labels, action, None, None, None, note, audit=False
+                    conn,
+                    image_id,
+                    reviewer,
+                    labels,
+                    action,
+                    None,
+                    None,
+                    None,
+                    note,
+                    audit=False,
+                    slice=slice_no,
                 )
             self._audit(
                 conn,

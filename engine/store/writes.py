@@ -300,7 +300,7 @@ class Writes(StoreBase):
         where = f"prediction row {index}"
         key_slice = number(row.get("key_slice"), int, f"{where}: key_slice")
         if key_slice is not None:
-            _check_slice(key_slice, image, f"{where}: key_slice")
+            check_slice(key_slice, image, f"{where}: key_slice")
         slices = [
             _slice_values(f"{where} slice row {j}", one, image)
             for j, one in enumerate(row.get("slices") or [])
@@ -369,7 +369,7 @@ class Writes(StoreBase):
                 item = conn.execute(
                     "SELECT kind, n_slices FROM images WHERE id = ?", (image_id,)
                 ).fetchone()
-                _check_slice(slice, item, f"review of image {image_id}: slice")
+                check_slice(slice, item, f"review of image {image_id}: slice")
             if action == "undo":
                 target = self._last_effective(conn, reviewer, image_id)
                 if target is None:
@@ -492,7 +492,7 @@ class Writes(StoreBase):
             self._audit(conn, actor, action, details)
 
 
-def _check_slice(value: int, image: sqlite3.Row, what: str) -> None:
+def check_slice(value: int, image: sqlite3.Row, what: str) -> None:
     """A 1-based slice number must name a B-scan of a volume."""
     if image["kind"] != "volume":
         raise StoreError(f"{what}: {value} given, but the item is a single image, not a volume")
@@ -512,7 +512,7 @@ def _slice_values(where: str, row: Any, image: sqlite3.Row) -> dict[str, Any]:
     if row.get("slice") is None:
         raise StoreError(f"{where}: needs its 1-based 'slice' number")
     value = number(row["slice"], int, f"{where}: slice")
-    _check_slice(value, image, f"{where}: slice")
+    check_slice(value, image, f"{where}: slice")
     triage = row.get("triage")
     if triage not in TRIAGE_STATES:
         raise StoreError(f"{where}: triage must be one of {TRIAGE_STATES}, got {triage!r}")
