@@ -10,7 +10,7 @@ overlay that cannot be computed becomes a box that says why, never a crash.
 Writing reports with overlays runs the model: call these functions from a worker, not
 from the GUI thread. torch is imported only when overlays are wanted.
 
-Why one module of about 680 lines: it is one document; its data, words and drawing share
+Why one module of about 700 lines: it is one document; its data, words and drawing share
 the page geometry (margins, picture size, line heights) and change together.
 """
 

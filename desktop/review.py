@@ -1,16 +1,18 @@
 """The review page: the image, the AI's evidence and one-key decisions, with undo.
 
-Layout: the :class:`~desktop.viewer.ImageViewer` in the centre with the overlay bar under
-it; on the right the :class:`~desktop.evidence.EvidencePanel` and the :class:`ReviewPanel`.
-Reviews are appended to the workspace store (undo is a new review, never a delete).
+Layout: the :class:`~desktop.viewer.ImageViewer` in the centre with, for an OCT volume,
+the :class:`~desktop.slices.SliceBar` and then the overlay bar under it; on the right the
+:class:`~desktop.evidence.EvidencePanel` and the :class:`ReviewPanel`. Reviews are appended
+to the workspace store (undo is a new review, never a delete); a volume's review records
+the slice it was read at.
 
 Threading: the GUI thread only reads and writes small rows of the store, through
 :class:`engine.store.Workspace` methods. Display images and attribution overlays come from
 the :class:`~desktop.image_loader.ImageLoader` (background workers, LRU caches,
-prefetching of the next two images of the queue).
+prefetching of the next two images of the queue, and of a volume's neighbouring slices).
 
-Why one module of about 650 lines: decisions, blind mode, display and overlays all act on
-the current image's record and are kept together; the loader, the decision panel
+Why one module of about 730 lines: decisions, blind mode, display, slices and overlays all
+act on the current item's record and are kept together; the loader, the decision panel
 (:mod:`desktop.review_panel`) and the keys (:mod:`desktop.shortcuts`) live apart.
 """
 
