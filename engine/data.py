@@ -37,6 +37,7 @@ class LabelledSet:
     missing: list[str] = field(default_factory=list)  # listed files that do not exist
     source: str = ""
     volume_labels: str = "slice"  # "volume": B-scans carry their volume's label
+    modality_values: dict[str, int] = field(default_factory=dict)  # a CSV modality column
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -59,6 +60,7 @@ class LabelledSet:
             [self.samples[i] for i in idx],
             source=self.source,
             volume_labels=self.volume_labels,
+            modality_values=self.modality_values,
         )
 
     def volumes(self) -> list[str]:
@@ -240,6 +242,8 @@ def load_csv_dataset(
     index = {lab: i for i, lab in enumerate(labels)}
     samples: list[Sample] = []
     missing: list[str] = []
+    modality_col = next((c for c in columns if c and c.strip().lower() == "modality"), None)
+    modality_values: Counter[str] = Counter()
     for r, values in kept:
         rel = r[image_col].strip()
         path = (root / rel).resolve() if not Path(rel).is_absolute() else Path(rel)
@@ -259,6 +263,8 @@ def load_csv_dataset(
         if item is None:
             missing.append(rel)
             continue
+        if modality_col:
+            modality_values[(r[modality_col] or "").strip()] += 1
         group = f"{group_col}:{r[group_col]}" if group_col and r[group_col] else _group_for(item)
         number = (r.get(slice_col) or "").strip() if has_slices and slice_col else ""
         if number:
@@ -276,6 +282,7 @@ def load_csv_dataset(
         missing,
         source=f"csv {labels_csv.name}",
         volume_labels=volume_labels,
+        modality_values=dict(modality_values),
     )
 
 

@@ -23,7 +23,8 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
 DICOM_EXTENSIONS = frozenset({".dcm", ".dicom", ".dic"})
 TIFF_EXTENSIONS = frozenset({".tif", ".tiff"})
 ASSUMED_MIN_FOV_FRACTION = 0.6  # the FOV spans at least this share of the short side
-ANALYSIS_SIZE = 384  # crop size kept for the quality gate (its analysis diameter)
+ANALYSIS_SIZE = 384  # largest side of the crop kept for the quality gate
+GATE_MIN_SIDE = 320  # short side the draft must reach when the quality gate is on
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never half an image
 
@@ -117,6 +118,8 @@ class Decoded:
     # where the model's input came from, in full-resolution pixel coordinates of the oriented
     # original (left, top, right, bottom); may extend beyond the image (black padding)
     crop_box: tuple[float, float, float, float] | None = None
+    analysis_fov: object | None = None  # fundus.FOV in ``analysis`` pixels (fundus only)
+    fov_visible: float | None = None  # share of the FOV disc inside the picture (fundus only)
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -185,19 +188,7 @@ def open_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(path)
-            if im.format == "TIFF":
-                frames = getattr(im, "n_frames", 1)
-                if frames > 1:
-                    im.seek(0)
-            w, h = im.size
-            orientation = im.getexif().get(0x0112, 1)
-            full = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
-            if min_side and im.format == "JPEG":
-                s = min_side / max(1, min(w, h))
-                im.draft("RGB", (math.ceil(w * s), math.ceil(h * s)))
-            im = ImageOps.exif_transpose(im)  # loads the pixel data
-            im.load()
+            im, full = _load_oriented(path, min_side)
     except PermissionError:
         raise ImageError(path, "permission denied") from None
     except UnidentifiedImageError:
@@ -234,6 +225,27 @@ def _open_dicom(path: Path, min_side: int | None) -> tuple[Image.Image, tuple[in
     if im.width < 8 or im.height < 8:
         raise ImageError(path, f"image is too small ({im.width}×{im.height} px)")
     im.info["frames"] = frames
+    return im, full
+
+
+def _load_oriented(path: Path, min_side: int | None) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode ``path`` (draft-sized for JPEG), oriented by EXIF; the file is closed whether
+    decoding succeeds or fails (a bad file must not leave a handle open in a long batch)."""
+    opened = Image.open(path)
+    try:
+        if opened.format == "TIFF" and getattr(opened, "n_frames", 1) > 1:
+            opened.seek(0)  # a multi-page TIFF shown as one image: its first page
+        w, h = opened.size
+        orientation = opened.getexif().get(0x0112, 1)
+        full = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+        if min_side and opened.format == "JPEG":
+            s = min_side / max(1, min(w, h))
+            opened.draft("RGB", (math.ceil(w * s), math.ceil(h * s)))
+        im = ImageOps.exif_transpose(opened)  # loads the pixel data
+        im.load()
+    except BaseException:
+        opened.close()
+        raise
     return im, full
 
 
@@ -286,8 +298,12 @@ def load_display_image(path: str | Source, longest: int | None = None) -> Image.
 def _decode_fundus(path: Source, size: int, prep: Preprocessing, want_analysis: bool) -> Decoded:
     from . import fundus
 
-    need = size  # the quality gate analyses whatever the draft gives (at most ANALYSIS_SIZE)
-    im, (full_w, full_h) = open_image(path, min_side=math.ceil(need / ASSUMED_MIN_FOV_FRACTION))
+    need = size
+    # the quality gate judges focus on a copy whose field of view is ~376 px across; it
+    # accepts a draft a little smaller (it resamples), but not a thumbnail: for models of
+    # 192 px or more this asks for nothing beyond what the model needs
+    min_side = max(need / ASSUMED_MIN_FOV_FRACTION, GATE_MIN_SIDE if want_analysis else 0)
+    im, (full_w, full_h) = open_image(path, min_side=math.ceil(min_side))
     _refuse_volume(path, im)
     rgb = to_rgb(im)
     fov = _find_fov(rgb) if prep.fov_crop else None
@@ -306,7 +322,16 @@ def _decode_fundus(path: Source, size: int, prep: Preprocessing, want_analysis: 
         box = (box[0], box[1], box[0] + side, box[1] + side)
     k = full_w / rgb.width  # drafted pixels -> full-resolution pixels
     full_box = tuple(float(v) * k for v in box)
-    analysis = np.asarray(_fit(crop, ANALYSIS_SIZE)) if want_analysis else None
+    analysis = analysis_fov = visible = None
+    if want_analysis:
+        small = _fit(crop, ANALYSIS_SIZE)
+        analysis = np.asarray(small)
+        if fov is not None and fov.found:
+            shrink = small.width / crop.width  # the crop is centred on the FOV
+            analysis_fov = fundus.FOV(
+                small.width / 2, small.height / 2, fov.r * shrink, True, fov.coverage, fov.aspect
+            )
+            visible = fundus.visible_share(fov, rgb.width, rgb.height)
     arr = np.asarray(crop.resize((size, size), Image.BILINEAR, reducing_gap=2.0))
     if prep.ben_graham or prep.green:
         inner = None
@@ -324,6 +349,8 @@ def _decode_fundus(path: Source, size: int, prep: Preprocessing, want_analysis: 
         None if fov is None else fov.found,
         None if fov is None else fov.coverage,
         crop_box=full_box,  # type: ignore[arg-type]
+        analysis_fov=analysis_fov,
+        fov_visible=visible,
     )
 
 

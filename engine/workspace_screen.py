@@ -19,7 +19,7 @@ event says what it decided.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from .activation import activate_after_screening, register_model
 from .models import LoadedModel
 from .screen import ScreenResult, ScreenSettings
+from .screen_backend import LocalBackend, ScreenBackend
 from .tasks import TaskState
 from .volumes import Item, finding_probability, item_for_path, screen_items
 
@@ -37,6 +38,27 @@ if TYPE_CHECKING:
 def register(ws: Workspace, lm: LoadedModel, actor: str = "system") -> None:
     """Record the model version in the workspace (idempotent; see :mod:`engine.activation`)."""
     register_model(ws, lm.sha256, lm.path, lm.spec, actor=actor)
+
+
+def file_facts(path: Path) -> dict[str, Any]:
+    """What the workspace records about a plain image file: resolved path, hash, size,
+    patient, eye (from the name). Used by backends that screen image files only."""
+    from .naming import parse_patient_eye
+    from .store import sha256_file
+
+    try:
+        st = path.stat()
+        sha = sha256_file(path)
+    except OSError as e:
+        return {"path": str(path.resolve()), "error": f"cannot be read ({e.strerror or e})"}
+    patient, eye = parse_patient_eye(path.name)
+    return {
+        "path": str(path.resolve()),
+        "sha256": sha,
+        "size_bytes": st.st_size,
+        "patient": patient,
+        "eye": eye,
+    }
 
 
 def _item_sha256(item: Item) -> tuple[str, int]:
@@ -105,6 +127,8 @@ def screen_into_workspace(
     on_chunk: Any = None,
     actor: str = "system",
     keep_names: bool = False,
+    backend: ScreenBackend | None = None,
+    known_facts: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Run the screen and record it; returns counts, the run id, what was skipped and the
     activation decision (``activation``: :meth:`engine.activation.Activation.as_dict`).
@@ -114,7 +138,15 @@ def screen_into_workspace(
     file carries (left out by default)."""
     report: dict[str, Any] = {}
     events = iter_screen_into_workspace(
-        workspace, paths, models, settings, state, actor=actor, keep_names=keep_names
+        workspace,
+        paths,
+        models,
+        settings,
+        state,
+        actor=actor,
+        keep_names=keep_names,
+        backend=backend,
+        known_facts=known_facts,
     )
     for event in events:
         if event["kind"] == "chunk" and on_chunk is not None:
@@ -132,15 +164,34 @@ def iter_screen_into_workspace(
     state: TaskState | None = None,
     actor: str = "system",
     keep_names: bool = False,
+    backend: ScreenBackend | None = None,
+    known_facts: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Generator form: yields ``chunk`` events (``results``, ``records``, ``run_id``) and a
     final ``done`` event; ``actor`` is recorded if the run changes the active model.
 
     Progress counts B-scans (an image is one); a volume is stored once all its B-scans are
-    screened, so a cancelled run leaves no volume half done."""
+    screened, so a cancelled run leaves no volume half done.
+
+    ``backend`` hashes and screens (default: this workstation, which screens images and
+    volumes; another backend, such as a Ray cluster, screens image files only and refuses
+    volumes); whichever it is, the rows are stored, handed back and the activation rule
+    applied here, the same way. ``known_facts`` maps a resolved path to facts a manifest
+    gave (patient, eye), which win over what the file says.
+    """
     from .store import Workspace, settings_key
 
     state = state or TaskState()
+    backend = backend or LocalBackend()
+    local = backend.name == "local"
+    if not local:
+        volumes = [p for p in paths if isinstance(p, Item) and p.is_volume]
+        if volumes:
+            raise ValueError(
+                f"{volumes[0].path}: OCT volumes are screened on this workstation, not on the "
+                f"{backend.name} backend ({len(volumes)} volume(s) given)"
+            )
+        paths = [p.path if isinstance(p, Item) else Path(p) for p in paths]
     lm = models[0]
     run_settings = settings.prediction_key()
     run_settings["models"] = [m.sha256 for m in models]
@@ -149,8 +200,13 @@ def iter_screen_into_workspace(
         for m in models:
             register(ws, m, actor=actor)
         state.progress(0, len(paths), "hashing files")
-        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2)) as pool:
-            facts = list(pool.map(lambda p: item_row(p, keep_names), paths))
+        if local:
+            with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2)) as pool:
+                facts = list(pool.map(lambda p: item_row(p, keep_names), paths))
+        else:
+            facts = backend.file_facts(paths, state)
+        if known_facts:
+            facts = [_with_known(f, known_facts.get(f["path"])) for f in facts]
         readable = [f for f in facts if "error" not in f]
         ids = ws.add_images(
             [
@@ -160,7 +216,9 @@ def iter_screen_into_workspace(
         )
         id_by_path = {f["path"]: i for f, i in zip(readable, ids, strict=True)}
         done = ws.done_image_hashes(lm.sha256, key)
-        todo: list[Item] = [f["item"] for f in readable if f["sha256"] not in done]
+        todo: list[Any] = [
+            f["item"] if local else Path(f["path"]) for f in readable if f["sha256"] not in done
+        ]
         skipped = len(readable) - len(todo)
         unreadable = [f for f in facts if "error" in f]
         run_id = ws.start_run(lm.sha256, run_settings)  # the store derives the same key
@@ -169,7 +227,12 @@ def iter_screen_into_workspace(
         screened = 0
         screened_slices = 0  # images and B-scans
         try:
-            for chunk in screen_items(todo, models, settings, state, keep_names):
+            chunks = (
+                screen_items(todo, models, settings, state, keep_names)
+                if local
+                else backend.screen(todo, models, settings, state)
+            )
+            for chunk in chunks:
                 rows = [_row(r, id_by_path, lm.spec) for r in chunk]
                 pred_ids = ws.add_predictions(run_id, rows)
                 for r, pid in zip(chunk, pred_ids, strict=True):
@@ -208,6 +271,12 @@ def iter_screen_into_workspace(
             "unreadable": [(f["path"], f["error"]) for f in unreadable],
             "activation": activation.as_dict(),
         }
+
+
+def _with_known(facts: dict[str, Any], known: Mapping[str, Any] | None) -> dict[str, Any]:
+    if not known or "error" in facts:
+        return facts
+    return {**facts, **{k: v for k, v in known.items() if v is not None}}
 
 
 def _row(r: ScreenResult, id_by_path: dict[str, int], spec: Any) -> dict[str, Any]:
