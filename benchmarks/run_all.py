@@ -18,6 +18,8 @@ SUITES = [
     "bench_attribution",
     "bench_gui",
     "bench_improve",
+    "bench_volume",
+    "bench_slice_switch",
     "bench_ray",
 ]
 

@@ -17,12 +17,13 @@ from .workers import FunctionJob
 __all__ = ["ExportController", "write_export"]
 
 
-def write_export(ws_folder: Path, out: Path, fmt: str) -> int:
-    """Write the workspace's results and reviews as ``fmt`` (worker side); returns rows."""
+def write_export(ws_folder: Path, out: Path, fmt: str, deidentify: bool = False) -> int:
+    """Write the workspace's results and reviews as ``fmt`` (worker side); returns rows.
+    ``deidentify``: pseudonymised patients, visit numbers for dates, no paths or hashes."""
     from engine.store import Workspace
 
     with Workspace.open(ws_folder, create=False) as ws:
-        return ws.write_export(out, fmt)
+        return ws.write_export(out, fmt, deidentify=deidentify)
 
 
 class ExportController(QObject):
@@ -32,16 +33,19 @@ class ExportController(QObject):
         super().__init__(parent)
         self.shell = shell
 
-    def export_results(self, fmt: str, out: Path | None = None) -> FunctionJob | None:
-        """Write the results and reviews as CSV or JSON (asks for a file if ``out`` is None)."""
+    def export_results(
+        self, fmt: str, out: Path | None = None, deidentify: bool = False
+    ) -> FunctionJob | None:
+        """Write the results and reviews as CSV or JSON (asks for a file if ``out`` is None);
+        ``deidentify`` leaves out who the patients are (shareable results)."""
         folder = self.shell.ws_folder
         if folder is None:
             return None
         if out is None:
             name, _ = QFileDialog.getSaveFileName(
                 self.shell.window_widget(),
-                f"Export results as {fmt.upper()}",
-                f"{folder.name}-results.{fmt}",
+                f"Export {'de-identified ' if deidentify else ''}results as {fmt.upper()}",
+                f"{folder.name}-results{'-deidentified' if deidentify else ''}.{fmt}",
                 f"{fmt.upper()} (*.{fmt})",
             )
             if not name:
@@ -50,9 +54,10 @@ class ExportController(QObject):
             if out.suffix.lower() != f".{fmt}":
                 out = out.with_name(f"{out.name}.{fmt}")  # "results" -> "results.csv"
         target = Path(out)
-        job = FunctionJob(write_export, folder, target, fmt, parent=self)
+        job = FunctionJob(write_export, folder, target, fmt, deidentify, parent=self)
+        what = "de-identified rows" if deidentify else "rows"
         job.returned.connect(
-            lambda n: self.shell.statusBar().showMessage(f"Exported {n} rows to {target}", 10000)
+            lambda n: self.shell.statusBar().showMessage(f"Exported {n} {what} to {target}", 10000)
         )
         job.failed.connect(lambda msg: self.shell.show_error("Export failed", msg))
         self.shell.run_job(job)

@@ -24,7 +24,7 @@ from superqt.utils import FunctionWorker
 from .qimage import pil_to_qimage, pil_to_qimage_rgba
 
 DISPLAY_LONGEST = 2048  # display images are reduced to this many pixels on the long side
-IMAGE_CACHE_ITEMS = 6
+IMAGE_CACHE_ITEMS = 16  # images, or B-scans of the volume being read and their neighbours
 OVERLAY_CACHE_ITEMS = 8
 IG_KWARGS = {"n_steps": 16, "internal_batch_size": 8}  # interactive on a CPU
 
@@ -104,11 +104,23 @@ class OverlayResult:
     probability: float
 
 
-def load_display_qimage(path: str, longest: int = DISPLAY_LONGEST) -> QImage:
-    """Decode, orient and reduce an image for display (worker side; no torch import)."""
+def display_source(path: str, slice_index: int | None) -> Any:
+    """What to decode: the file, or B-scan ``slice_index`` (0-based) of the volume at ``path``."""
+    if slice_index is None:
+        return path
+    from engine.volumes import slice_source
+
+    return slice_source(path, slice_index)
+
+
+def load_display_qimage(
+    path: str, longest: int = DISPLAY_LONGEST, slice_index: int | None = None
+) -> QImage:
+    """Decode, orient and reduce an image (or one B-scan of a volume) for display (worker
+    side; no torch import)."""
     from engine.images import load_display_image
 
-    return pil_to_qimage(load_display_image(path, longest=longest))
+    return pil_to_qimage(load_display_image(display_source(path, slice_index), longest=longest))
 
 
 def compute_overlay(
@@ -117,8 +129,10 @@ def compute_overlay(
     sha256: str | None,
     method: str,
     longest: int = DISPLAY_LONGEST,
+    slice_index: int | None = None,
 ) -> OverlayResult:
-    """Attribution of the predicted class, drawn over the display image (worker side).
+    """Attribution of the predicted class, drawn over the display image (worker side); for
+    a volume, of B-scan ``slice_index``.
 
     The overlay is the fully tinted image (alpha 1); the viewer's opacity slider then
     blends it with the original, which is the same as drawing it at that alpha.
@@ -129,8 +143,11 @@ def compute_overlay(
 
     lm = holder.get()
     kw = dict(IG_KWARGS) if method == "ig" else {}
-    exp = explain_file(lm, path, method=method, cache=holder.cache(), image_sha256=sha256, **kw)
-    display = load_display_image(path, longest=longest)
+    source = display_source(path, slice_index)
+    if sha256 and slice_index is not None:
+        sha256 = f"{sha256}#slice{slice_index + 1}"  # one cached map per B-scan
+    exp = explain_file(lm, source, method=method, cache=holder.cache(), image_sha256=sha256, **kw)
+    display = load_display_image(source, longest=longest)
     amap = exp.map_on_original(display.width, display.height)
     tinted = render_overlay(display, amap, alpha=1.0, contour_top_pct=10.0)
     return OverlayResult(pil_to_qimage_rgba(tinted), exp.target_label, float(exp.probability))
@@ -207,27 +224,47 @@ class ImageLoader(QObject):
 
     # ------------------------------------------------------------------ images
 
-    def image(self, image_id: int) -> QImage | None:
-        """The cached display image (marks it recently used), or ``None``."""
-        return self._images.get_fresh(image_id)
+    def image(self, image_id: int, slice_index: int | None = None) -> QImage | None:
+        """The cached display image, or B-scan ``slice_index`` of a volume (marks it
+        recently used), or ``None``."""
+        return self._images.get_fresh((image_id, slice_index))
 
-    def image_error(self, image_id: int) -> str | None:
-        return self._failed.get(("image", image_id))
+    def image_error(self, image_id: int, slice_index: int | None = None) -> str | None:
+        return self._failed.get(("image", image_id, slice_index))
 
-    def request_image(self, image_id: int, path: str, priority: int = PRIORITY_CURRENT) -> None:
-        """Decode ``path`` for display unless it is cached, queued or failed before."""
-        key = ("image", image_id)
-        if self._images.get(image_id) is not None or key in self._failed:
+    def request_image(
+        self,
+        image_id: int,
+        path: str,
+        priority: int = PRIORITY_CURRENT,
+        slice_index: int | None = None,
+    ) -> None:
+        """Decode ``path`` (or B-scan ``slice_index`` of the volume there) for display unless
+        it is cached, queued or failed before."""
+        key = ("image", image_id, slice_index)
+        if self._images.get((image_id, slice_index)) is not None or key in self._failed:
             return
-        self._submit(key, self._io_pool, priority, load_display_qimage, str(path), DISPLAY_LONGEST)
+        self._submit(
+            key,
+            self._io_pool,
+            priority,
+            load_display_qimage,
+            str(path),
+            DISPLAY_LONGEST,
+            slice_index,
+        )
 
     # ------------------------------------------------------------------ overlays
 
-    def overlay(self, image_id: int, method: str) -> OverlayResult | None:
-        return self._overlays.get_fresh(("overlay", image_id, method))
+    def overlay(
+        self, image_id: int, method: str, slice_index: int | None = None
+    ) -> OverlayResult | None:
+        return self._overlays.get_fresh(("overlay", image_id, method, slice_index))
 
-    def overlay_error(self, image_id: int, method: str) -> str | None:
-        return self._failed.get(("overlay", image_id, method))
+    def overlay_error(
+        self, image_id: int, method: str, slice_index: int | None = None
+    ) -> str | None:
+        return self._failed.get(("overlay", image_id, method, slice_index))
 
     def request_overlay(
         self,
@@ -236,9 +273,11 @@ class ImageLoader(QObject):
         sha256: str | None,
         method: str,
         priority: int = PRIORITY_CURRENT,
+        slice_index: int | None = None,
     ) -> None:
-        """Compute an overlay unless it is cached, queued or failed before."""
-        key = ("overlay", image_id, method)
+        """Compute an overlay (of one B-scan for a volume) unless it is cached, queued or
+        failed before."""
+        key = ("overlay", image_id, method, slice_index)
         if self._overlays.get(key) is not None or key in self._failed:
             return
         self._submit(
@@ -251,6 +290,7 @@ class ImageLoader(QObject):
             sha256,
             method,
             DISPLAY_LONGEST,
+            slice_index,
         )
 
     def prefetch(self, image_id: int, path: str, sha256: str | None, method: str) -> None:
@@ -284,7 +324,7 @@ class ImageLoader(QObject):
         if self._closed or gen != self._gen:
             return
         if key[0] == "image":
-            self._images.put(key[1], result)
+            self._images.put((key[1], key[2]), result)
             self.image_ready.emit(key[1], result)
         else:
             self._overlays.put(key, result)

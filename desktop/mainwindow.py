@@ -151,6 +151,11 @@ class MainWindow(QMainWindow):
         self.act_export_json = self._action(
             "Export results as JSON…", "Ctrl+Shift+E", lambda: self.exports.export_results("json")
         )
+        self.act_export_deid = self._action(
+            "Export de-identified results as CSV…",
+            None,
+            lambda: self.exports.export_results("csv", deidentify=True),
+        )
         self.act_report = self._action(
             "Patient report PDF…", "Ctrl+P", lambda: self.exports.patient_report()
         )
@@ -254,7 +259,8 @@ class MainWindow(QMainWindow):
                     [
                         *(self.act_open_folder, self.act_open_ws, self.act_demo, None),
                         *(self.act_screen, None),
-                        *(self.act_export_csv, self.act_export_json, self.act_report, None),
+                        *(self.act_export_csv, self.act_export_json, self.act_export_deid),
+                        *(self.act_report, None),
                         *(self.act_settings, self.act_quit),
                     ],
                 ),
@@ -547,7 +553,7 @@ class MainWindow(QMainWindow):
         has_ws = self.ws_folder is not None
         running = self.is_screening()
         self.act_screen.setEnabled(has_ws and not running)
-        for a in (self.act_export_csv, self.act_export_json, self.act_report):
+        for a in (self.act_export_csv, self.act_export_json, self.act_export_deid, self.act_report):
             a.setEnabled(has_ws)
         self.model_box.setEnabled(not running)
         self.act_history.setEnabled(has_ws)
@@ -595,9 +601,11 @@ class MainWindow(QMainWindow):
             self.dashboard_page.refresh()
 
     # ------------------------------------------------------------------ export / about
-    def export_results(self, fmt: str, out: Path | None = None) -> FunctionJob | None:
+    def export_results(
+        self, fmt: str, out: Path | None = None, deidentify: bool = False
+    ) -> FunctionJob | None:
         """Write the results and reviews as CSV or JSON (in the background)."""
-        return self.exports.export_results(fmt, out)
+        return self.exports.export_results(fmt, out, deidentify)
 
     def patient_report(self) -> FunctionJob | None:
         """Ask for a patient (or all) and a destination, then write PDF reports."""

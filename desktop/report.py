@@ -10,7 +10,7 @@ overlay that cannot be computed becomes a box that says why, never a crash.
 Writing reports with overlays runs the model: call these functions from a worker, not
 from the GUI thread. torch is imported only when overlays are wanted.
 
-Why one module of about 680 lines: it is one document; its data, words and drawing share
+Why one module of about 700 lines: it is one document; its data, words and drawing share
 the page geometry (margins, picture size, line heights) and change together.
 
 Why one module of about 680 lines: page layout, the per-image block and the overlay
@@ -260,9 +260,24 @@ def _review_lines(row: dict, spec: ModelSpec | None) -> list[tuple[str, str]]:
         ("Label", f"{label} ({action})"),
         ("Reviewer", f"{review['reviewer']}, {_time_words(review.get('created_at'))}"),
     ]
+    if review.get("slice"):
+        lines.append(("Slice", f"read at B-scan {review['slice']}"))
     if review.get("note"):
         lines.append(("Note", str(review["note"])))
     return lines
+
+
+def picture_source(row: dict) -> tuple[object, str]:
+    """What to draw for a row and its caption: the file, or for an OCT volume its most
+    suspicious B-scan (the one the AI result rests on)."""
+    n, key = row.get("n_slices"), row.get("key_slice")
+    if row.get("kind") != "volume" or not n:
+        return row["path"], "Photograph"
+    from engine.volumes import slice_source
+
+    index = (key or 1) - 1
+    caption = f"B-scan {index + 1} of {n}" + (" (most suspicious)" if key else "")
+    return slice_source(row["path"], index), caption
 
 
 # --------------------------------------------------------------------------- drawing
@@ -408,7 +423,8 @@ class _Overlay:
 
         assert self.lm is not None
         target = row["label"] if row.get("label") in self.lm.spec.labels else None
-        exp = explain_file(self.lm, row["path"], method="gradcam", target=target)
+        source, _ = picture_source(row)
+        exp = explain_file(self.lm, source, method="gradcam", target=target)
         return render_explanation(original, exp, alpha=0.45, contour_top_pct=10)
 
 
@@ -490,20 +506,27 @@ def _draw_block(
     x = _MARGIN_X
     content_w = _PAGE_W - 2 * _MARGIN_X
     eye = EYE_WORDS.get(row.get("eye") or "", "eye not recorded")
+    what = Path(row["path"]).name
+    if row.get("kind") == "volume" and row.get("n_slices"):
+        what += f" (OCT volume, {row['n_slices']} B-scans)"
+    if row.get("acquired"):
+        what += f"  ·  {row['acquired']}"
     d.text(
-        x, y, content_w, 6, f"Image {index} of {total}  ·  {eye}  ·  {Path(row['path']).name}",
+        x, y, content_w, 6, f"Image {index} of {total}  ·  {eye}  ·  {what}",
         size=11, bold=True,
     )  # fmt: skip
     y += 7
     gap = 6.0
     original = None
+    caption = "Photograph"
     try:
-        original = load_display_image(row["path"], longest=DISPLAY_LONGEST)
+        source, caption = picture_source(row)
+        original = load_display_image(source, longest=DISPLAY_LONGEST)
         d.picture(x, y, _PICTURE, pil_to_qimage(original))
     except Exception as exc:  # noqa: BLE001 - an unreadable file must not stop the report
         reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
         d.placeholder(x, y, _PICTURE, "Image not available", f"{reason}: {row['path']}")
-    d.text(x, y + _PICTURE + 0.5, _PICTURE, 5, "Photograph", size=8, color="#444444")
+    d.text(x, y + _PICTURE + 0.5, _PICTURE, 5, caption, size=8, color="#444444")
     ox = x + _PICTURE + gap
     if overlay is not None:
         if original is None:

@@ -1,16 +1,18 @@
 """The review page: the image, the AI's evidence and one-key decisions, with undo.
 
-Layout: the :class:`~desktop.viewer.ImageViewer` in the centre with the overlay bar under
-it; on the right the :class:`~desktop.evidence.EvidencePanel` and the :class:`ReviewPanel`.
-Reviews are appended to the workspace store (undo is a new review, never a delete).
+Layout: the :class:`~desktop.viewer.ImageViewer` in the centre with, for an OCT volume,
+the :class:`~desktop.slices.SliceBar` and then the overlay bar under it; on the right the
+:class:`~desktop.evidence.EvidencePanel` and the :class:`ReviewPanel`. Reviews are appended
+to the workspace store (undo is a new review, never a delete); a volume's review records
+the slice it was read at.
 
 Threading: the GUI thread only reads and writes small rows of the store, through
 :class:`engine.store.Workspace` methods. Display images and attribution overlays come from
 the :class:`~desktop.image_loader.ImageLoader` (background workers, LRU caches,
-prefetching of the next two images of the queue).
+prefetching of the next two images of the queue, and of a volume's neighbouring slices).
 
-Why one module of about 650 lines: decisions, blind mode, display and overlays all act on
-the current image's record and are kept together; the loader, the decision panel
+Why one module of about 730 lines: decisions, blind mode, display, slices and overlays all
+act on the current item's record and are kept together; the loader, the decision panel
 (:mod:`desktop.review_panel`) and the keys (:mod:`desktop.shortcuts`) live apart.
 """
 
@@ -37,6 +39,7 @@ from .evidence import WARN, EvidencePanel, label_names
 from .image_loader import PRIORITY_CURRENT, ImageLoader, ModelHolder
 from .review_panel import MAX_LABEL_KEYS, ReviewPanel, ago
 from .shortcuts import TEXT_FIELDS, Binding, PageShortcuts
+from .slices import SliceBar
 from .viewer import OVERLAY_NAMES, ImageViewer, OverlayBar
 
 if TYPE_CHECKING:
@@ -73,6 +76,7 @@ class ReviewPage(QWidget):
         self._notes: dict[int, str] = {}  # unsaved notes, kept when the reader moves on
         self._labels: list[str] = []
         self._method = "none"
+        self._slice: int | None = None  # the B-scan shown (0-based) when the item is a volume
         self._closed = False
         self.loader = ImageLoader(self)
         self.loader.image_ready.connect(self._on_image_ready)
@@ -81,6 +85,7 @@ class ReviewPage(QWidget):
         self.loader.overlay_failed.connect(lambda image_id, *_: self._on_overlay_changed(image_id))
 
         self.viewer = ImageViewer()
+        self.slice_bar = SliceBar()
         self.bar = OverlayBar()
         self.evidence = EvidencePanel()
         self.panel = ReviewPanel()
@@ -98,6 +103,7 @@ class ReviewPage(QWidget):
         centre_layout.setContentsMargins(0, 0, 0, 0)
         centre_layout.setSpacing(0)
         centre_layout.addWidget(self.viewer, 1)
+        centre_layout.addWidget(self.slice_bar)
         centre_layout.addWidget(self.bar)
         right = QWidget()
         right_layout = QVBoxLayout(right)
@@ -131,6 +137,8 @@ class ReviewPage(QWidget):
         layout.addWidget(splitter)
 
     def _connect(self) -> None:
+        self.slice_bar.slice_changed.connect(self._on_slice_changed)
+        self.viewer.slice_wheel.connect(self.slice_bar.step)
         self.bar.method_changed.connect(self.set_overlay_method)
         self.bar.opacity_changed.connect(self.viewer.set_overlay_opacity)
         self.bar.side_by_side_changed.connect(self.viewer.set_side_by_side)
@@ -155,6 +163,9 @@ class ReviewPage(QWidget):
             ([Qt.Key.Key_J, Qt.Key.Key_Right], self.next_image),
             ([Qt.Key.Key_K, Qt.Key.Key_Left], self.previous_image),
             (["Shift+J", "Shift+Right"], self.next_unreviewed),
+            ([Qt.Key.Key_PageDown], lambda: self.slice_bar.step(1)),
+            ([Qt.Key.Key_PageUp], lambda: self.slice_bar.step(-1)),
+            ([Qt.Key.Key_M], self.slice_bar.jump_to_key),
             ([Qt.Key.Key_G], lambda: self.set_overlay_method("gradcam")),
             ([Qt.Key.Key_I], lambda: self.set_overlay_method("ig")),
             ([Qt.Key.Key_O], lambda: self.set_overlay_method("none")),
@@ -288,6 +299,10 @@ class ReviewPage(QWidget):
 
     def current_image_id(self) -> int | None:
         return None if self._current is None else int(self._current["image_id"])
+
+    def current_slice(self) -> int | None:
+        """The B-scan shown (0-based) when the item is a volume, else ``None``."""
+        return self._slice
 
     def set_overlay_method(self, method: str) -> None:
         """``"none"``, ``"gradcam"`` or ``"ig"`` (keys O, G, I)."""
@@ -546,6 +561,7 @@ class ReviewPage(QWidget):
                 prediction_id=None if pred is None else int(pred["id"]),
                 seconds=round(max(0.0, time.monotonic() - self._shown_at), 3),
                 note=note,
+                slice=None if self._slice is None else self._slice + 1,
             )
         except StoreError as exc:
             self.panel.set_prompt(f"Not saved: {exc}", warning=True)
@@ -559,6 +575,8 @@ class ReviewPage(QWidget):
         self._revealed.add(image_id)
         name = Path(self._current["path"]).name
         words = ", ".join(label_names(self._spec, labels)) if labels else "ungradable"
+        if self._slice is not None:
+            words += f" (read at slice {self._slice + 1})"
         self.reviewed.emit(image_id)
         if was_hidden:
             self._refresh(image_id)
@@ -595,19 +613,67 @@ class ReviewPage(QWidget):
         self.panel.note_edit.setText(note)
         self.panel.note_edit.setVisible(bool(note))
         self.panel.set_prompt("")
-        image = self.loader.image(image_id)
-        error = self.loader.image_error(image_id)
-        if image is not None:
-            self.viewer.set_image(image)
-        elif error is not None:
-            self.viewer.set_message(_cannot_show(record["path"], error))
-        else:
-            self.viewer.clear()
-            self.viewer.set_message(f"Loading {Path(record['path']).name}…")
-            self.loader.request_image(image_id, record["path"], PRIORITY_CURRENT)
+        self._set_up_slices(record)
+        self._show_picture()
         self._refresh(image_id, record)
         self._prefetch()
         self.current_changed.emit(image_id)
+
+    def _set_up_slices(self, record: dict[str, Any]) -> None:
+        """The slice bar for a volume (per-slice finding probabilities and states, opening
+        on the most suspicious slice); none for an image."""
+        n = int(record.get("n_slices") or 0)
+        if record.get("kind") != "volume" or n < 1:
+            self._slice = None
+            self.slice_bar.clear()
+            self.viewer.set_slice_wheel(False)
+            return
+        assert self._ws is not None
+        pred = record.get("prediction")
+        probs: list[float | None] = [None] * n
+        states: list[str | None] = [None] * n
+        if pred is not None:
+            for row in self._ws.slice_predictions(int(pred["id"])):
+                if 1 <= row["slice"] <= n:
+                    probs[row["slice"] - 1] = row["finding"]
+                    states[row["slice"] - 1] = row["triage"]
+        key = None if pred is None or pred.get("key_slice") is None else pred["key_slice"] - 1
+        hidden = self._is_hidden(int(record["image_id"]))
+        # blind: open in the middle of the volume, not where the AI points
+        start = n // 2 if hidden or key is None else key
+        self.slice_bar.set_blind(hidden)
+        self.slice_bar.set_volume(n, probs, states, key=key, current=start)
+        self.viewer.set_slice_wheel(True)
+        self._slice = self.slice_bar.current()
+
+    def _show_picture(self) -> None:
+        """The current image (or B-scan) from the cache, else ask the loader for it."""
+        record = self._current
+        if record is None:
+            return
+        image_id = int(record["image_id"])
+        image = self.loader.image(image_id, self._slice)
+        error = self.loader.image_error(image_id, self._slice)
+        if image is not None:
+            self.viewer.set_image(image, keep_view=self._slice is not None)
+        elif error is not None:
+            self.viewer.set_message(_cannot_show(record["path"], error))
+        else:
+            where = "" if self._slice is None else f", slice {self._slice + 1}"
+            self.viewer.clear()
+            self.viewer.set_message(f"Loading {Path(record['path']).name}{where}…")
+            self.loader.request_image(image_id, record["path"], PRIORITY_CURRENT, self._slice)
+        if self._slice is not None:  # the neighbours, for smooth scrolling
+            for near in (self._slice + 1, self._slice - 1):
+                if 0 <= near < self.slice_bar.n_slices:
+                    self.loader.request_image(image_id, record["path"], 0, near)
+
+    def _on_slice_changed(self, index: int) -> None:
+        if self._current is None or self._slice is None:
+            return
+        self._slice = index
+        self._show_picture()
+        self._update_overlay()
 
     def _refresh(self, image_id: int, record: dict[str, Any] | None = None) -> None:
         """Update every part but the image from the store (or from ``record`` just read)."""
@@ -628,11 +694,15 @@ class ReviewPage(QWidget):
             for x in (
                 record.get("patient") and f"patient {record['patient']}",
                 record.get("eye") and f"{record['eye']} eye",
+                record.get("acquired"),
+                record.get("kind") == "volume" and f"OCT volume, {record.get('n_slices')} slices",
             )
             if x
         )
         self.evidence.set_file(Path(record["path"]).name + (f"  ({patient})" if patient else ""))
         self.evidence.show_prediction(pred, hidden=hidden)
+        if self._slice is not None:
+            self.slice_bar.set_blind(hidden)
         review = record.get("review")
         self._show_review_state(review, pred, hidden)
         self._update_overlay()
@@ -666,6 +736,8 @@ class ReviewPage(QWidget):
         what = ", ".join(labels) if labels else "ungradable"
         if review.get("action") == "confirm":
             what += " (confirmed the AI)"
+        if review.get("slice"):
+            what += f", noted slice {review['slice']}"
         return f"reviewed by {review['reviewer']}: {what}, {ago(review.get('created_at'))}"
 
     def _record(self, image_id: int) -> dict[str, Any] | None:
@@ -738,8 +810,8 @@ class ReviewPage(QWidget):
             self.viewer.set_overlay(None)
             self.bar.set_status("Overlay hidden (blind mode)")
             return
-        key = ("overlay", image_id, method)
-        result = self.loader.overlay(image_id, method)
+        key = ("overlay", image_id, method, self._slice)
+        result = self.loader.overlay(image_id, method, self._slice)
         name = OVERLAY_NAMES[method]
         if result is not None:
             if not self.viewer.has_overlay() or self.viewer.overlay_item().data(0) != key:
@@ -752,13 +824,13 @@ class ReviewPage(QWidget):
             )
             return
         self.viewer.set_overlay(None)
-        error = self.loader.overlay_error(image_id, method)
+        error = self.loader.overlay_error(image_id, method, self._slice)
         if error is not None:
             self.bar.set_status(f"{WARN} {name} unavailable: {error}")
             return
         self.bar.set_status(f"Computing {name}…")
         self.loader.request_overlay(
-            image_id, current["path"], current["sha256"], method, PRIORITY_CURRENT
+            image_id, current["path"], current["sha256"], method, PRIORITY_CURRENT, self._slice
         )
 
     def _prefetch(self) -> None:
@@ -771,18 +843,24 @@ class ReviewPage(QWidget):
         index = self._queue.index(current)
         for image_id in self._queue[index + 1 : index + 1 + PREFETCH]:
             image = self._ws.image(image_id)
-            if image is not None:
+            if image is not None and image.get("kind") != "volume":  # volumes open on demand
                 self.loader.prefetch(image_id, image["path"], image["sha256"], self._method)
 
     # ------------------------------------------------------------------ loader results
 
-    def _on_image_ready(self, image_id: int, image: Any) -> None:
-        if self.current_image_id() == image_id:
-            self.viewer.set_image(image)
+    def _on_image_ready(self, image_id: int, _image: Any) -> None:
+        if self.current_image_id() != image_id:
+            return
+        image = self.loader.image(image_id, self._slice)  # a neighbouring slice may be ready
+        if image is not None:
+            self.viewer.set_image(image, keep_view=self._slice is not None)
             self._update_overlay()
 
-    def _on_image_failed(self, image_id: int, error: str) -> None:
-        if self.current_image_id() == image_id and self._current is not None:
+    def _on_image_failed(self, image_id: int, _error: str) -> None:
+        if self.current_image_id() != image_id or self._current is None:
+            return
+        error = self.loader.image_error(image_id, self._slice)
+        if error is not None:
             self.viewer.set_message(_cannot_show(self._current["path"], error))
 
     def _on_overlay_ready(self, image_id: int, method: str, _result: Any) -> None:

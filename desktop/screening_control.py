@@ -253,6 +253,7 @@ class ScreeningController(QObject):
             threshold=values["threshold"],
             refer_findings=values["refer_findings"],
             engine=settings.engine,
+            keep_names=settings.keep_patient_names,
             extra={"actor": settings.reviewer or "desktop"},
         )
         return self.start(request)

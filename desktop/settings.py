@@ -67,6 +67,8 @@ class AppSettings:
     uncertainty: str = "mc"
     policy: str = "threshold"
     refer_findings: bool = False
+    # patient names from DICOM files are left out of the workspace unless the user keeps them
+    keep_patient_names: bool = False
     overlay_method: str = "gradcam"
     overlay_opacity: int = 40
     auto_advance: bool = True
@@ -228,6 +230,14 @@ class SettingsDialog(QDialog):
         self.refer_findings.setChecked(settings.refer_findings)
         form.addRow("Fi&ndings:", self.refer_findings)
 
+        self.keep_names = QCheckBox("Store the patient names DICOM files carry")
+        self.keep_names.setChecked(settings.keep_patient_names)
+        self.keep_names.setToolTip(
+            "Off: only the patient ID, eye and date are kept from a DICOM file. "
+            "On: the name is stored in the workspace too (exports can still be de-identified)."
+        )
+        form.addRow("Patient &names:", self.keep_names)
+
         self.overlay = QComboBox()
         for m, word in zip(
             OVERLAY_METHODS, ("None", "Grad-CAM", "Integrated Gradients"), strict=True
@@ -274,6 +284,7 @@ class SettingsDialog(QDialog):
             policy=self.policy.currentData(),
             threshold=round(self.threshold.value(), 3),
             refer_findings=self.refer_findings.isChecked(),
+            keep_patient_names=self.keep_names.isChecked(),
             overlay_method=self.overlay.currentData(),
             overlay_opacity=self.opacity.value(),
             theme=self.theme.currentData(),

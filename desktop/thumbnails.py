@@ -17,12 +17,22 @@ from PySide6.QtGui import QPixmap
 THUMB_SIDE = 96  # stored thumbnail size (crisp at 200% scaling of a 48 px cell)
 
 
-def make_thumbnail(path: str | Path, out: Path, side: int = THUMB_SIDE) -> Path:
-    """Decode ``path`` small (JPEG draft) and write a ``side`` px JPEG to ``out`` atomically."""
+def make_thumbnail(
+    path: str | Path, out: Path, side: int = THUMB_SIDE, slice_index: int | None = None
+) -> Path:
+    """Decode ``path`` small (JPEG draft) and write a ``side`` px JPEG to ``out`` atomically.
+
+    For an OCT volume ``slice_index`` (0-based) names the B-scan to show: its most
+    suspicious one."""
     from engine.fileio import atomic_file
     from engine.images import open_image, to_rgb
 
-    im, _ = open_image(path, min_side=side)
+    source: Any = path
+    if slice_index is not None:
+        from engine.volumes import slice_source
+
+        source = slice_source(path, slice_index)
+    im, _ = open_image(source, min_side=side)
     im = to_rgb(im)
     im.thumbnail((side, side))
     with atomic_file(out, "wb") as f:
@@ -46,7 +56,7 @@ class ThumbnailCache(QObject):
         self.cache_dir = Path(cache_dir)
         self._pixmaps: OrderedDict[int, QPixmap] = OrderedDict()
         self._max = max_pixmaps
-        self._queue: deque[tuple[int, str, str]] = deque()
+        self._queue: deque[tuple[int, str, str, int | None]] = deque()
         self._queued: set[int] = set()
         self._failed: set[int] = set()
         self._lock = threading.Lock()
@@ -74,7 +84,8 @@ class ThumbnailCache(QObject):
             if not pm.isNull():
                 self._remember(image_id, pm)
                 return pm
-        self._request(image_id, row["path"], sha)
+        key = row.get("key_slice") if row.get("kind") == "volume" else None
+        self._request(image_id, row["path"], sha, None if key is None else int(key) - 1)
         return None
 
     def _remember(self, image_id: int, pm: QPixmap) -> None:
@@ -82,14 +93,14 @@ class ThumbnailCache(QObject):
         while len(self._pixmaps) > self._max:
             self._pixmaps.popitem(last=False)
 
-    def _request(self, image_id: int, path: str, sha: str) -> None:
+    def _request(self, image_id: int, path: str, sha: str, slice_index: int | None = None) -> None:
         if self._stop.is_set():
             return
         with self._lock:
             if image_id in self._queued:
                 return
             self._queued.add(image_id)
-            self._queue.append((image_id, path, sha))
+            self._queue.append((image_id, path, sha, slice_index))
             start = not self._running
             if start:
                 self._running = True
@@ -117,12 +128,12 @@ class ThumbnailCache(QObject):
                     if not self._queue:
                         self._running = False
                         break
-                    image_id, path, sha = self._queue.popleft()
+                    image_id, path, sha, slice_index = self._queue.popleft()
                 out = self.file_for(sha)
                 ok = True
                 if not out.is_file():
                     try:
-                        make_thumbnail(path, out)
+                        make_thumbnail(path, out, slice_index=slice_index)
                     except Exception:  # noqa: BLE001 - a bad file just has no thumbnail
                         ok = False
                 batch.append((image_id, ok))

@@ -81,11 +81,13 @@ class ImageViewer(QGraphicsView):
 
     The overlay item sits above the image with the same geometry; its opacity is
     :meth:`set_overlay_opacity` and holding Space shows the original. A message (for
-    errors or loading) replaces the image until the next :meth:`set_image`.
+    errors or loading) replaces the image until the next :meth:`set_image`. For an OCT
+    volume (:meth:`set_slice_wheel`) Ctrl + wheel moves through the slices instead of zooming.
     """
 
     zoom_changed = Signal(float)
     overlay_toggled = Signal(bool)
+    slice_wheel = Signal(int)  # +1 next slice, -1 previous (Ctrl + wheel on a volume)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -104,6 +106,7 @@ class ImageViewer(QGraphicsView):
         self._overlay_visible = True
         self._side_by_side = False
         self._fit_mode = True
+        self._slice_wheel = False
         self.setRenderHints(
             QPainter.RenderHint.SmoothPixmapTransform | QPainter.RenderHint.Antialiasing
         )
@@ -125,8 +128,13 @@ class ImageViewer(QGraphicsView):
 
     # ------------------------------------------------------------------ content
 
-    def set_image(self, image: QImage) -> None:
-        """Show ``image`` (fit to the window); clears the overlay and any message."""
+    def set_image(self, image: QImage, keep_view: bool = False) -> None:
+        """Show ``image`` (fit to the window); clears the overlay and any message.
+
+        ``keep_view`` keeps the zoom and position when the new image has the size of the
+        one shown (the next B-scan of a volume)."""
+        old = self._base.pixmap()
+        same = keep_view and not old.isNull() and old.size() == image.size()
         pixmap = QPixmap.fromImage(image)
         self._base.setPixmap(pixmap)
         self._twin.setPixmap(pixmap)
@@ -134,7 +142,12 @@ class ImageViewer(QGraphicsView):
         self._message.hide()
         self._base.setVisible(True)
         self._layout_items()
-        self.fit()
+        if not same or self._fit_mode:
+            self.fit()
+
+    def set_slice_wheel(self, on: bool) -> None:
+        """Ctrl + wheel steps through slices (a volume) instead of zooming."""
+        self._slice_wheel = bool(on)
 
     def clear(self) -> None:
         """Remove the image and overlay."""
@@ -288,6 +301,11 @@ class ImageViewer(QGraphicsView):
 
     def wheelEvent(self, event: QWheelEvent) -> None:  # noqa: N802 - Qt override
         delta = event.angleDelta().y()
+        ctrl = bool(event.modifiers() & Qt.KeyboardModifier.ControlModifier)
+        if delta and ctrl and self._slice_wheel:
+            self.slice_wheel.emit(-1 if delta > 0 else 1)  # wheel away from you: previous
+            event.accept()
+            return
         if delta:
             self._zoom(ZOOM_STEP ** (delta / 120.0), under_mouse=True)
         event.accept()

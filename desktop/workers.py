@@ -42,6 +42,7 @@ class ScreenRequest:
     threshold: float = DEFAULT_THRESHOLD
     refer_findings: bool = False
     engine: str = "auto"
+    keep_names: bool = False  # store the patient names DICOM files carry
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -88,12 +89,12 @@ def screening_events(request: ScreenRequest, state: Any) -> Iterator[dict[str, A
     chunk and finally ``{"kind": "done", ...}`` (the engine's summary plus ``device``).
     """
     from engine.engines import engine_cache_dir
-    from engine.images import discover_images
     from engine.screen import ScreenSettings
     from engine.triage import TriagePolicy
+    from engine.volumes import discover_items
     from engine.workspace_screen import iter_screen_into_workspace
 
-    paths = list(request.paths or [])
+    paths: list[Any] = list(request.paths or [])
     if not paths:
         if request.image_folder is None:
             raise ValueError("no images to screen: choose an image folder first")
@@ -103,7 +104,7 @@ def screening_events(request: ScreenRequest, state: Any) -> Iterator[dict[str, A
                 f"the image folder {folder} does not exist (moved or unplugged?)"
             )
         yield {"kind": "status", "message": f"Looking for images in {folder.name}…"}
-        paths = discover_images(folder)
+        paths = discover_items(folder)  # images, DICOM files and OCT volumes
     if not paths:
         yield {
             "kind": "done",
@@ -148,7 +149,7 @@ def screening_events(request: ScreenRequest, state: Any) -> Iterator[dict[str, A
     display = lm.spec.display
     actor = str(request.extra.get("actor") or "desktop")
     events = iter_screen_into_workspace(
-        request.workspace, paths, [lm], settings, state, actor=actor
+        request.workspace, paths, [lm], settings, state, actor=actor, keep_names=request.keep_names
     )
     try:
         for event in events:

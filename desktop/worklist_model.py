@@ -154,6 +154,9 @@ def row_from_prediction(
         "error": record.get("error"),
         "prediction_id": record.get("id"),
         "stale": bool(record.get("stale")),
+        "kind": record.get("kind") or "image",
+        "n_slices": record.get("n_slices"),
+        "key_slice": record.get("key_slice"),  # 1-based
     }
     row.update(review_fields(record.get("review"), label, record.get("triage")))
     return row
@@ -353,6 +356,8 @@ class WorklistModel(QAbstractTableModel):
 
     def _display(self, r: dict, col: int) -> str:
         if col == COL_IMAGE:
+            if r.get("kind") == "volume" and r.get("n_slices"):
+                return f"{r['name']} · {r['n_slices']} slices"
             return r["name"]
         if col == COL_PATIENT:
             eye = {"right": "OD", "left": "OS"}.get(r["eye"] or "", "")
@@ -386,6 +391,8 @@ class WorklistModel(QAbstractTableModel):
             return f"Reviewed. Triage was {text}" if is_reviewed(r) else text
         if col == COL_IMAGE:
             extra = "\nThe file changed since it was screened." if r["stale"] else ""
+            if r.get("kind") == "volume" and r.get("key_slice"):
+                extra = f"\nOCT volume: most suspicious slice {r['key_slice']}" + extra
             return r["path"] + extra
         if col == COL_PATIENT:
             return (

@@ -49,6 +49,18 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--label-order", help="comma-separated label order (ordinal grades: low to high)"
     )
+    g.add_argument(
+        "--slice-col",
+        default="slice",
+        help="CSV column with a volume's 1-based B-scan number (rows without one label the volume)",
+    )
+    g.add_argument(
+        "--volume-labels",
+        choices=["slice", "volume"],
+        default="slice",
+        help="slice (default): volumes need slice labels; volume: every B-scan takes its "
+        "volume's label (evaluate then scores volumes)",
+    )
 
 
 def _load_data(args: argparse.Namespace, label_order: list[str] | None = None):  # noqa: ANN202
@@ -65,8 +77,12 @@ def _load_data(args: argparse.Namespace, label_order: list[str] | None = None): 
             group_col=args.group_col,
             label_order=order,
             task=args.task,
+            slice_col=args.slice_col,
+            volume_labels=args.volume_labels,
         )
-    return load_folder_dataset(args.data, label_order=order, task=args.task)
+    return load_folder_dataset(
+        args.data, label_order=order, task=args.task, volume_labels=args.volume_labels
+    )
 
 
 def _load_models(paths: Sequence[str], device: str):  # noqa: ANN202
@@ -250,8 +266,13 @@ def _split_part(ds, spec, part: str):  # noqa: ANN001, ANN202
 
 
 def _print_evaluation(out: dict, spec) -> None:  # noqa: ANN001
+    what = (
+        "items (volumes scored by their most suspicious B-scan)"
+        if out.get("n_volumes")
+        else "images"
+    )
     print(
-        f"model {spec.name} ({spec.arch}, {spec.task}); {out['n']} images, {out['n_errors']} unusable"
+        f"model {spec.name} ({spec.arch}, {spec.task}); {out['n']} {what}, {out['n_errors']} unusable"
     )
     for k in ("accuracy", "balanced_accuracy", "auc", "f1_macro", "qwk", "ece", "ece_uncalibrated"):
         if out.get(k) is not None:
@@ -342,16 +363,26 @@ SCREEN_FIXED_COLUMNS = [
     "quality",
     "triage",
     "triage_reason",
+    # items: an image, a volume (its B-scan count and most suspicious slice) or a slice
+    "kind",
+    "slice",
+    "slices",
+    "key_slice",
+    "patient",
+    "eye",
+    "date",
 ]
+N_LEADING = 4  # columns before the per-label probabilities
 
 
 def cmd_screen(args: argparse.Namespace) -> int:
     from .cli_cluster import make_backend, start_backend
     from .engines import engine_cache_dir
     from .findings import finding_labels, negative_labels
-    from .manifest import load_source
+    from .manifest import is_manifest, load_source
     from .screen import ScreenSettings, attach_engine
     from .triage import TriagePolicy
+    from .volumes import discover_items, item_for_path
 
     if not args.out and not args.workspace:
         raise CliError("say where results go: --out results.csv|.parquet and/or --workspace W")
@@ -359,17 +390,29 @@ def cmd_screen(args: argparse.Namespace) -> int:
         raise CliError("with --workspace, --out exports the workspace as CSV; give a .csv name")
     backend = make_backend(args)
     try:
-        source = load_source(args.folder)
+        source = load_source(args.folder) if is_manifest(args.folder) else None
+        if source is None:
+            items = discover_items(args.folder)
+        else:  # a manifest: each listed file is an item (a multi-frame file is a volume)
+            items = [it for p in source.paths if (it := item_for_path(p)) is not None]
     except FileNotFoundError as e:
         raise CliError(str(e)) from None
-    paths = source.paths
-    if not paths:
-        raise CliError(f"{args.folder}: no images found (jpg, jpeg, png, tif, tiff, bmp)")
-    if source.duplicates and not args.quiet:
+    if not items:
+        raise CliError(f"{args.folder}: no images found (jpg, jpeg, png, tif, tiff, bmp, DICOM)")
+    if source is not None and source.duplicates and not args.quiet:
         print(f"{source.duplicates} manifest rows name a file listed before: screened once")
+    volumes = [it for it in items if it.is_volume]
+    if backend is not None and volumes:
+        raise CliError(
+            f"{len(volumes)} OCT volume(s) (e.g. {volumes[0].path}) are screened on this "
+            "computer only: leave out --backend ray, or list only image files"
+        )
     # on Ray the models run in the workers; the driver only reads their descriptions
     models = _load_models(args.model, "cpu" if backend else args.device)
-    _modality_warning(models[0].spec.modality, paths)
+    _modality_warning(
+        models[0].spec.modality,
+        [it.slices[it.n_slices // 2] if it.is_volume else it.path for it in items if it.slices],
+    )
     uncertainty = args.uncertainty or ("ensemble" if len(models) > 1 else "none")
     spec0 = models[0].spec
     unknown = [x for x in args.review_finding or [] if x not in finding_labels(spec0)]
@@ -408,8 +451,11 @@ def cmd_screen(args: argparse.Namespace) -> int:
         if backend is not None:
             start_backend(backend, args.quiet)
         if args.workspace:
-            return _screen_workspace(args, source, models, settings, backend)
-        return _screen_file(args, paths, models, settings, backend)
+            known = source.known_facts if source is not None else None
+            return _screen_workspace(args, items, models, settings, backend, known)
+        if backend is not None:
+            return _screen_file(args, [it.path for it in items], models, settings, backend)
+        return _screen_file(args, items, models, settings)
     finally:
         if backend is not None:
             backend.close()
@@ -426,31 +472,48 @@ def _where(models, backend) -> str:  # noqa: ANN001
     return f"{lm.device.type}, {engine_name(lm)}"
 
 
-def _screen_file(args, paths, models, settings, backend) -> int:  # noqa: ANN001
+def _screen_file(args, items, models, settings, backend=None) -> int:  # noqa: ANN001
+    """Screen items into a CSV or Parquet file: one row per image or volume (and, with
+    ``--slices``, one per B-scan); on a Ray backend ``items`` are image paths."""
     from .results_file import ResultsFile
-    from .screen import screen
     from .tasks import TaskState
+    from .volumes import Item, count_slices, screen_items
 
     spec = models[0].spec
     columns = (
-        SCREEN_FIXED_COLUMNS[:4] + [f"p_{lab}" for lab in spec.labels] + SCREEN_FIXED_COLUMNS[4:]
+        SCREEN_FIXED_COLUMNS[:N_LEADING]
+        + [f"p_{lab}" for lab in spec.labels]
+        + SCREEN_FIXED_COLUMNS[N_LEADING:]
+        + (["patient_name"] if args.patient_names else [])
     )
+    is_items = all(isinstance(it, Item) for it in items)
+    n_slices = count_slices(items) if is_items else len(items)
     state = TaskState(Progress("screening", quiet=args.quiet))
-    out = ResultsFile(args.out, columns, spec.labels, _csv_row)
+    out = ResultsFile(
+        args.out, columns, spec.labels, lambda r, labels: _csv_row(r, labels, args.patient_names)
+    )
     counts: dict[str, int] = {}
+    written = 0
     interrupted = False
     t0 = time.monotonic()
     chunks = (
-        backend.screen(paths, models, settings, state)
-        if backend
-        else screen(paths, models, settings, state)
+        backend.screen(items, models, settings, state)
+        if backend is not None
+        else screen_items(items, models, settings, state, args.patient_names)
     )
     try:
         for chunk in chunks:
-            out.write(chunk)
+            rows = []
             for r in chunk:
+                rows.append(r)
+                if args.slices and r.slices:
+                    for s in r.slices:
+                        s.facts = s.facts or r.facts  # a B-scan says what its volume says
+                        rows.append(s)
                 counts[r.triage] = counts.get(r.triage, 0) + 1
-    except KeyboardInterrupt:
+            out.write(rows)
+            written += len(chunk)
+    except KeyboardInterrupt:  # the rows screened so far are still written
         interrupted = True
         state.cancel()
         chunks.close()
@@ -459,16 +522,22 @@ def _screen_file(args, paths, models, settings, backend) -> int:  # noqa: ANN001
         raise
     out.close()
     dt = time.monotonic() - t0
-    _summary(counts, out.rows, len(paths), dt, _where(models, backend), out.out)
+    n_volumes = sum(1 for it in items if isinstance(it, Item) and it.is_volume)
+    where = _where(models, backend)
+    _summary(counts, written, len(items), dt, where, out.out, n_volumes, n_slices)
     if interrupted:
-        err(f"interrupted: {out.rows} of {len(paths)} rows written to {out.out}")
+        err(f"interrupted: {written} of {len(items)} rows written to {out.out}")
         return EXIT_INTERRUPTED
     return EXIT_OK
 
 
-def _csv_row(r, labels: Sequence[str]) -> dict[str, Any]:  # noqa: ANN001
+def _csv_row(r, labels: Sequence[str], names: bool = False, volume=None) -> dict[str, Any]:  # noqa: ANN001
+    """One CSV row: an image, a volume, or (with ``volume``) one of that volume's slices."""
+    facts = (volume.facts if volume is not None else r.facts) or {}
     row = {
         "path": r.path,
+        "kind": r.kind,
+        "slice": "" if r.slice_index is None else r.slice_index + 1,
         "label": r.label or "",
         "confidence": "" if r.confidence is None else f"{r.confidence:.4f}",
         "error": r.error or "",
@@ -481,7 +550,14 @@ def _csv_row(r, labels: Sequence[str]) -> dict[str, Any]:  # noqa: ANN001
         "quality": "; ".join(r.quality.get("reasons", [])) if r.quality else "",
         "triage": r.triage,
         "triage_reason": r.triage_reason,
+        "slices": "" if r.n_slices is None else r.n_slices,
+        "key_slice": "" if r.key_slice is None else r.key_slice + 1,
+        "patient": facts.get("patient") or "",
+        "eye": facts.get("eye") or "",
+        "date": facts.get("date") or "",
     }
+    if names:
+        row["patient_name"] = facts.get("patient_name") or ""
     for lab in labels:
         v = r.probabilities.get(lab)
         row[f"p_{lab}"] = "" if v is None else f"{v:.4f}"
@@ -489,37 +565,48 @@ def _csv_row(r, labels: Sequence[str]) -> dict[str, Any]:  # noqa: ANN001
 
 
 def _summary(
-    counts: dict[str, int], written: int, total: int, dt: float, device: str, where: Any
+    counts: dict[str, int],
+    written: int,
+    total: int,
+    dt: float,
+    device: str,
+    where: Any,
+    volumes: int = 0,
+    slices: int | None = None,
 ) -> None:
     from .triage import HUMAN_STATES, TRIAGE_STATES
 
     parts = [f"{k} {counts[k]}" for k in TRIAGE_STATES if counts.get(k)]
     human = sum(counts.get(k, 0) for k in HUMAN_STATES)
     parts.append(f"{human} need a person")
-    rate = written / dt if dt > 0 else 0.0
-    print(
-        f"screened {written}/{total} images in {dt:.1f} s ({rate:.1f} img/s, {device}): {', '.join(parts)}"
-    )
+    if volumes:
+        n = slices if slices is not None else written
+        rate = n / dt if dt > 0 else 0.0
+        what = f"{written}/{total} items ({volumes} volumes; {n} images and B-scans)"
+    else:
+        rate = written / dt if dt > 0 else 0.0
+        what = f"{written}/{total} images"
+    print(f"screened {what} in {dt:.1f} s ({rate:.1f} img/s, {device}): {', '.join(parts)}")
     print(f"results: {where}")
 
 
-def _screen_workspace(args, source, models, settings, backend) -> int:  # noqa: ANN001
+def _screen_workspace(args, items, models, settings, backend=None, known=None) -> int:  # noqa: ANN001
     from .tasks import TaskState
     from .workspace_screen import screen_into_workspace
 
-    paths = source.paths
     state = TaskState(Progress("screening", quiet=args.quiet))
     t0 = time.monotonic()
     try:
         report = screen_into_workspace(
             args.workspace,
-            paths,
+            items,
             models,
             settings,
             state,
             actor=args.actor,
+            keep_names=args.patient_names,
             backend=backend,
-            known_facts=source.known_facts,
+            known_facts=known,
         )
     except KeyboardInterrupt:
         state.cancel()
@@ -531,13 +618,18 @@ def _screen_workspace(args, source, models, settings, backend) -> int:  # noqa: 
         if report["skipped"]
         else "screening every image"
     )
+    for path, reason in report.get("unreadable", []):
+        err(f"{path}: {reason}")
+    n_volumes = sum(1 for it in items if it.is_volume)
     _summary(
         report["counts"],
         report["screened"],
-        len(paths),
+        len(items),
         dt,
         _where(models, backend),
         args.workspace,
+        n_volumes,
+        report.get("screened_slices") if n_volumes else None,
     )
     activation = report.get("activation") or {}
     if activation.get("message"):
@@ -735,6 +827,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="this finding, however confident, goes to needs-review (repeat for several)",
     )
     sc.add_argument("--no-quality", action="store_true", help="skip the image-quality gate")
+    sc.add_argument(
+        "--slices", action="store_true", help="also write one row per B-scan of each volume"
+    )
+    sc.add_argument(
+        "--patient-names",
+        action="store_true",
+        help="keep patient names from DICOM files (left out by default)",
+    )
     sc.add_argument(
         "--fp32",
         action="store_true",

@@ -20,6 +20,11 @@ def add_explain_commands(sub: Any) -> None:
     e.add_argument("--method", choices=["gradcam", "ig", "occlusion"], default="gradcam")
     e.add_argument("--out", required=True, help="folder for <stem>_<method>.png overlays")
     e.add_argument("--target", help="label to explain (default: the predicted one)")
+    e.add_argument(
+        "--slice",
+        default="key",
+        help="for volumes: key (the most suspicious B-scan, default), all, or a 1-based number",
+    )
     e.add_argument("--raw", action="store_true", help="also write <stem>_<method>.npy maps")
     e.add_argument(
         "--layer", help="Grad-CAM layer(s): a name, 'last', or 'a+b' (default: chosen per model)"
@@ -74,6 +79,24 @@ def _method_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {}
 
 
+def _chosen_slices(lm, item, choice: str) -> list[int]:  # noqa: ANN001
+    """0-based slices of a volume to explain: the key slice, all, or one by number."""
+    from .images import ImageError
+    from .volumes import most_suspicious_slice
+
+    if choice == "all":
+        return list(range(item.n_slices))
+    if choice == "key":
+        return [most_suspicious_slice(lm, item)]
+    try:
+        k = int(choice)
+    except ValueError:
+        raise ImageError(item.path, f"--slice {choice!r} must be key, all or a number") from None
+    if not 1 <= k <= item.n_slices:
+        raise ImageError(item.path, f"has {item.n_slices} slices; slice {k} does not exist")
+    return [k - 1]
+
+
 def _display(args: argparse.Namespace) -> Any:
     """The :class:`engine.explain.Display` the options ask for (``None``: the default)."""
     from .explain import DEFAULT_DISPLAY, Display
@@ -91,39 +114,62 @@ def cmd_explain(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .explain import explain_file, render_explanation
-    from .images import ImageError, discover_images, load_display_image
+    from .images import ImageError, load_display_image
     from .models import load_model
     from .overlay import save_png
+    from .volumes import discover_items
 
     lm = load_model(args.model, device=args.device)
     src = Path(args.images)
     try:
-        paths = discover_images(src)
+        items = discover_items(src)
     except FileNotFoundError as e:
         print(f"eyetriage: {e}")
         return 1
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     failures = 0
+    done = 0
     t0 = time.monotonic()
     kw = _method_kwargs(args)
-    for p in paths:
+    for item in items:
         try:
-            exp = explain_file(lm, p, args.method, target=args.target, display=_display(args), **kw)
-            original = load_display_image(p)
+            if item.error:
+                raise ImageError(item.path, item.error)
+            if item.is_volume:
+                jobs = [
+                    (item.slices[k], f"{item.path.stem}_slice{k + 1:03d}", f" slice {k + 1}")
+                    for k in _chosen_slices(lm, item, args.slice)
+                ]
+            else:
+                jobs = [(item.path, item.path.stem, "")]
         except ImageError as e:
             print(f"skipped {e}")
             failures += 1
             continue
-        save_png(
-            render_explanation(original, exp, alpha=args.alpha), out / f"{p.stem}_{args.method}.png"
-        )
-        if args.raw:
-            np.save(out / f"{p.stem}_{args.method}.npy", exp.map_on_original().astype(np.float32))
-        note = ", no colour outside the retina" if exp.masked else ""
-        print(f"{p.name}: {args.method} for '{exp.target_label}' (p={exp.probability:.2f}{note})")
+        for source, stem, where in jobs:
+            try:
+                exp = explain_file(
+                    lm, source, args.method, target=args.target, display=_display(args), **kw
+                )
+                original = load_display_image(source)
+            except ImageError as e:
+                print(f"skipped {e}")
+                failures += 1
+                continue
+            save_png(
+                render_explanation(original, exp, alpha=args.alpha),
+                out / f"{stem}_{args.method}.png",
+            )
+            if args.raw:
+                np.save(out / f"{stem}_{args.method}.npy", exp.map_on_original().astype(np.float32))
+            done += 1
+            note = ", no colour outside the retina" if exp.masked else ""
+            print(
+                f"{item.path.name}{where}: {args.method} for '{exp.target_label}' "
+                f"(p={exp.probability:.2f}{note})"
+            )
     dt = time.monotonic() - t0
-    done = len(paths) - failures
     print(
         f"wrote {done} overlays to {out} in {dt:.1f} s ({dt / max(1, done):.2f} s per image); {failures} files skipped"
     )

@@ -1,4 +1,4 @@
-"""Workspace commands of ``eyetriage``: export, review, agreement, models, rollback.
+"""Workspace commands of ``eyetriage``: export, visits, review, agreement, models, rollback.
 
 They read and write the store only and never import torch, so they start in a fraction of
 a second.
@@ -19,7 +19,17 @@ def add_workspace_commands(sub: Any) -> None:
     x.add_argument("workspace")
     x.add_argument("--format", choices=["csv", "json"], default="csv")
     x.add_argument("--out", required=True)
+    x.add_argument(
+        "--deidentify",
+        action="store_true",
+        help="pseudonymise patients, turn dates into visit numbers, replace paths",
+    )
     x.set_defaults(func=cmd_export)
+
+    vi = sub.add_parser("visits", help="one referral decision per patient, eye and visit")
+    vi.add_argument("workspace")
+    vi.add_argument("--json", action="store_true")
+    vi.set_defaults(func=cmd_visits)
 
     r = sub.add_parser("review", help="record a review (or many, --from-csv)")
     r.add_argument("workspace")
@@ -28,7 +38,8 @@ def add_workspace_commands(sub: Any) -> None:
     r.add_argument("--reviewer")
     r.add_argument("--action", choices=["confirm", "correct", "ungradable", "skip"])
     r.add_argument("--note")
-    r.add_argument("--from-csv", help="CSV with columns path,label,reviewer[,action,note]")
+    r.add_argument("--slice", type=int, help="for an OCT volume: the B-scan read (1-based)")
+    r.add_argument("--from-csv", help="CSV with columns path,label,reviewer[,action,note,slice]")
     r.set_defaults(func=cmd_review)
 
     a = sub.add_parser("agreement", help="Cohen's kappa between reviewers and with the AI")
@@ -52,8 +63,36 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .store import Workspace
 
     with Workspace.open(args.workspace, create=False) as ws:
-        n = ws.write_export(args.out, args.format)
-    print(f"exported {n} rows to {args.out}")
+        n = ws.write_export(args.out, args.format, deidentify=args.deidentify)
+    print(f"exported {n} rows to {args.out}" + (" (de-identified)" if args.deidentify else ""))
+    return EXIT_OK
+
+
+def cmd_visits(args: argparse.Namespace) -> int:
+    """The roll-up by patient, eye and acquisition date (:func:`engine.visits.visit_rollup`)."""
+    from .store import Workspace
+    from .visits import visit_rollup
+
+    with Workspace.open(args.workspace, create=False) as ws:
+        rows = [{**r, "date": r["acquired"]} for r in ws.export_rows()]
+    visits = visit_rollup(rows)
+    if args.json:
+        keep = ("path", "kind", "n_slices", "key_slice", "label", "confidence", "triage")
+        print_json(
+            [{**v, "parts": [{k: p.get(k) for k in keep} for p in v["parts"]]} for v in visits]
+        )
+        return EXIT_OK
+    if not visits:
+        print("no screened items with a patient")
+    for v in visits:
+        print(
+            f"patient {v['patient']}  {v['eye']} eye  {v['date'] or 'date unknown'}: "
+            f"{v['decision']} ({v['triage'] or 'not screened'})"
+        )
+        for p in v["parts"]:
+            what = f"volume, {p['n_slices']} B-scans" if p.get("kind") == "volume" else "image"
+            key = f", key slice {p['key_slice']}" if p.get("key_slice") else ""
+            print(f"    {Path(p['path']).name} ({what}{key}): {p.get('triage') or 'not screened'}")
     return EXIT_OK
 
 
@@ -72,7 +111,12 @@ def cmd_review(args: argparse.Namespace) -> int:
         labels = [x for x in (args.label or "").split(";") if x]
         action = args.action or "correct"
         rid = ws.add_review(
-            str(Path(args.image).resolve()), args.reviewer, labels, action=action, note=args.note
+            str(Path(args.image).resolve()),
+            args.reviewer,
+            labels,
+            action=action,
+            note=args.note,
+            slice=args.slice,
         )
         print(
             f"review {rid} recorded: {args.image} -> {', '.join(labels) or action} by {args.reviewer}"

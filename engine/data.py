@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .images import discover_images, is_hidden
+from .images import Source, is_hidden
+
+VOLUME_LABELS = ("slice", "volume")
 
 
 class DatasetError(Exception):
@@ -19,9 +21,10 @@ class DatasetError(Exception):
 
 @dataclass
 class Sample:
-    path: Path
+    path: Source  # an image file, or one B-scan of a volume
     target: int | tuple[int, ...]  # class index, or a multi-hot tuple for multi-label
     group: str  # patient (or the file itself): never split across train/val/test
+    volume: str | None = None  # the volume a B-scan labelled by its volume's label belongs to
 
 
 @dataclass
@@ -33,6 +36,7 @@ class LabelledSet:
     skipped_empty: int = 0  # rows without a label, left out
     missing: list[str] = field(default_factory=list)  # listed files that do not exist
     source: str = ""
+    volume_labels: str = "slice"  # "volume": B-scans carry their volume's label
     modality_values: dict[str, int] = field(default_factory=dict)  # a CSV modality column
 
     def __len__(self) -> int:
@@ -55,13 +59,20 @@ class LabelledSet:
             self.task,
             [self.samples[i] for i in idx],
             source=self.source,
+            volume_labels=self.volume_labels,
             modality_values=self.modality_values,
         )
 
+    def volumes(self) -> list[str]:
+        """The volumes whose B-scans carry the volume's label, in first-seen order."""
+        return list(dict.fromkeys(s.volume for s in self.samples if s.volume is not None))
+
     def summary(self) -> dict:
+        out_volumes = self.volumes()
         return {
             "source": self.source,
             "n": len(self.samples),
+            **({"volumes": len(out_volumes), "volume_labels": "volume"} if out_volumes else {}),
             "counts": self.class_counts(),
             "skipped_unlabelled": self.skipped_empty,
             "missing_files": len(self.missing),
@@ -96,17 +107,53 @@ def _natural_key(s: str) -> tuple:
         return (1, 0.0, s.lower())
 
 
-def _group_for(path: Path) -> str:
-    from .naming import parse_patient_eye
+def _group_for(item) -> str:  # noqa: ANN001 - engine.volumes.Item
+    """The patient (from the DICOM header, volume.json or the name), else the file itself."""
+    from .filefacts import item_facts
 
-    patient, _ = parse_patient_eye(path.name)
-    return f"patient:{patient}" if patient else f"file:{path.name}"
+    patient = item_facts(item).get("patient")
+    return f"patient:{patient}" if patient else f"file:{item.path.name}"
+
+
+def _check_volume_labels(volume_labels: str) -> None:
+    if volume_labels not in VOLUME_LABELS:
+        raise DatasetError(f"--volume-labels must be slice or volume, not {volume_labels!r}")
+
+
+def _volume_refused(item, where: str) -> DatasetError:  # noqa: ANN001
+    return DatasetError(
+        f"{where} is a volume of {item.n_slices} B-scans with one label for the whole volume; "
+        "B-scan models learn from slice labels: label its slices (a CSV with a slice column) "
+        "or pass --volume-labels volume to give every slice the volume's label"
+    )
+
+
+def _samples_for(item, target, volume_labels: str, where: str, group: str | None = None):  # noqa: ANN001, ANN202
+    """Samples of one item: the image itself, or every B-scan of a volume (when asked)."""
+    group = group or _group_for(item)
+    if not item.is_volume:
+        return [Sample(item.path, target, group)]
+    if volume_labels != "volume":
+        raise _volume_refused(item, where)
+    if item.error:
+        raise DatasetError(f"{where}: {item.error}")
+    return [Sample(s, target, group, volume=str(item.path)) for s in item.slices]
 
 
 def load_folder_dataset(
-    root: str | Path, label_order: list[str] | None = None, task: str | None = None
+    root: str | Path,
+    label_order: list[str] | None = None,
+    task: str | None = None,
+    volume_labels: str = "slice",
 ) -> LabelledSet:
-    """One sub-folder per class; patients parsed from file names keep their images together."""
+    """One sub-folder per class; patients parsed from file names keep their images together.
+
+    A volume in a class folder is used only with ``volume_labels="volume"``: its B-scans
+    then all get the folder's label and stay together in one split.
+    """
+    from .volumes import discover_items
+
+    _check_volume_labels(volume_labels)
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: not a folder")
@@ -119,14 +166,19 @@ def load_folder_dataset(
         raise DatasetError("multi-label data needs a CSV with one column per label")
     index = {lab: i for i, lab in enumerate(labels)}
     samples = [
-        Sample(p, index[d.name], _group_for(p))
+        sample
         for d in class_dirs
         if d.name in index
-        for p in discover_images(d)
+        for item in discover_items(d)
+        for sample in _samples_for(
+            item, index[d.name], volume_labels, f"{d.name}/{item.path.relative_to(d)}"
+        )
     ]
     if not samples:
         raise DatasetError(f"{root}: the class folders hold no images")
-    return LabelledSet(root, labels, task, samples, source=f"folder {root.name}")
+    return LabelledSet(
+        root, labels, task, samples, source=f"folder {root.name}", volume_labels=volume_labels
+    )
 
 
 def load_csv_dataset(
@@ -138,8 +190,18 @@ def load_csv_dataset(
     group_col: str | None = None,
     label_order: list[str] | None = None,
     task: str | None = None,
+    slice_col: str | None = "slice",
+    volume_labels: str = "slice",
 ) -> LabelledSet:
-    """Rows of a CSV; image paths are relative to ``root``. Several label columns = multi-label."""
+    """Rows of a CSV; image paths are relative to ``root``. Several label columns = multi-label.
+
+    A row may name a volume (multi-frame DICOM, multi-page TIFF, volume folder): with a
+    1-based number in ``slice_col`` it labels that B-scan; without one it labels the whole
+    volume, used only with ``volume_labels="volume"``.
+    """
+    from .volumes import item_for_path
+
+    _check_volume_labels(volume_labels)
     root, labels_csv = Path(root), Path(labels_csv)
     label_cols = label_cols or ["label"]
     try:
@@ -161,6 +223,7 @@ def load_csv_dataset(
             f"{labels_csv.name}: no column {', '.join(absent)} (columns: {', '.join(sorted(columns))})"
         )
     rows = [r for r in rows if all((r[c] or "").strip() == v for c, v in conditions)]
+    has_slices = bool(slice_col) and slice_col in columns
     multilabel = task == "multilabel" or len(label_cols) > 1
     skipped = 0
     kept: list[tuple[dict, list[str]]] = []
@@ -184,7 +247,7 @@ def load_csv_dataset(
     for r, values in kept:
         rel = r[image_col].strip()
         path = (root / rel).resolve() if not Path(rel).is_absolute() else Path(rel)
-        if not path.is_file():
+        if not path.exists():
             missing.append(rel)
             continue
         if multilabel:
@@ -196,10 +259,18 @@ def load_csv_dataset(
                 ) from None
         else:
             target = index[values[0]]
-        group = f"{group_col}:{r[group_col]}" if group_col and r[group_col] else _group_for(path)
-        samples.append(Sample(path, target, group))
+        item = item_for_path(path)
+        if item is None:
+            missing.append(rel)
+            continue
         if modality_col:
             modality_values[(r[modality_col] or "").strip()] += 1
+        group = f"{group_col}:{r[group_col]}" if group_col and r[group_col] else _group_for(item)
+        number = (r.get(slice_col) or "").strip() if has_slices and slice_col else ""
+        if number:
+            samples.append(Sample(_slice_of(item, number, rel, labels_csv.name), target, group))
+            continue
+        samples.extend(_samples_for(item, target, volume_labels, rel, group))
     if not samples:
         raise DatasetError(f"{labels_csv.name}: no usable rows (after filters and empty labels)")
     return LabelledSet(
@@ -210,8 +281,26 @@ def load_csv_dataset(
         skipped,
         missing,
         source=f"csv {labels_csv.name}",
+        volume_labels=volume_labels,
         modality_values=dict(modality_values),
     )
+
+
+def _slice_of(item, number: str, rel: str, csv_name: str) -> Source:  # noqa: ANN001
+    """The B-scan a row's 1-based slice number names."""
+    try:
+        k = int(float(number))
+    except ValueError:
+        raise DatasetError(f"{csv_name}: slice {number!r} for {rel} is not a number") from None
+    if not item.is_volume:
+        if k == 1:
+            return item.path
+        raise DatasetError(f"{csv_name}: {rel} is a single image; it has no slice {k}")
+    if not 1 <= k <= item.n_slices:
+        raise DatasetError(
+            f"{csv_name}: {rel} has {item.n_slices} slices; slice {k} does not exist"
+        )
+    return item.slices[k - 1]
 
 
 def _parse_filter(text: str) -> tuple[str, str]:

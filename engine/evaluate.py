@@ -46,8 +46,18 @@ def evaluate_model_on(
     else:
         probs = softmax(z, spec.temperature)
         raw = softmax(z, 1.0)
+    volumes = ds.volumes()
+    if volumes:  # volume labels: score each volume by its most suspicious B-scan
+        from .volumes import roll_up_arrays
+
+        owners = [s.volume or f"image:{i}" for i, s in enumerate(ds.samples)]
+        owners = [o for o, good in zip(owners, ok, strict=True) if good]
+        y, probs, raw = roll_up_arrays(owners, y, probs, raw, spec)
     out = evaluate_predictions(y, probs, spec.task, spec.labels)
     out["ece_uncalibrated"] = evaluate_predictions(y, raw, spec.task, spec.labels)["ece"]
+    if volumes:
+        out["scored"] = "volumes (each by its most suspicious B-scan)"
+        out["n_volumes"] = len(volumes)
     out["temperature"] = spec.temperature
     out["n_errors"] = int((~ok).sum())
     out["errors"] = [{"path": str(paths[i]), "error": e} for i, e in sorted(errors.items())][:50]

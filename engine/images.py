@@ -20,6 +20,8 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from .modelfile import Preprocessing
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
+DICOM_EXTENSIONS = frozenset({".dcm", ".dicom", ".dic"})
+TIFF_EXTENSIONS = frozenset({".tif", ".tiff"})
 ASSUMED_MIN_FOV_FRACTION = 0.6  # the FOV spans at least this share of the short side
 ANALYSIS_SIZE = 384  # largest side of the crop kept for the quality gate
 GATE_MIN_SIDE = 320  # short side the draft must reach when the quality gate is on
@@ -36,16 +38,58 @@ class ImageError(Exception):
         self.reason = reason
 
 
+@dataclass(frozen=True)
+class FrameRef:
+    """One 2-D frame inside a multi-frame file: a B-scan of a DICOM or TIFF OCT volume."""
+
+    path: Path
+    frame: int  # 0-based position in the file
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    def __str__(self) -> str:
+        return f"{self.path} [slice {self.frame + 1}]"
+
+    @property
+    def name(self) -> str:
+        return f"{self.path.name} [slice {self.frame + 1}]"
+
+
+Source = Path | FrameRef  # what the decoders accept: a file, or one frame of a file
+
+
 def is_hidden(name: str) -> bool:
     """Hidden files and folders, and auxiliary folders such as ``_masks``, are skipped."""
     return name.startswith((".", "_"))
 
 
+def is_image_name(name: str) -> bool:
+    """A name that is an image by its extension (photographs, TIFF, DICOM)."""
+    suffix = Path(name).suffix.lower()
+    return suffix in IMAGE_EXTENSIONS or suffix in DICOM_EXTENSIONS
+
+
+def is_image_file(path: Path) -> bool:
+    """An image by its extension, or a DICOM file without one (found by its DICM preamble).
+
+    DICOM media often name files ``IM0001`` or by their UID (``1.2.840...3.17``); those are
+    probed; the ``DICOMDIR`` index itself is not an image.
+    """
+    if path.name.startswith("."):
+        return False
+    if is_image_name(path.name):
+        return True
+    from .dicom import has_dicm_preamble, may_be_dicom_name
+
+    return may_be_dicom_name(path.name) and has_dicm_preamble(path)
+
+
 def discover_images(root: str | Path, recursive: bool = True) -> list[Path]:
     """Image files under ``root`` (or ``root`` itself), in a stable, sorted order.
 
-    Hidden entries and folders starting with ``_`` are skipped; symlinked folders are not
-    followed (no loops).
+    DICOM files are found by extension or by their DICM preamble. Hidden entries and
+    folders starting with ``_`` are skipped; symlinked folders are not followed (no loops).
     """
     root = Path(root)
     if root.is_file():
@@ -56,7 +100,7 @@ def discover_images(root: str | Path, recursive: bool = True) -> list[Path]:
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not is_hidden(d)) if recursive else []
         for name in filenames:
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+            if is_image_file(Path(dirpath) / name):
                 found.append(Path(dirpath) / name)
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
@@ -111,13 +155,19 @@ def to_rgb(im: Image.Image) -> Image.Image:
 
 
 def open_image(
-    path: str | Path, min_side: int | None = None
+    path: str | Source, min_side: int | None = None
 ) -> tuple[Image.Image, tuple[int, int]]:
     """Open, draft-decode to at least ``min_side`` on the short side, orient by EXIF, load.
 
-    Returns the image and the full-resolution (width, height) after orientation. Raises
+    ``path`` may be a photograph, a DICOM file (its first frame) or a :class:`FrameRef` to one
+    slice of a volume. Returns the image and the full-resolution (width, height) after
+    orientation; ``image.info["frames"]`` says how many frames the file holds. Raises
     :class:`ImageError` with a specific reason for every way a file can be bad.
     """
+    if isinstance(path, FrameRef):
+        from .volumes import open_frame
+
+        return open_frame(path, min_side)
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -131,6 +181,10 @@ def open_image(
         raise ImageError(path, "is a folder, not an image")
     if size == 0:
         raise ImageError(path, "file is empty (0 bytes)")
+    suffix = path.suffix.lower()
+    if suffix in DICOM_EXTENSIONS or (suffix not in IMAGE_EXTENSIONS and _has_preamble(path)):
+        return _open_dicom(path, min_side)
+    frames = 1
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -138,6 +192,8 @@ def open_image(
     except PermissionError:
         raise ImageError(path, "permission denied") from None
     except UnidentifiedImageError:
+        if _has_preamble(path):  # a DICOM file with a photograph's extension
+            return _open_dicom(path, min_side)
         raise ImageError(path, "not an image, or a format EyeTriage cannot read") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError(
@@ -152,6 +208,23 @@ def open_image(
         raise ImageError(path, reason) from None
     if im.width < 8 or im.height < 8:
         raise ImageError(path, f"image is too small ({im.width}×{im.height} px)")
+    im.info["frames"] = frames
+    return im, full
+
+
+def _has_preamble(path: Path) -> bool:
+    from .dicom import has_dicm_preamble
+
+    return has_dicm_preamble(path)
+
+
+def _open_dicom(path: Path, min_side: int | None) -> tuple[Image.Image, tuple[int, int]]:
+    from .dicom import open_dicom_frame
+
+    im, full, frames = open_dicom_frame(path, 0, min_side)
+    if im.width < 8 or im.height < 8:
+        raise ImageError(path, f"image is too small ({im.width}×{im.height} px)")
+    im.info["frames"] = frames
     return im, full
 
 
@@ -160,6 +233,8 @@ def _load_oriented(path: Path, min_side: int | None) -> tuple[Image.Image, tuple
     decoding succeeds or fails (a bad file must not leave a handle open in a long batch)."""
     opened = Image.open(path)
     try:
+        if opened.format == "TIFF" and getattr(opened, "n_frames", 1) > 1:
+            opened.seek(0)  # a multi-page TIFF shown as one image: its first page
         w, h = opened.size
         orientation = opened.getexif().get(0x0112, 1)
         full = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
@@ -175,17 +250,22 @@ def _load_oriented(path: Path, min_side: int | None) -> tuple[Image.Image, tuple
 
 
 def decode_for_model(
-    path: str | Path,
+    path: str | Source,
     size: int,
     modality: str = "fundus",
     prep: Preprocessing | None = None,
     want_analysis: bool = False,
 ) -> Decoded:
-    """Decode one file into a (size, size, 3) uint8 array ready for normalisation."""
+    """Decode one file (or one slice of a volume) into a (size, size, 3) uint8 array.
+
+    A multi-frame file given as a whole is refused: its slices are screened one by one
+    (see :mod:`engine.volumes`), never silently as its first frame.
+    """
     prep = prep or Preprocessing.for_modality(modality)
-    path = Path(path)
+    path = path if isinstance(path, FrameRef) else Path(path)
     if modality == "oct" or prep.grayscale:
         im, orig = open_image(path, min_side=size)
+        _refuse_volume(path, im)
         colour = to_rgb(im)
         # a circular fundus field of view on an "OCT" input means a fundus photograph was
         # given to an OCT model: the screener reports it as out of distribution
@@ -199,7 +279,15 @@ def decode_for_model(
     return _decode_fundus(path, size, prep, want_analysis)
 
 
-def load_display_image(path: str | Path, longest: int | None = None) -> Image.Image:
+def _refuse_volume(path: Source, im: Image.Image) -> None:
+    frames = im.info.get("frames", 1)
+    if not isinstance(path, FrameRef) and frames > 1:
+        raise ImageError(
+            path, f"holds {frames} frames (a volume): screen it as a volume, slice by slice"
+        )
+
+
+def load_display_image(path: str | Source, longest: int | None = None) -> Image.Image:
     """The original image, oriented, as RGB, reduced to ``longest`` pixels if larger (for
     showing it; the model's input comes from :func:`decode_for_model`)."""
     im, _ = open_image(path, min_side=None)
@@ -207,7 +295,7 @@ def load_display_image(path: str | Path, longest: int | None = None) -> Image.Im
     return _fit(rgb, longest) if longest else rgb
 
 
-def _decode_fundus(path: Path, size: int, prep: Preprocessing, want_analysis: bool) -> Decoded:
+def _decode_fundus(path: Source, size: int, prep: Preprocessing, want_analysis: bool) -> Decoded:
     from . import fundus
 
     need = size
@@ -216,6 +304,7 @@ def _decode_fundus(path: Path, size: int, prep: Preprocessing, want_analysis: bo
     # 192 px or more this asks for nothing beyond what the model needs
     min_side = max(need / ASSUMED_MIN_FOV_FRACTION, GATE_MIN_SIDE if want_analysis else 0)
     im, (full_w, full_h) = open_image(path, min_side=math.ceil(min_side))
+    _refuse_volume(path, im)
     rgb = to_rgb(im)
     fov = _find_fov(rgb) if prep.fov_crop else None
     if fov is not None and fov.found:

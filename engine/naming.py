@@ -12,7 +12,13 @@ import csv
 import re
 from pathlib import Path
 
-__all__ = ["DEFAULT_PATTERNS", "load_patient_csv", "normalise_eye", "parse_patient_eye"]
+__all__ = [
+    "DEFAULT_PATTERNS",
+    "load_patient_csv",
+    "normalise_date",
+    "normalise_eye",
+    "parse_patient_eye",
+]
 
 _RIGHT = {"r", "right", "od", "re", "rt"}
 _LEFT = {"l", "left", "os", "oi", "le", "lt"}
@@ -42,6 +48,19 @@ def normalise_eye(value: str | None) -> str | None:
     if token in _LEFT:
         return "left"
     return None
+
+
+def normalise_date(value: object) -> str | None:
+    """``YYYYMMDD``, ``YYYY-MM-DD`` or a DICOM date-time to ``YYYY-MM-DD``; else ``None``."""
+    text = str(value or "").strip()
+    if len(text) >= 10 and text[4] == "-" and text[7] == "-":
+        text = text[:4] + text[5:7] + text[8:10]
+    if len(text) < 8 or not text[:8].isdigit():
+        return None
+    y, m, d = int(text[:4]), int(text[4:6]), int(text[6:8])
+    if not (1 <= m <= 12 and 1 <= d <= 31 and y > 1800):
+        return None
+    return f"{text[:4]}-{text[4:6]}-{text[6:8]}"
 
 
 def _file_name(name: str) -> str:

@@ -91,6 +91,13 @@ class ScreenResult:
     width: int | None = None
     height: int | None = None
     prediction_id: int | None = None  # set once stored in a workspace
+    # items (see engine.volumes): an image, a volume rolled up from its slices, or one slice
+    kind: str = "image"  # "image", "volume" or "slice"
+    slice_index: int | None = None  # a slice's 0-based position in its volume
+    n_slices: int | None = None  # a volume's number of B-scans
+    key_slice: int | None = None  # a volume's most suspicious slice (0-based)
+    slices: list[ScreenResult] | None = None  # a volume's slice results, in order
+    facts: dict[str, Any] | None = None  # patient, eye, date... as the file says
 
 
 def check_ensemble(models: Sequence[LoadedModel]) -> None:
@@ -209,7 +216,7 @@ class BatchScorer:
         return [
             _result(
                 i,
-                Path(paths[j]),
+                paths[j],  # a file, or a B-scan of a volume (FrameRef)
                 decoded[j],
                 spec,
                 mean[j],

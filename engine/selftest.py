@@ -3,8 +3,9 @@
 Each step exercises one thing that breaks in a badly packaged application: torchvision's
 compiled operators, the demo model and timm, screening into a workspace through ONNX Runtime
 (export, engine, same answers as torch), Grad-CAM (captum),
-reviewing and exporting, the fine-tuning libraries and their version checks, and Qt
-offscreen. Everything runs on synthetic images in a temporary folder that is removed
+reviewing and exporting, the fine-tuning libraries and their version checks, the DICOM
+decoders (found by entry point, easily lost in a bundle), and Qt offscreen. Everything runs
+on synthetic images in a temporary folder that is removed
 afterwards. One line per step is printed; the exit code is 0 only when every step passed.
 
 The Qt step lives in :mod:`desktop.selftest_gui` and is imported by name, only when the
@@ -234,6 +235,40 @@ def _review_and_export(st: SelfTest, root: Path) -> str:
     return f"1 review, CSV + JSON export of {len(rows)} rows read back"
 
 
+def check_dicom_decoders(root: Path) -> str:
+    """Write DICOM files and read them back: every bundled decoder, and an OCT volume."""
+    import numpy as np
+
+    from . import dicom_synth as W
+    from .dicom import environment_summary
+    from .images import FrameRef, open_image
+
+    folder = root / "dicom"
+    folder.mkdir(parents=True, exist_ok=True)
+    y, x = np.mgrid[0:64, 0:96]
+    rgb = np.stack([x * 2, y * 3, (x + y)], -1).astype(np.uint8)
+    for compression in ("none", "rle", "jpeg2000"):
+        path = W.write_photograph(folder / f"{compression}.dcm", rgb, compression=compression)
+        got = np.asarray(open_image(path)[0])
+        if not np.array_equal(got, rgb):
+            raise RuntimeError(f"{compression} DICOM photograph decoded with wrong pixels")
+    path = W.write_photograph(folder / "jpeg.dcm", rgb, compression="jpeg")
+    diff = np.abs(np.asarray(open_image(path)[0], dtype=np.int16) - rgb).mean()
+    if diff > 8:
+        raise RuntimeError(f"JPEG baseline DICOM decoded far from the original ({diff:.1f})")
+    frames = (np.arange(5 * 32 * 48).reshape(5, 32, 48) % 4096).astype(np.uint16)
+    path = W.write_volume(folder / "oct.dcm", frames, bits_stored=12, window=(2048, 4096))
+    im, _ = open_image(FrameRef(path, 4))
+    if im.size != (48, 32):
+        raise RuntimeError(f"OCT slice has size {im.size}, expected 48x32")
+    missing = [name for name, ok in environment_summary().items() if not ok]
+    if missing:
+        raise RuntimeError(f"no decoder for: {', '.join(missing)}")
+    import pydicom
+
+    return f"pydicom {pydicom.__version__}; JPEG, JPEG-LS, JPEG 2000, RLE decoders present"
+
+
 def check_finetune_libraries() -> str:
     """peft injects a LoRA adapter and trains one step (its imports check versions)."""
     import peft
@@ -286,6 +321,7 @@ def run(
             needs=("model", "workspace"),
         )
         st.step("fine-tuning libraries (peft)", check_finetune_libraries)
+        st.step("DICOM decoders (pydicom, pylibjpeg)", lambda: check_dicom_decoders(root))
         if gui:
             st.step("Qt offscreen (PySide6)", _gui)
     finally:

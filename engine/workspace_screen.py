@@ -1,5 +1,10 @@
 """Screen into a workspace: incremental, resumable, one transaction per chunk.
 
+Items are images and OCT volumes (:mod:`engine.volumes`): a volume is one worklist item with
+its B-scan count, its most suspicious slice and one stored row per B-scan. What the file
+says (:mod:`engine.filefacts`: patient, eye, acquisition date, device) is stored with the
+item and wins over the file name; the patient's name only when the caller keeps names.
+
 Images already screened by the same model with the same settings (matched by file hash)
 are skipped, so re-running a folder only does the new or changed files, and a run that was
 interrupted (Ctrl+C, a crash, ``kill -9``) resumes where it stopped.
@@ -13,7 +18,9 @@ event says what it decided.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +29,7 @@ from .models import LoadedModel
 from .screen import ScreenResult, ScreenSettings
 from .screen_backend import LocalBackend, ScreenBackend
 from .tasks import TaskState
+from .volumes import Item, finding_probability, item_for_path, screen_items
 
 if TYPE_CHECKING:
     from .store import Workspace
@@ -33,7 +41,8 @@ def register(ws: Workspace, lm: LoadedModel, actor: str = "system") -> None:
 
 
 def file_facts(path: Path) -> dict[str, Any]:
-    """What the workspace records about a file: resolved path, hash, size, patient, eye."""
+    """What the workspace records about a plain image file: resolved path, hash, size,
+    patient, eye (from the name). Used by backends that screen image files only."""
     from .naming import parse_patient_eye
     from .store import sha256_file
 
@@ -52,6 +61,63 @@ def file_facts(path: Path) -> dict[str, Any]:
     }
 
 
+def _item_sha256(item: Item) -> tuple[str, int]:
+    """The item's content hash and size: its file's, or for a volume folder a hash over its
+    B-scan files' names and hashes (a changed, added or removed B-scan changes it)."""
+    import hashlib
+
+    from .store import sha256_file
+
+    if not item.path.is_dir():
+        return sha256_file(item.path), item.path.stat().st_size
+    digest = hashlib.sha256()
+    size = 0
+    for part in item.slices:
+        part = Path(part)  # a folder volume's slices are its image files
+        digest.update(f"{part.name}\0{sha256_file(part)}\n".encode())
+        size += part.stat().st_size
+    return digest.hexdigest(), size
+
+
+def item_row(source: Path | Item, keep_names: bool = False) -> dict[str, Any]:
+    """What the store keeps of one item: hash, size, kind, slice count and what the file says
+    (patient, eye and date, the file's word before the file name's; ``facts`` with each
+    fact's source and the device). ``error`` instead when it cannot be read or used;
+    ``item`` is the :class:`engine.volumes.Item` itself (``None`` when it is not an item)."""
+    from .filefacts import item_facts
+
+    path = Path(source.path if isinstance(source, Item) else source)
+    resolved = str(path.resolve())
+    item = source if isinstance(source, Item) else item_for_path(path)
+    if item is None:
+        return {
+            "path": resolved,
+            "item": None,
+            "error": "is not an image, a volume or a DICOM file",
+        }
+    if item.error is not None:
+        return {"path": resolved, "item": item, "error": item.error}
+    try:
+        sha, size = _item_sha256(item)
+    except OSError as e:
+        return {"path": resolved, "item": item, "error": f"cannot be read ({e.strerror or e})"}
+    said = item_facts(item, keep_names=keep_names)
+    facts = {k: v for k, v in said.items() if k not in ("patient", "eye", "date", "patient_name")}
+    return {
+        "path": resolved,
+        "item": item,
+        "sha256": sha,
+        "size_bytes": size,
+        "kind": item.kind,
+        "n_slices": item.n_slices if item.is_volume else None,
+        "patient": said["patient"],
+        "eye": said["eye"],
+        "acquired": said["date"],
+        "facts": facts,
+        "patient_name": said.get("patient_name") if keep_names else None,
+    }
+
+
 def screen_into_workspace(
     workspace: str | Path,
     paths: Sequence[Path],
@@ -60,11 +126,16 @@ def screen_into_workspace(
     state: TaskState | None = None,
     on_chunk: Any = None,
     actor: str = "system",
+    keep_names: bool = False,
     backend: ScreenBackend | None = None,
     known_facts: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Run the screen and record it; returns counts, the run id, what was skipped and the
-    activation decision (``activation``: :meth:`engine.activation.Activation.as_dict`)."""
+    activation decision (``activation``: :meth:`engine.activation.Activation.as_dict`).
+
+    ``paths`` are image files, DICOM files, multi-page TIFFs, volume folders or
+    :class:`engine.volumes.Item` objects; ``keep_names`` stores the patient's name the
+    file carries (left out by default)."""
     report: dict[str, Any] = {}
     events = iter_screen_into_workspace(
         workspace,
@@ -73,6 +144,7 @@ def screen_into_workspace(
         settings,
         state,
         actor=actor,
+        keep_names=keep_names,
         backend=backend,
         known_facts=known_facts,
     )
@@ -86,26 +158,40 @@ def screen_into_workspace(
 
 def iter_screen_into_workspace(
     workspace: str | Path,
-    paths: Sequence[Path],
+    paths: Sequence[Path | Item],
     models: Sequence[LoadedModel],
     settings: ScreenSettings,
     state: TaskState | None = None,
     actor: str = "system",
+    keep_names: bool = False,
     backend: ScreenBackend | None = None,
     known_facts: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Generator form: yields ``chunk`` events (``results``, ``records``, ``run_id``) and a
     final ``done`` event; ``actor`` is recorded if the run changes the active model.
 
-    ``backend`` hashes and screens (default: this workstation); whichever it is, the rows
-    are stored, handed back and the activation rule applied here, the same way.
-    ``known_facts`` maps a resolved path to facts a manifest gave (patient, eye), which win
-    over the file name.
+    Progress counts B-scans (an image is one); a volume is stored once all its B-scans are
+    screened, so a cancelled run leaves no volume half done.
+
+    ``backend`` hashes and screens (default: this workstation, which screens images and
+    volumes; another backend, such as a Ray cluster, screens image files only and refuses
+    volumes); whichever it is, the rows are stored, handed back and the activation rule
+    applied here, the same way. ``known_facts`` maps a resolved path to facts a manifest
+    gave (patient, eye), which win over what the file says.
     """
     from .store import Workspace, settings_key
 
     state = state or TaskState()
     backend = backend or LocalBackend()
+    local = backend.name == "local"
+    if not local:
+        volumes = [p for p in paths if isinstance(p, Item) and p.is_volume]
+        if volumes:
+            raise ValueError(
+                f"{volumes[0].path}: OCT volumes are screened on this workstation, not on the "
+                f"{backend.name} backend ({len(volumes)} volume(s) given)"
+            )
+        paths = [p.path if isinstance(p, Item) else Path(p) for p in paths]
     lm = models[0]
     run_settings = settings.prediction_key()
     run_settings["models"] = [m.sha256 for m in models]
@@ -114,28 +200,46 @@ def iter_screen_into_workspace(
         for m in models:
             register(ws, m, actor=actor)
         state.progress(0, len(paths), "hashing files")
-        facts = backend.file_facts(paths, state)
+        if local:
+            with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2)) as pool:
+                facts = list(pool.map(lambda p: item_row(p, keep_names), paths))
+        else:
+            facts = backend.file_facts(paths, state)
         if known_facts:
             facts = [_with_known(f, known_facts.get(f["path"])) for f in facts]
         readable = [f for f in facts if "error" not in f]
-        ids = ws.add_images([{**f, "modality": lm.spec.modality} for f in readable])
+        ids = ws.add_images(
+            [
+                {k: v for k, v in f.items() if k != "item"} | {"modality": lm.spec.modality}
+                for f in readable
+            ]
+        )
         id_by_path = {f["path"]: i for f, i in zip(readable, ids, strict=True)}
         done = ws.done_image_hashes(lm.sha256, key)
-        todo = [Path(f["path"]) for f in readable if f["sha256"] not in done]
+        todo: list[Any] = [
+            f["item"] if local else Path(f["path"]) for f in readable if f["sha256"] not in done
+        ]
         skipped = len(readable) - len(todo)
         unreadable = [f for f in facts if "error" in f]
         run_id = ws.start_run(lm.sha256, run_settings)  # the store derives the same key
         counts: dict[str, int] = {}
         status = "failed"
         screened = 0
+        screened_slices = 0  # images and B-scans
         try:
-            for chunk in backend.screen(todo, models, settings, state):
-                rows = [_row(r, id_by_path) for r in chunk]
+            chunks = (
+                screen_items(todo, models, settings, state, keep_names)
+                if local
+                else backend.screen(todo, models, settings, state)
+            )
+            for chunk in chunks:
+                rows = [_row(r, id_by_path, lm.spec) for r in chunk]
                 pred_ids = ws.add_predictions(run_id, rows)
                 for r, pid in zip(chunk, pred_ids, strict=True):
                     counts[r.triage] = counts.get(r.triage, 0) + 1
                     r.prediction_id = pid  # type: ignore[attr-defined]
                 screened += len(chunk)
+                screened_slices += sum(r.n_slices or 1 for r in chunk)
                 records = ws.prediction_records(pred_ids)
                 yield {"kind": "chunk", "results": chunk, "records": records, "run_id": run_id}
             status = "cancelled" if state.cancelled() else "finished"
@@ -162,6 +266,7 @@ def iter_screen_into_workspace(
             "status": status,
             "counts": counts,
             "screened": screened,
+            "screened_slices": screened_slices,
             "skipped": skipped,
             "unreadable": [(f["path"], f["error"]) for f in unreadable],
             "activation": activation.as_dict(),
@@ -174,8 +279,27 @@ def _with_known(facts: dict[str, Any], known: Mapping[str, Any] | None) -> dict[
     return {**facts, **{k: v for k, v in known.items() if v is not None}}
 
 
-def _row(r: ScreenResult, id_by_path: dict[str, int]) -> dict[str, Any]:
+def _row(r: ScreenResult, id_by_path: dict[str, int], spec: Any) -> dict[str, Any]:
+    """The store's prediction row for an item's result (slice numbers 1-based)."""
+    slices = [
+        {
+            "slice": s.slice_index + 1,
+            "label": s.label,
+            "confidence": s.confidence,
+            "finding": finding_probability(s.probabilities, spec),
+            "probabilities": s.probabilities or None,
+            "ood_score": s.ood_score,
+            "quality_ok": s.quality_ok,
+            "triage": s.triage,
+            "triage_reason": s.triage_reason,
+            "error": s.error,
+        }
+        for s in r.slices or []
+        if s.slice_index is not None
+    ]
     return {
+        "key_slice": None if r.key_slice is None else r.key_slice + 1,
+        "slices": slices,
         "image_id": id_by_path[str(Path(r.path).resolve())],
         "probabilities": r.probabilities,
         "label": r.label,

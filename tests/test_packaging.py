@@ -78,6 +78,14 @@ def test_spec_collects_the_known_traps(spec):
         "pyyaml",
     }
     assert needed <= set(spec["METADATA"])
+
+
+def test_spec_bundles_the_dicom_decoders(spec):
+    """pylibjpeg finds its plugins by entry point (metadata); pydicom imports them by name."""
+    plugins = {"pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle"}
+    assert {"pydicom", "pylibjpeg"} | plugins <= set(spec["METADATA"])
+    assert {"libjpeg", "openjpeg", "rle"} <= set(spec["HIDDEN_IMPORTS"])
+    assert "pydicom.pixels" in spec["COLLECT_ALL_SUBMODULES"]
     text = SPEC.read_text(encoding="utf-8")
     assert "_C_stable" in text or '"_C"' in text  # torchvision's compiled ops as binaries
     assert {"platforms", "imageformats"} <= set(spec["QT_PLUGIN_DIRS"])

@@ -21,6 +21,7 @@ STEPS = [
     "Grad-CAM (captum)",
     "review + export, read back",
     "fine-tuning libraries (peft)",
+    "DICOM decoders (pydicom, pylibjpeg)",
     "Qt offscreen (PySide6)",
 ]
 
@@ -41,7 +42,7 @@ def test_self_test_of_the_dev_install_passes_and_prints_every_check(tmp_path):
     lines = out.stdout.splitlines()
     for step in STEPS:
         assert any(step in line and line.startswith("✓") for line in lines), (step, out.stdout)
-    assert "all 8 checks passed" in out.stdout
+    assert "all 9 checks passed" in out.stdout
     screened = next(line for line in lines if "screen into workspace" in line)
     assert "with onnxruntime" in screened and "same answers as torch fp32" in screened
 
@@ -100,3 +101,13 @@ def test_the_gui_check_runs_offscreen_and_checks_the_crash_log(qapp):
     detail = check_qt_offscreen()
     assert "PySide6" in detail and "crash log writes" in detail
     assert crash.log_path() is None  # the temporary handler was removed again
+
+
+def test_dicom_step_reads_back_every_compression_and_names_a_missing_decoder(tmp_path, monkeypatch):
+    detail = selftest.check_dicom_decoders(tmp_path)
+    assert "JPEG-LS" in detail and "JPEG 2000" in detail
+    monkeypatch.setattr(
+        "engine.dicom.environment_summary", lambda: {"JPEG-LS Lossless Image Compression": False}
+    )
+    with pytest.raises(RuntimeError, match="no decoder for: JPEG-LS Lossless"):
+        selftest.check_dicom_decoders(tmp_path / "again")

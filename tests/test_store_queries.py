@@ -46,6 +46,11 @@ def test_image_record_joins_the_active_models_latest_prediction_and_current_revi
         "sha256": ws.image(a)["sha256"],
         "patient": "1221",
         "eye": "right",
+        "kind": "image",
+        "n_slices": None,
+        "acquired": None,
+        "facts": None,
+        "patient_name": None,
         "prediction": None,
         "review": None,
     }

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..jsonable import to_jsonable
-from ..naming import normalise_eye
+from ..naming import normalise_date, normalise_eye
 from ..triage import HUMAN_STATES, TRIAGE_STATES
 
 REVIEW_ACTIONS = ("confirm", "correct", "ungradable", "skip", "undo")
@@ -52,6 +52,19 @@ PREDICTION_VALUES = (
     "uncertainty_method",
 )
 REAL_FIELDS = ("confidence", "entropy", "mutual_info", "top_std", "ood_score")
+ITEM_KINDS = ("image", "volume")
+# What one B-scan of a volume was given (table ``slice_predictions``; slice numbers 1-based).
+SLICE_VALUES = (
+    "label",
+    "confidence",
+    "finding",
+    "probabilities",
+    "ood_score",
+    "quality_ok",
+    "triage",
+    "triage_reason",
+    "error",
+)
 BOOL_FIELDS = ("ood", "quality_ok")
 
 
@@ -137,9 +150,26 @@ def prediction_dict(row: sqlite3.Row) -> dict:
     return d
 
 
+def slice_dict(row: sqlite3.Row) -> dict:
+    """One B-scan's stored result (``slice`` 1-based; probabilities parsed)."""
+    d = dict(row)
+    d["probabilities"] = loads(d["probabilities"])
+    if d["quality_ok"] is not None:
+        d["quality_ok"] = bool(d["quality_ok"])
+    return d
+
+
 def review_dict(row: sqlite3.Row) -> dict:
     d = dict(row)
     d["labels"] = loads(d["labels"]) or []
+    return d
+
+
+def image_dict(row: sqlite3.Row) -> dict:
+    """An image row with its ``facts`` parsed."""
+    d = dict(row)
+    if "facts" in d:
+        d["facts"] = loads(d["facts"])
     return d
 
 
@@ -184,18 +214,37 @@ def clean_image_row(index: int, row: dict) -> dict:
         raise StoreError(
             f"image row {index} ({row['path']}): eye {raw_eye!r} is not right/left/OD/OS/OI/R/L"
         )
+    where = f"image row {index} ({row['path']})"
+    kind = row.get("kind") or "image"
+    if kind not in ITEM_KINDS:
+        raise StoreError(f"{where}: kind must be one of {ITEM_KINDS}, got {kind!r}")
+    raw_date = row.get("acquired")
+    acquired = normalise_date(raw_date)
+    if raw_date not in (None, "") and acquired is None:
+        raise StoreError(f"{where}: acquired {raw_date!r} is not a date (YYYY-MM-DD)")
+    facts = row.get("facts")
+    if facts is not None and not isinstance(facts, dict):
+        raise StoreError(f"{where}: facts must be a dict, got {type(facts).__name__}")
+    name = row.get("patient_name")
     clean = {
         "path": normalise_path(row["path"]),
         "sha256": sha.lower(),
         "modality": row.get("modality"),
         "patient": None if row.get("patient") in (None, "") else str(row["patient"]),
         "eye": eye,
+        "kind": kind,
+        "acquired": acquired,
+        "facts": dumps(facts),
+        "patient_name": None if name in (None, "") else str(name),
     }
-    where = f"image row {index} ({row['path']})"
-    for field in ("size_bytes", "width", "height"):
+    for field in ("size_bytes", "width", "height", "n_slices"):
         clean[field] = number(row.get(field), int, f"{where}: {field}")
         if clean[field] is not None and clean[field] < 0:
             raise StoreError(f"{where}: {field} must be >= 0")
+    if kind == "volume" and not clean["n_slices"]:
+        raise StoreError(f"{where}: a volume needs its number of slices (n_slices >= 1)")
+    if kind == "image":
+        clean["n_slices"] = None
     return clean
 
 

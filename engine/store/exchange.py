@@ -23,12 +23,17 @@ from .common import (
     prediction_dict,
     review_label,
 )
+from .common import (
+    number as to_number,
+)
 from .rules import active_hash, current_reviews, latest_prediction_rows
-from .writes import Writes
+from .writes import Writes, check_slice
 
 EXPORT_COLUMNS = (
     *("path", "patient", "eye", "modality", "sha256"),
+    *("kind", "n_slices", "acquired"),
     *PREDICTION_VALUES,
+    "key_slice",
     *("reviewed_label", "review_action", "reviewer", "reviewed_at"),
     *("model_hash", "settings_key", "predicted_at"),
 )
@@ -41,7 +46,8 @@ class Exchange(Writes):
         """One row per image: its latest prediction (active model) and current review.
 
         Columns are :data:`EXPORT_COLUMNS`; images never screened have empty prediction
-        fields. ``conformal_set`` is a list, ``quality``/``probabilities`` are dicts and
+        fields. A volume is one row (``kind`` volume, ``n_slices`` B-scans, ``key_slice``
+        its most suspicious one, 1-based). ``conformal_set`` is a list, ``quality``/``probabilities`` are dicts and
         ``reviewed_label`` joins multiple labels with ``;``.
         """
         with self._read() as conn:
@@ -62,6 +68,9 @@ class Exchange(Writes):
                 eye=image["eye"],
                 modality=image["modality"],
                 sha256=image["sha256"],
+                kind=image["kind"],
+                n_slices=image["n_slices"],
+                acquired=image["acquired"],
                 predicted_at=pred.get("created_at"),
                 reviewed_label=None if review is None else review_label(review),
                 review_action=None if review is None else review["action"],
@@ -74,39 +83,51 @@ class Exchange(Writes):
             out.append(row)
         return out
 
-    def write_export(self, out: str | os.PathLike[str], fmt: str) -> int:
+    def write_export(self, out: str | os.PathLike[str], fmt: str, deidentify: bool = False) -> int:
         """Write :meth:`export_rows` as ``"csv"`` or ``"json"`` atomically; returns row count.
 
         The file appears complete or not at all (temporary file, fsync, ``os.replace``).
-        In CSV, ``conformal_set`` is joined with ``|`` and dicts are JSON text.
+        In CSV, ``conformal_set`` is joined with ``|`` and dicts are JSON text. With
+        ``deidentify`` patients become pseudonyms, dates visit numbers, paths item numbers,
+        and hashes are left out (:mod:`engine.deidentify`).
         """
+        from ..deidentify import deidentified_columns, deidentify_rows
+
         if fmt not in ("csv", "json"):
             raise StoreError(f"export format must be 'csv' or 'json', got {fmt!r}")
         out = Path(out).expanduser()
         if not out.parent.is_dir():
             raise StoreError(f"export folder {out.parent} does not exist")
         rows = self.export_rows()
+        columns = list(EXPORT_COLUMNS)
+        if deidentify:
+            rows = deidentify_rows(rows)
+            columns = deidentified_columns(columns)
         with atomic_file(out, "w", encoding="utf-8", newline="") as handle:
             if fmt == "json":
                 json.dump(to_jsonable(rows), handle, ensure_ascii=False, indent=1)
                 handle.write("\n")
             else:
-                writer = csv.DictWriter(handle, fieldnames=list(EXPORT_COLUMNS))
+                writer = csv.DictWriter(handle, fieldnames=columns)
                 writer.writeheader()
                 for row in rows:
                     writer.writerow(_csv_row(row))
         with self._write() as conn:
             self._audit(
-                conn, "system", "export", {"path": str(out), "format": fmt, "rows": len(rows)}
+                conn,
+                "system",
+                "export",
+                {"path": str(out), "format": fmt, "rows": len(rows), "deidentified": deidentify},
             )
         return len(rows)
 
     def import_reviews_csv(
         self, csv_path: str | os.PathLike[str], default_reviewer: str | None = None
     ) -> int:
-        """Import reviews from a CSV with columns ``path,label,reviewer[,action,note]``.
+        """Import reviews from a CSV with columns ``path,label,reviewer[,action,note,slice]``.
 
-        ``label`` may hold several labels separated by ``;``. ``path`` may be absolute,
+        ``label`` may hold several labels separated by ``;``; ``slice`` (1-based) notes the
+        B-scan of an OCT volume the review was made on. ``path`` may be absolute,
         relative to the CSV's folder, or a bare file name matching exactly one image.
         Every row is checked first; any bad row raises :class:`StoreError` naming its row
         number (header = row 1) and nothing is imported. Returns the number imported.
@@ -151,10 +172,30 @@ class Exchange(Writes):
                 if action in ("confirm", "correct") and not labels:
                     raise StoreError(f"{where}: empty label for a {action!r} review")
                 note = (record.get("note") or "").strip() or None
-                prepared.append((image_id, reviewer, list(dict.fromkeys(labels)), action, note))
-            for image_id, reviewer, labels, action, note in prepared:
+                raw_slice = (record.get("slice") or "").strip()
+                slice_no = None
+                if raw_slice:
+                    slice_no = to_number(raw_slice, int, f"{where}: slice")
+                    item = conn.execute(
+                        "SELECT kind, n_slices FROM images WHERE id = ?", (image_id,)
+                    ).fetchone()
+                    check_slice(slice_no, item, f"{where}: slice")
+                prepared.append(
+                    (image_id, reviewer, list(dict.fromkeys(labels)), action, note, slice_no)
+                )
+            for image_id, reviewer, labels, action, note, slice_no in prepared:
                 self._insert_review(
-                    conn, image_id, reviewer, labels, action, None, None, None, note, audit=False
+                    conn,
+                    image_id,
+                    reviewer,
+                    labels,
+                    action,
+                    None,
+                    None,
+                    None,
+                    note,
+                    audit=False,
+                    slice=slice_no,
                 )
             self._audit(
                 conn,

@@ -15,11 +15,13 @@ from pathlib import Path
 from .base import StoreBase
 from .common import (
     database_path,
+    image_dict,
     loads,
     model_dict,
     normalise_path,
     prediction_dict,
     review_dict,
+    slice_dict,
 )
 from .rules import (
     active_hash,
@@ -29,7 +31,7 @@ from .rules import (
     prediction_rows_by_id,
 )
 
-_IMAGE_FACTS = "id, path, sha256, patient, eye"
+_IMAGE_FACTS = "id, path, sha256, patient, eye, kind, n_slices, acquired, facts, patient_name"
 
 
 class Queries(StoreBase):
@@ -43,19 +45,22 @@ class Queries(StoreBase):
         return None if row is None else int(row[0])
 
     def images(self) -> list[dict]:
-        """All images, in the order they were added."""
+        """All images and volumes, in the order they were added (``facts`` parsed)."""
         rows = self._all("SELECT * FROM images ORDER BY id")
-        return [dict(r) for r in rows]
+        return [image_dict(r) for r in rows]
 
     def image(self, image_id: int) -> dict | None:
-        """One image's row (path, sha256, patient, eye, size...), or ``None``."""
+        """One item's row (path, sha256, patient, eye, kind, n_slices, acquired, facts...),
+        or ``None``."""
         row = self._one("SELECT * FROM images WHERE id = ?", (int(image_id),))
-        return None if row is None else dict(row)
+        return None if row is None else image_dict(row)
 
     def image_record(self, image_id: int) -> dict | None:
         """What a reader sees of one image, or ``None`` if it is not in the workspace.
 
-        ``image_id``, ``path``, ``sha256``, ``patient``, ``eye``, ``prediction`` (its latest
+        ``image_id``, ``path``, ``sha256``, ``patient``, ``eye``, ``kind``, ``n_slices``,
+        ``acquired``, ``facts`` (what the file says and where each fact came from),
+        ``patient_name`` (only stored when the user keeps names), ``prediction`` (its latest
         prediction of the active model, of any model when none is active, JSON parsed; or
         ``None``) and ``review`` (its current review or ``None``).
         """
@@ -77,6 +82,11 @@ class Queries(StoreBase):
             "sha256": image["sha256"],
             "patient": image["patient"],
             "eye": image["eye"],
+            "kind": image["kind"],
+            "n_slices": image["n_slices"],
+            "acquired": image["acquired"],
+            "facts": loads(image["facts"]),
+            "patient_name": image["patient_name"],
             "prediction": prediction,
             "review": review,
         }
@@ -159,6 +169,15 @@ class Queries(StoreBase):
             records = prediction_records(conn, prediction_rows_by_id(conn, ids))
         by_id = {r["id"]: r for r in records}
         return [by_id[i] for i in ids if i in by_id]
+
+    def slice_predictions(self, prediction_id: int) -> list[dict]:
+        """A volume prediction's per-B-scan results, by slice number (1-based); empty for
+        an image's prediction or an unknown id."""
+        rows = self._all(
+            "SELECT * FROM slice_predictions WHERE prediction_id = ? ORDER BY slice",
+            (int(prediction_id),),
+        )
+        return [slice_dict(r) for r in rows]
 
     def unscreened_by(self, model_hash: str, screened_by: str) -> int:
         """How many images with a prediction of ``screened_by`` have none of ``model_hash``."""

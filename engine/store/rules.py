@@ -19,7 +19,8 @@ from .common import IN_CHUNK, LABELLING_ACTIONS, chunks, prediction_dict, review
 
 # The image columns that travel with a prediction (``sha256`` as ``current_sha256``).
 _IMAGE_COLUMNS = (
-    "i.path, i.patient, i.eye, i.modality, i.width, i.height, i.sha256 AS current_sha256"
+    "i.path, i.patient, i.eye, i.modality, i.width, i.height, i.sha256 AS current_sha256,"
+    " i.kind, i.n_slices, i.acquired"
 )
 
 
@@ -70,8 +71,8 @@ def latest_prediction_rows(
 ) -> list[sqlite3.Row]:
     """Each image's newest prediction of ``model_hash`` (any model if ``None``), by image id.
 
-    Rows hold the prediction columns plus the image's path, patient, eye, modality, size
-    and ``current_sha256``. ``image_ids`` limits the answer to those images.
+    Rows hold the prediction columns plus the image's path, patient, eye, modality, size,
+    ``current_sha256``, ``kind``, ``n_slices`` and ``acquired``. ``image_ids`` limits the answer to those images.
     """
     where, params = ("WHERE model_hash = ?", [model_hash]) if model_hash else ("", [])
     sql = (

@@ -124,6 +124,48 @@ def _migration_1_initial(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+_ITEMS_V2 = """
+ALTER TABLE images ADD COLUMN kind TEXT NOT NULL DEFAULT 'image'
+    CHECK (kind IN ('image', 'volume'));
+ALTER TABLE images ADD COLUMN n_slices INTEGER CHECK (n_slices IS NULL OR n_slices >= 1);
+ALTER TABLE images ADD COLUMN acquired TEXT
+    CHECK (acquired IS NULL OR acquired GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]');
+ALTER TABLE images ADD COLUMN facts TEXT;
+ALTER TABLE images ADD COLUMN patient_name TEXT;
+CREATE INDEX images_visit ON images(patient, eye, acquired);
+
+ALTER TABLE predictions ADD COLUMN key_slice INTEGER CHECK (key_slice IS NULL OR key_slice >= 1);
+
+CREATE TABLE slice_predictions (
+    prediction_id INTEGER NOT NULL REFERENCES predictions(id),
+    slice INTEGER NOT NULL CHECK (slice >= 1),
+    label TEXT,
+    confidence REAL,
+    finding REAL,
+    probabilities TEXT,
+    ood_score REAL,
+    quality_ok INTEGER CHECK (quality_ok IS NULL OR quality_ok IN (0, 1)),
+    triage TEXT NOT NULL CHECK (triage IN
+        ('auto-cleared', 'needs-review', 'ungradable', 'out-of-distribution', 'error')),
+    triage_reason TEXT,
+    error TEXT,
+    PRIMARY KEY (prediction_id, slice)
+);
+
+ALTER TABLE reviews ADD COLUMN slice INTEGER CHECK (slice IS NULL OR slice >= 1);
+"""
+
+
+def _migration_2_items(conn: sqlite3.Connection) -> None:
+    """Items: an image or an OCT volume, with its slice count, acquisition date, what the file
+    says (``facts``: JSON with where each fact came from and the device) and, only when the
+    user keeps them, the patient's name; a volume's most suspicious slice and one row per
+    B-scan (``slice_predictions``); the slice a reviewer noted. Slice numbers are 1-based,
+    as the reader sees them."""
+    for statement in _split_sql(_ITEMS_V2):
+        conn.execute(statement)
+
+
 def _split_sql(script: str) -> list[str]:
     """Split a script into statements (``executescript`` would commit our transaction)."""
     statements, buffer = [], ""
@@ -140,7 +182,7 @@ def _split_sql(script: str) -> list[str]:
 _TRIAGE_CHECK = re.compile(r"(triage\s+IN\s*\()([^)]*)(\))", re.IGNORECASE)
 
 
-def _migration_refer_state(conn: sqlite3.Connection) -> None:
+def _migration_3_refer_state(conn: sqlite3.Connection) -> None:
     """Allow the triage state 'refer' (a confident finding) in ``predictions``.
 
     SQLite cannot alter a CHECK constraint, so the table is rebuilt: its own CREATE
@@ -194,7 +236,8 @@ def _migration_refer_state(conn: sqlite3.Connection) -> None:
 # Ordered; migration i (1-based) brings the schema from version i-1 to i. Append only.
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migration_1_initial,
-    _migration_refer_state,
+    _migration_2_items,
+    _migration_3_refer_state,
 )
 SCHEMA_VERSION: int = len(MIGRATIONS)
 

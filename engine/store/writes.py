@@ -19,6 +19,7 @@ from .common import (
     REAL_FIELDS,
     REVIEW_ACTIONS,
     RUN_STATUSES,
+    SLICE_VALUES,
     TRIAGE_STATES,
     StoreError,
     as_list,
@@ -32,7 +33,8 @@ from .common import (
 )
 from .rules import current_reviews
 
-PREDICTION_FIELDS = {"image_id", "path", "image_sha256", *PREDICTION_VALUES}
+PREDICTION_FIELDS = {"image_id", "path", "image_sha256", "key_slice", "slices", *PREDICTION_VALUES}
+SLICE_FIELDS = {"slice", *SLICE_VALUES}
 
 
 class Writes(StoreBase):
@@ -48,12 +50,15 @@ class Writes(StoreBase):
         modality: str | None = None,
         patient: str | None = None,
         eye: str | None = None,
+        **item: Any,
     ) -> int:
         """Add an image or update the one at the same resolved path; return its id.
 
         A changed ``sha256`` means the file changed: the new hash is stored (older
         predictions keep the hash they were made on) and the change is audited.
-        Arguments left as ``None`` keep what is already stored.
+        Arguments left as ``None`` keep what is already stored. ``item`` takes the item
+        fields of :meth:`add_images` (``kind``, ``n_slices``, ``acquired``, ``facts``,
+        ``patient_name``).
         """
         return self.add_images(
             [
@@ -66,12 +71,21 @@ class Writes(StoreBase):
                     modality=modality,
                     patient=patient,
                     eye=eye,
+                    **item,
                 )
             ]
         )[0]
 
     def add_images(self, rows: list[dict]) -> list[int]:
-        """Add or update many images in one transaction (see :meth:`add_image`)."""
+        """Add or update many images in one transaction (see :meth:`add_image`).
+
+        Besides the file's facts a row may say what kind of item it is (``kind``: image or
+        volume, with ``n_slices`` B-scans), when it was acquired (``acquired``,
+        YYYY-MM-DD), what the file says (``facts``: a dict, e.g. where each fact came from
+        and the device) and the patient's name (``patient_name``: pass it only when the
+        user keeps names). The kind and slice count always follow the file; the other
+        fields left empty keep what is stored.
+        """
         clean = [clean_image_row(i, row) for i, row in enumerate(rows)]
         ids: list[int] = []
         changed: list[dict] = []
@@ -84,9 +98,11 @@ class Writes(StoreBase):
                 if old is None:
                     cur = conn.execute(
                         "INSERT INTO images (path, sha256, size_bytes, width, height, modality,"
-                        " patient, eye, added_at, updated_at)"
+                        " patient, eye, kind, n_slices, acquired, facts, patient_name,"
+                        " added_at, updated_at)"
                         " VALUES (:path, :sha256, :size_bytes, :width, :height, :modality,"
-                        " :patient, :eye, :now, :now)",
+                        " :patient, :eye, :kind, :n_slices, :acquired, :facts, :patient_name,"
+                        " :now, :now)",
                         {**row, "now": stamp},
                     )
                     ids.append(int(cur.lastrowid))
@@ -97,6 +113,9 @@ class Writes(StoreBase):
                     " width = coalesce(:width, width), height = coalesce(:height, height),"
                     " modality = coalesce(:modality, modality),"
                     " patient = coalesce(:patient, patient), eye = coalesce(:eye, eye),"
+                    " kind = :kind, n_slices = :n_slices,"
+                    " acquired = coalesce(:acquired, acquired), facts = coalesce(:facts, facts),"
+                    " patient_name = coalesce(:patient_name, patient_name),"
                     " updated_at = :now WHERE id = :id",
                     {**row, "now": stamp, "id": old["id"]},
                 )
@@ -213,8 +232,10 @@ class Writes(StoreBase):
         Each row names its image by ``image_id`` or ``path``; ``model_hash`` and
         ``settings_key`` come from the run, ``image_sha256`` defaults to the image's
         current hash. JSON fields (probabilities, conformal_set, quality) take Python
-        objects. A bad row raises :class:`StoreError` naming its index and nothing is
-        stored.
+        objects. A volume's row may name its most suspicious B-scan (``key_slice``) and
+        carry one dict per B-scan (``slices``: ``slice`` plus :data:`SLICE_VALUES`); slice
+        numbers are 1-based and must lie within the volume. A bad row raises
+        :class:`StoreError` naming its index (and slice) and nothing is stored.
         """
         with self._write() as conn:
             run = conn.execute(
@@ -226,6 +247,7 @@ class Writes(StoreBase):
             ids = []
             for index, row in enumerate(rows):
                 values = self._prediction_values(conn, index, row)
+                slices = values.pop("slices")
                 values.update(
                     run_id=run_id,
                     model_hash=run["model_hash"],
@@ -237,7 +259,17 @@ class Writes(StoreBase):
                 cur = conn.execute(
                     f"INSERT INTO predictions ({columns}) VALUES ({placeholders})", values
                 )
-                ids.append(int(cur.lastrowid))
+                prediction_id = int(cur.lastrowid)
+                if slices:
+                    conn.executemany(
+                        "INSERT INTO slice_predictions (prediction_id, slice, label, confidence,"
+                        " finding, probabilities, ood_score, quality_ok, triage, triage_reason,"
+                        " error) VALUES (:prediction_id, :slice, :label, :confidence, :finding,"
+                        " :probabilities, :ood_score, :quality_ok, :triage, :triage_reason,"
+                        " :error)",
+                        [{**one, "prediction_id": prediction_id} for one in slices],
+                    )
+                ids.append(prediction_id)
         return ids
 
     def _prediction_values(self, conn: sqlite3.Connection, index: int, row: dict) -> dict:
@@ -261,9 +293,22 @@ class Writes(StoreBase):
             raise StoreError(
                 f"prediction row {index}: triage must be one of {TRIAGE_STATES}, got {triage!r}"
             )
-        sha = row.get("image_sha256")
-        if sha is None:
-            sha = conn.execute("SELECT sha256 FROM images WHERE id = ?", (image_id,)).fetchone()[0]
+        image = conn.execute(
+            "SELECT sha256, kind, n_slices FROM images WHERE id = ?", (image_id,)
+        ).fetchone()
+        sha = row.get("image_sha256") or image["sha256"]
+        where = f"prediction row {index}"
+        key_slice = number(row.get("key_slice"), int, f"{where}: key_slice")
+        if key_slice is not None:
+            check_slice(key_slice, image, f"{where}: key_slice")
+        slices = [
+            _slice_values(f"{where} slice row {j}", one, image)
+            for j, one in enumerate(row.get("slices") or [])
+        ]
+        numbers = [one["slice"] for one in slices]
+        if len(set(numbers)) != len(numbers):
+            twice = sorted({n for n in numbers if numbers.count(n) > 1})
+            raise StoreError(f"{where}: slice(s) {twice} given more than once")
         values: dict[str, Any] = {
             "image_id": image_id,
             "image_sha256": sha,
@@ -275,6 +320,8 @@ class Writes(StoreBase):
             "triage_reason": row.get("triage_reason"),
             "error": None if row.get("error") is None else str(row["error"]),
             "uncertainty_method": row.get("uncertainty_method"),
+            "key_slice": key_slice,
+            "slices": slices,
         }
         for field in REAL_FIELDS:
             values[field] = number(row.get(field), float, f"prediction row {index}: {field}")
@@ -292,12 +339,15 @@ class Writes(StoreBase):
         prediction_id: int | None = None,
         seconds: float | None = None,
         note: str | None = None,
+        slice: int | None = None,
     ) -> int:
         """Append a review of ``image`` (id or path); returns the review id.
 
         ``confirm`` without labels takes the label of ``prediction_id``; ``confirm`` and
         ``correct`` need labels; ``undo`` cancels this reviewer's latest effective review
-        of the image. The review and its audit entry are written in one transaction.
+        of the image. A review of a volume labels the volume and may note one of its
+        B-scans (``slice``, 1-based). The review and its audit entry are written in one
+        transaction.
         """
         reviewer = check_reviewer(reviewer)
         if action not in REVIEW_ACTIONS:
@@ -310,8 +360,16 @@ class Writes(StoreBase):
                 raise StoreError(f"seconds must be a number, got {seconds!r}") from None
             if not math.isfinite(seconds) or seconds < 0:
                 raise StoreError(f"seconds must be a finite number >= 0, got {seconds!r}")
+        slice = number(slice, int, "review slice")
         with self._write() as conn:
             image_id = self._resolve_image(conn, image)
+            if slice is not None:
+                if action == "undo":
+                    raise StoreError("an undo cannot note a slice")
+                item = conn.execute(
+                    "SELECT kind, n_slices FROM images WHERE id = ?", (image_id,)
+                ).fetchone()
+                check_slice(slice, item, f"review of image {image_id}: slice")
             if action == "undo":
                 target = self._last_effective(conn, reviewer, image_id)
                 if target is None:
@@ -335,7 +393,16 @@ class Writes(StoreBase):
             if action in ("confirm", "correct") and not labels:
                 raise StoreError(f"a {action!r} review needs at least one label")
             return self._insert_review(
-                conn, image_id, reviewer, labels, action, prediction_id, None, seconds, note
+                conn,
+                image_id,
+                reviewer,
+                labels,
+                action,
+                prediction_id,
+                None,
+                seconds,
+                note,
+                slice=slice,
             )
 
     def _insert_review(
@@ -350,10 +417,11 @@ class Writes(StoreBase):
         seconds: float | None,
         note: str | None,
         audit: bool = True,
+        slice: int | None = None,
     ) -> int:
         cur = conn.execute(
             "INSERT INTO reviews (image_id, reviewer, labels, action, prediction_id, undoes,"
-            " seconds, note, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " seconds, note, slice, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 image_id,
                 reviewer,
@@ -363,6 +431,7 @@ class Writes(StoreBase):
                 undoes,
                 seconds,
                 note,
+                slice,
                 now(),
             ),
         )
@@ -370,6 +439,8 @@ class Writes(StoreBase):
         if audit:
             details = {"review_id": review_id, "image_id": image_id, "action": action}
             details.update({"labels": labels} if undoes is None else {"undoes": undoes})
+            if slice is not None:
+                details["slice"] = slice
             self._audit(conn, reviewer, "review", details)
         return review_id
 
@@ -419,3 +490,42 @@ class Writes(StoreBase):
             raise StoreError("audit action must be a non-empty string")
         with self._write() as conn:
             self._audit(conn, actor, action, details)
+
+
+def check_slice(value: int, image: sqlite3.Row, what: str) -> None:
+    """A 1-based slice number must name a B-scan of a volume."""
+    if image["kind"] != "volume":
+        raise StoreError(f"{what}: {value} given, but the item is a single image, not a volume")
+    if not 1 <= value <= int(image["n_slices"]):
+        raise StoreError(
+            f"{what}: {value} is outside the volume's slices 1-{int(image['n_slices'])}"
+        )
+
+
+def _slice_values(where: str, row: Any, image: sqlite3.Row) -> dict[str, Any]:
+    """A checked ``slice_predictions`` row; :class:`StoreError` names ``where`` it is wrong."""
+    if not isinstance(row, dict):
+        raise StoreError(f"{where} must be a dict, got {type(row).__name__}")
+    unknown = set(row) - SLICE_FIELDS
+    if unknown:
+        raise StoreError(f"{where}: unknown field(s) {sorted(unknown)}")
+    if row.get("slice") is None:
+        raise StoreError(f"{where}: needs its 1-based 'slice' number")
+    value = number(row["slice"], int, f"{where}: slice")
+    check_slice(value, image, f"{where}: slice")
+    triage = row.get("triage")
+    if triage not in TRIAGE_STATES:
+        raise StoreError(f"{where}: triage must be one of {TRIAGE_STATES}, got {triage!r}")
+    quality_ok = row.get("quality_ok")
+    return {
+        "slice": value,
+        "label": None if row.get("label") is None else str(row["label"]),
+        "confidence": number(row.get("confidence"), float, f"{where}: confidence"),
+        "finding": number(row.get("finding"), float, f"{where}: finding"),
+        "probabilities": dumps(row.get("probabilities")),
+        "ood_score": number(row.get("ood_score"), float, f"{where}: ood_score"),
+        "quality_ok": None if quality_ok is None else int(bool(quality_ok)),
+        "triage": triage,
+        "triage_reason": row.get("triage_reason"),
+        "error": None if row.get("error") is None else str(row["error"]),
+    }
