@@ -22,6 +22,7 @@ KNOWN_ERRORS = {
     "ImageError",
     "CliError",
     "ImproveError",
+    "UnreadableFile",
 }
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 from typing import Any
 
 from .cli_common import EXIT_OK, CliError, print_json
@@ -59,6 +58,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_review(args: argparse.Namespace) -> int:
     from .store import Workspace
+    from .store.common import normalise_path
 
     with Workspace.open(args.workspace, create=False) as ws:
         if args.from_csv:
@@ -72,7 +72,7 @@ def cmd_review(args: argparse.Namespace) -> int:
         labels = [x for x in (args.label or "").split(";") if x]
         action = args.action or "correct"
         rid = ws.add_review(
-            str(Path(args.image).resolve()), args.reviewer, labels, action=action, note=args.note
+            normalise_path(args.image), args.reviewer, labels, action=action, note=args.note
         )
         print(
             f"review {rid} recorded: {args.image} -> {', '.join(labels) or action} by {args.reviewer}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .images import discover_images, is_hidden
+from .safefiles import UnreadableFile, read_text
 
 
 class DatasetError(Exception):
@@ -141,11 +143,13 @@ def load_csv_dataset(
     root, labels_csv = Path(root), Path(labels_csv)
     label_cols = label_cols or ["label"]
     try:
-        with open(labels_csv, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
-    except FileNotFoundError:
-        raise DatasetError(f"{labels_csv}: no such CSV file") from None
-    except (UnicodeDecodeError, csv.Error) as e:
+        text = read_text(labels_csv)  # regular files only: a FIFO is refused, not opened
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    except UnreadableFile as e:
+        if e.reason == "file not found":
+            raise DatasetError(f"{labels_csv}: no such CSV file") from None
+        raise DatasetError(str(e)) from None
+    except csv.Error as e:
         raise DatasetError(f"{labels_csv}: not a readable CSV ({e})") from None
     if not rows:
         raise DatasetError(f"{labels_csv}: no rows")

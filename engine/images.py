@@ -8,6 +8,7 @@ Source files are only ever opened for reading.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import warnings
@@ -18,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .modelfile import Preprocessing
+from .safefiles import UnreadableFile, check_regular, path_text, read_file
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
 ASSUMED_MIN_FOV_FRACTION = 0.6  # the FOV spans at least this share of the short side
@@ -30,7 +32,7 @@ class ImageError(Exception):
     """A file that could not be turned into an image, with the reason in words."""
 
     def __init__(self, path: str | Path, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
+        super().__init__(f"{path_text(path)}: {reason}")
         self.path = str(path)
         self.reason = reason
 
@@ -44,13 +46,17 @@ def discover_images(root: str | Path, recursive: bool = True) -> list[Path]:
     """Image files under ``root`` (or ``root`` itself), in a stable, sorted order.
 
     Hidden entries and folders starting with ``_`` are skipped; symlinked folders are not
-    followed (no loops).
+    followed (no loops). Inside a folder every candidate name is kept, special files and
+    broken links included, so each one ends with its own reason in the results; a single
+    ``root`` that is not a readable regular file is refused here
+    (:class:`engine.safefiles.UnreadableFile`).
     """
     root = Path(root)
-    if root.is_file():
-        return [root]
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such file or folder")
+        if not os.path.lexists(root):
+            raise FileNotFoundError(f"{path_text(root)}: no such file or folder")
+        check_regular(root)  # a single special file is refused here, with its reason
+        return [root]
     found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not is_hidden(d)) if recursive else []
@@ -117,21 +123,17 @@ def open_image(
     """
     path = Path(path)
     try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise ImageError(path, "file not found") from None
-    except PermissionError:
-        raise ImageError(path, "permission denied") from None
-    except OSError as e:
-        raise ImageError(path, f"cannot be read ({e.strerror or e})") from None
-    if path.is_dir():
-        raise ImageError(path, "is a folder, not an image")
-    if size == 0:
+        # regular files only (a FIFO or a link to /dev/zero would never end), read under
+        # the stall deadline; the bytes are decoded from memory, so nothing reopens the path
+        data = read_file(path)
+    except UnreadableFile as e:
+        raise ImageError(path, e.reason) from None
+    if not data:
         raise ImageError(path, "file is empty (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(path)
+            im = Image.open(io.BytesIO(data))
             w, h = im.size
             orientation = im.getexif().get(0x0112, 1)
             full = (h, w) if orientation in (5, 6, 7, 8) else (w, h)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .fileio import atomic_write_bytes
+from .safefiles import UnreadableFile, check_regular, read_file, read_head, sha256_and_size
 
 FORMAT_NAME = "eyetriage-model"
 FORMAT_VERSION = 1
@@ -139,12 +140,11 @@ class ModelSpec:
 
 
 def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """Hex sha256 of a regular file, streamed (special files refused: :mod:`.safefiles`)."""
+    try:
+        return sha256_and_size(path)[0]
+    except UnreadableFile as e:
+        raise ModelFileError(str(e)) from None
 
 
 def save_model_file(
@@ -192,22 +192,19 @@ def read_spec(path: str | Path) -> ModelSpec:
 
 
 def _read_header(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        raise ModelFileError(f"{path}: no such model file")
-    if path.is_dir():
-        raise ModelFileError(f"{path}: is a folder, not a model file")
     try:
-        with open(path, "rb") as f:
-            raw = f.read(8)
-            if len(raw) < 8:
-                raise ModelFileError(f"{path.name}: too short to be a model file")
-            n = int.from_bytes(raw, "little")
-            size = path.stat().st_size
-            if n <= 1 or n > min(size - 8, 100 << 20):
-                raise ModelFileError(f"{path.name}: not a safetensors model file")
-            header = json.loads(f.read(n))
-    except PermissionError:
-        raise ModelFileError(f"{path}: permission denied") from None
+        st = check_regular(path)  # a FIFO or /dev/zero as --model is refused, never opened
+        if st.st_size < 8:
+            raise ModelFileError(f"{path.name}: too short to be a model file")
+        raw = read_head(path, 8)
+        n = int.from_bytes(raw, "little")
+        if len(raw) < 8 or n <= 1 or n > min(st.st_size - 8, 100 << 20):
+            raise ModelFileError(f"{path.name}: not a safetensors model file")
+        header = json.loads(read_head(path, 8 + n)[8:])
+    except UnreadableFile as e:
+        if e.reason == "file not found":
+            raise ModelFileError(f"{path}: no such model file") from None
+        raise ModelFileError(str(e)) from None
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ModelFileError(f"{path.name}: not a safetensors model file") from None
     if not isinstance(header, dict):
@@ -219,12 +216,14 @@ def load_model_file(path: str | Path) -> tuple[ModelSpec, dict[str, Any], dict[s
     """Load (spec, weights state_dict in float32, extra tensors); refuses foreign files."""
     import torch
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     path = Path(path)
     spec = read_spec(path)
     try:
-        tensors = load_file(str(path))
+        tensors = load(read_file(path))  # the checked regular file's bytes, not a new open
+    except UnreadableFile as e:
+        raise ModelFileError(str(e)) from None
     except (SafetensorError, OSError, ValueError) as e:
         raise ModelFileError(f"{path.name}: weights could not be read ({e})") from None
     weights: dict[str, Any] = {}

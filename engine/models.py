@@ -79,7 +79,9 @@ def load_init_weights(model: nn.Module, path: str | Path) -> list[str]:
     Only safetensors files are accepted (never pickles). Tensors whose shape does not match
     (typically the classifier of a different task) are skipped; their names are returned.
     """
-    from safetensors.torch import load_file
+    from safetensors.torch import load
+
+    from .safefiles import read_file
 
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -88,7 +90,7 @@ def load_init_weights(model: nn.Module, path: str | Path) -> list[str]:
             "(pickled .pth/.bin checkpoints are refused for safety)"
         )
     try:
-        tensors = load_file(str(path))
+        tensors = load(read_file(path))  # regular files only: a FIFO is refused, not opened
     except Exception as e:  # noqa: BLE001
         raise ModelFileError(f"{path.name}: could not read weights ({e})") from None
     tensors = {k[len("model.") :] if k.startswith("model.") else k: v for k, v in tensors.items()}

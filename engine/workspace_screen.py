@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from .activation import activate_after_screening, register_model
 from .models import LoadedModel
 from .screen import ScreenResult, ScreenSettings, screen
+from .store.common import normalise_path
 from .tasks import TaskState
 
 if TYPE_CHECKING:
@@ -35,18 +36,20 @@ def register(ws: Workspace, lm: LoadedModel, actor: str = "system") -> None:
 
 def _file_facts(path: Path) -> dict[str, Any]:
     from .naming import parse_patient_eye
-    from .store import sha256_file
+    from .safefiles import UnreadableFile, sha256_and_size
 
+    identity = normalise_path(path)
     try:
-        st = path.stat()
-        sha = sha256_file(path)
+        sha, size = sha256_and_size(path)  # special files are refused before any open
+    except UnreadableFile as e:
+        return {"path": identity, "error": e.reason}
     except OSError as e:
-        return {"path": str(path.resolve()), "error": f"cannot be read ({e.strerror or e})"}
+        return {"path": identity, "error": f"cannot be read ({e.strerror or e})"}
     patient, eye = parse_patient_eye(path.name)
     return {
-        "path": str(path.resolve()),
+        "path": identity,
         "sha256": sha,
-        "size_bytes": st.st_size,
+        "size_bytes": size,
         "patient": patient,
         "eye": eye,
     }
@@ -149,7 +152,7 @@ def iter_screen_into_workspace(
 
 def _row(r: ScreenResult, id_by_path: dict[str, int]) -> dict[str, Any]:
     return {
-        "image_id": id_by_path[str(Path(r.path).resolve())],
+        "image_id": id_by_path[normalise_path(r.path)],
         "probabilities": r.probabilities,
         "label": r.label,
         "confidence": r.confidence,

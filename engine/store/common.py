@@ -15,6 +15,7 @@ from typing import Any
 
 from ..jsonable import to_jsonable
 from ..naming import normalise_eye
+from ..safefiles import sha256_and_size
 
 TRIAGE_STATES = ("auto-cleared", "needs-review", "ungradable", "out-of-distribution", "error")
 REVIEW_ACTIONS = ("confirm", "correct", "ungradable", "skip", "undo")
@@ -28,7 +29,6 @@ TRIAGE_SEVERITY = ("needs-review", "ungradable", "out-of-distribution", "error",
 DB_NAME = "workspace.sqlite"
 CACHE_DIR = "cache"
 BUSY_TIMEOUT_MS = 10_000
-_CHUNK = 1 << 20
 # SQLite's default limit on "?" parameters is far higher; this keeps statements short.
 IN_CHUNK = 500
 
@@ -86,12 +86,12 @@ def loads(text: str | None) -> Any:
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks (an OSError names the unreadable path)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """Hex SHA-256 of a regular file, streamed under the stall deadline.
+
+    Special files (a FIFO, a link to ``/dev/zero``) are refused before anything is opened:
+    :class:`engine.safefiles.UnreadableFile` (an ``OSError``) says why, naming the file.
+    """
+    return sha256_and_size(path)[0]
 
 
 def settings_key(settings: dict) -> str:
@@ -109,8 +109,12 @@ def settings_key(settings: dict) -> str:
 
 
 def normalise_path(path: str | os.PathLike[str]) -> str:
-    """Absolute, resolved path text: the identity of an image."""
-    return str(Path(path).expanduser().resolve())
+    """Absolute, resolved path text: the identity of an image.
+
+    ``os.path.realpath`` (not ``Path.resolve``) so a symbolic link loop keeps its own name
+    instead of raising.
+    """
+    return os.path.realpath(os.path.expanduser(os.fspath(path)))
 
 
 def chunks(values: list, size: int = IN_CHUNK) -> list[list]:

@@ -7,6 +7,7 @@ checked row by row first and stored all together or not at all.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import sqlite3
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from ..fileio import atomic_file
 from ..jsonable import to_jsonable
+from ..safefiles import UnreadableFile, read_text
 from .common import (
     BOOL_FIELDS,
     PREDICTION_VALUES,
@@ -113,11 +115,13 @@ class Exchange(Writes):
         """
         csv_path = Path(csv_path).expanduser()
         try:
-            with csv_path.open(newline="", encoding="utf-8-sig") as handle:
-                reader = csv.DictReader(handle)
-                header = [h.strip() for h in (reader.fieldnames or [])]
-                reader.fieldnames = header
-                records = list(enumerate(reader, start=2))
+            text = read_text(csv_path)  # regular files only: a FIFO is refused, not opened
+            reader = csv.DictReader(io.StringIO(text, newline=""))
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            reader.fieldnames = header
+            records = list(enumerate(reader, start=2))
+        except UnreadableFile as exc:
+            raise StoreError(f"cannot read {exc}") from None
         except OSError as exc:
             raise StoreError(f"cannot read {csv_path}: {exc.strerror or exc}") from None
         except (csv.Error, UnicodeDecodeError) as exc:

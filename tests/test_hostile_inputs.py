@@ -1,0 +1,160 @@
+"""Hostile and odd inputs: nothing hangs, nothing stops the batch, every file gets a reason.
+
+Cases where the bug would be a hang run the command line in a child process with a
+timeout, so a regression fails the test instead of stalling the suite.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_MODEL = REPO / "resources" / "demo-model.safetensors"
+HANG_LIMIT = 240  # seconds: generous for a loaded 2-core machine; a hang never ends
+
+needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+needs_dev_zero = pytest.mark.skipif(not Path("/dev/zero").exists(), reason="no /dev/zero")
+
+
+def cli(*argv: object, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``eyetriage`` in a child process; a run that does not end fails the test."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "QT_QPA_PLATFORM": "offscreen"}
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "engine", *map(str, argv)],
+            capture_output=True,
+            text=True,
+            timeout=HANG_LIMIT,
+            env=env,
+            cwd=cwd,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"eyetriage {' '.join(map(str, argv))} hung (no end in {HANG_LIMIT} s)")
+
+
+def write_image(path: Path, seed: int = 0, size: int = 64) -> None:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(path)
+
+
+@pytest.fixture
+def special_folder(tmp_path) -> Path:
+    """Two real images, a FIFO and links to /dev/zero and /dev/urandom, all image-named."""
+    if not hasattr(os, "mkfifo") or not Path("/dev/zero").exists():
+        pytest.skip("needs named pipes and /dev/zero")
+    folder = tmp_path / "clinic"
+    folder.mkdir()
+    write_image(folder / "good1.png", 1)
+    write_image(folder / "good2.png", 2)
+    os.mkfifo(folder / "pipe.png")
+    os.symlink("/dev/zero", folder / "zero.jpg")
+    os.symlink("/dev/urandom", folder / "random.jpg")
+    return folder
+
+
+def read_rows(path: Path) -> dict[str, dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        return {Path(r["path"]).name: r for r in csv.DictReader(handle)}
+
+
+# --------------------------------------------------------------------------- hangs
+
+
+def test_workspace_screen_refuses_special_files_instead_of_hanging(tmp_path, special_folder):
+    ws = tmp_path / "ws"
+    done = cli("screen", special_folder, "--model", DEMO_MODEL, "--workspace", ws)
+    assert done.returncode == 0, done.stderr
+    assert "error 3" in done.stdout  # the FIFO and both device links, counted
+
+
+def test_csv_screen_names_the_kind_of_special_file(tmp_path, special_folder):
+    out = tmp_path / "r.csv"
+    done = cli("screen", special_folder, "--model", DEMO_MODEL, "--out", out)
+    assert done.returncode == 0, done.stderr
+    rows = read_rows(out)
+    assert len(rows) == 5
+    assert "named pipe" in rows["pipe.png"]["error"]
+    assert "character device" in rows["zero.jpg"]["error"]
+    assert "character device" in rows["random.jpg"]["error"]
+    assert not rows["good1.png"]["error"] and not rows["good2.png"]["error"]
+    assert all(r["triage"] == "error" for n, r in rows.items() if n.startswith(("pipe", "z", "r")))
+
+
+@needs_fifo
+def test_a_fifo_as_model_is_refused_in_one_line(tmp_path):
+    write_image(tmp_path / "a.png")
+    fifo = tmp_path / "m.safetensors"
+    os.mkfifo(fifo)
+    done = cli("screen", tmp_path / "a.png", "--model", fifo, "--out", tmp_path / "r.csv")
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "m.safetensors" in lines[0] and "named pipe" in lines[0]
+
+
+@needs_dev_zero
+def test_a_link_to_dev_zero_as_model_is_refused(tmp_path):
+    link = tmp_path / "zero.safetensors"
+    os.symlink("/dev/zero", link)
+    done = cli("info", link)
+    assert done.returncode == 1
+    assert "zero.safetensors" in done.stderr and "character device" in done.stderr
+
+
+@needs_fifo
+def test_a_fifo_as_review_csv_is_refused(tmp_path, special_folder):
+    ws = tmp_path / "ws"
+    assert cli("screen", special_folder, "--model", DEMO_MODEL, "--workspace", ws).returncode == 0
+    fifo = tmp_path / "reviews.csv"
+    os.mkfifo(fifo)
+    done = cli("review", ws, "--from-csv", fifo, "--reviewer", "dr a")
+    assert done.returncode == 1
+    assert "reviews.csv" in done.stderr and "named pipe" in done.stderr
+
+
+@needs_fifo
+def test_a_fifo_as_training_label_csv_is_refused(tmp_path):
+    fifo = tmp_path / "labels.csv"
+    os.mkfifo(fifo)
+    done = cli("train", tmp_path, "--labels", fifo, "--out", tmp_path / "m.safetensors")
+    assert done.returncode == 1
+    assert "labels.csv" in done.stderr and "named pipe" in done.stderr
+
+
+@needs_fifo
+def test_the_one_rule_refuses_special_files_before_opening_them(tmp_path):
+    from engine.safefiles import UnreadableFile, check_regular, read_file, sha256_and_size
+
+    fifo = tmp_path / "p.png"
+    os.mkfifo(fifo)  # opening it for reading would block: the rule must not
+    for reader in (check_regular, read_file, sha256_and_size):
+        with pytest.raises(UnreadableFile, match="named pipe"):
+            reader(fifo)
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    with pytest.raises(UnreadableFile, match="loop"):
+        check_regular(tmp_path / "loop.png")
+    (tmp_path / "broken.png").symlink_to(tmp_path / "gone.png")
+    with pytest.raises(UnreadableFile, match="broken symbolic link"):
+        check_regular(tmp_path / "broken.png")
+    real = tmp_path / "ok.bin"
+    real.write_bytes(b"abc")
+    assert read_file(real) == b"abc"
+    assert sha256_and_size(real)[1] == 3
+
+
+def test_a_stalled_read_ends_with_a_reason(tmp_path):
+    import threading
+
+    from engine.safefiles import UnreadableFile, with_deadline
+
+    never = threading.Event()
+    with pytest.raises(UnreadableFile, match="stalled"):
+        with_deadline(tmp_path / "share.png", lambda progress: never.wait(5), timeout=0.2)
+    never.set()
