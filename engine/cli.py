@@ -32,6 +32,7 @@ from .cli_explain import add_explain_commands
 from .cli_improve import add_improve_commands
 from .cli_workspace import add_workspace_commands
 from .fileio import atomic_file
+from .safefiles import path_text
 from .triage import DEFAULT_THRESHOLD
 
 
@@ -366,7 +367,7 @@ def _screen_csv(args, paths, models, settings) -> int:  # noqa: ANN001
 
 def _csv_row(r, labels: Sequence[str]) -> dict[str, Any]:  # noqa: ANN001
     row = {
-        "path": r.path,
+        "path": path_text(r.path),
         "label": r.label or "",
         "confidence": "" if r.confidence is None else f"{r.confidence:.4f}",
         "error": r.error or "",

@@ -164,6 +164,7 @@ def check_regular(path: str | os.PathLike[str]) -> os.stat_result:
     Raises :class:`UnreadableFile` with a specific reason: not found, broken link, link
     loop, permission denied, folder, FIFO, device, socket.
     """
+    path = real_path(path)
     try:
         st = os.stat(path)
     except OSError as e:
@@ -181,6 +182,7 @@ def open_regular(path: str | os.PathLike[str]) -> tuple[int, os.stat_result]:
     descriptor after (so nothing swapped in between is read). The caller closes it.
     """
     check_regular(path)
+    path = real_path(path)
     try:
         fd = os.open(path, _O_FLAGS)
     except OSError as e:

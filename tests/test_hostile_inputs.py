@@ -158,3 +158,65 @@ def test_a_stalled_read_ends_with_a_reason(tmp_path):
     with pytest.raises(UnreadableFile, match="stalled"):
         with_deadline(tmp_path / "share.png", lambda progress: never.wait(5), timeout=0.2)
     never.set()
+
+
+# --------------------------------------------------------------------------- one file, not the batch
+
+
+def run(capsys, *argv: object) -> tuple[int, str, str]:
+    from engine.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def odd_names_folder(tmp_path) -> Path:
+    """Good images, one named with a byte that is not UTF-8 (0xE9), a symlink loop."""
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    write_image(folder / "good1.png", 1)
+    write_image(folder / "good2.png", 2)
+    latin1 = folder / os.fsdecode(b"caf\xe9.png")
+    try:
+        write_image(latin1, 3)
+    except (OSError, UnicodeError):
+        pytest.skip("this file system does not take names that are not UTF-8")
+    (folder / "loop.jpg").symlink_to(folder / "loop.jpg")
+    return folder
+
+
+def test_a_name_that_is_not_utf8_is_screened_and_written_in_csv_mode(
+    capsys, tmp_path, odd_names_folder
+):
+    out = tmp_path / "r.csv"
+    code, _, err = run(capsys, "screen", odd_names_folder, "--model", DEMO_MODEL, "--out", out)
+    assert code == 0, err
+    rows = read_rows(out)
+    assert set(rows) == {"good1.png", "good2.png", "caf\\xe9.png", "loop.jpg"}
+    assert not rows["caf\\xe9.png"]["error"] and rows["caf\\xe9.png"]["label"]
+    assert "loop" in rows["loop.jpg"]["error"]
+
+
+def test_a_name_that_is_not_utf8_and_a_link_loop_do_not_stop_a_workspace_run(
+    capsys, tmp_path, odd_names_folder
+):
+    ws = tmp_path / "ws"
+    code, _, err = run(capsys, "screen", odd_names_folder, "--model", DEMO_MODEL, "--workspace", ws)
+    assert code == 0, err
+    out = tmp_path / "e.csv"
+    assert run(capsys, "export", ws, "--out", out)[0] == 0
+    rows = read_rows(out)
+    assert rows["caf\\xe9.png"]["label"]  # screened, stored and exported as readable text
+    assert rows["good1.png"]["label"] and rows["good2.png"]["label"]
+
+
+def test_a_stored_escaped_name_still_opens_its_file(odd_names_folder):
+    from engine.images import load_display_image
+    from engine.store.common import normalise_path
+
+    stored = normalise_path(odd_names_folder / os.fsdecode(b"caf\xe9.png"))
+    assert stored.endswith("caf\\xe9.png")
+    stored.encode("utf-8")  # storable as text
+    assert load_display_image(stored).size == (64, 64)

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..jsonable import to_jsonable
 from ..naming import normalise_eye
-from ..safefiles import sha256_and_size
+from ..safefiles import path_text, sha256_and_size
 
 TRIAGE_STATES = ("auto-cleared", "needs-review", "ungradable", "out-of-distribution", "error")
 REVIEW_ACTIONS = ("confirm", "correct", "ungradable", "skip", "undo")
@@ -112,9 +112,10 @@ def normalise_path(path: str | os.PathLike[str]) -> str:
     """Absolute, resolved path text: the identity of an image.
 
     ``os.path.realpath`` (not ``Path.resolve``) so a symbolic link loop keeps its own name
-    instead of raising.
+    instead of raising; a name that is not valid UTF-8 is kept as its ``\\xNN`` text
+    (:func:`engine.safefiles.path_text`), which the file readers map back to the file.
     """
-    return os.path.realpath(os.path.expanduser(os.fspath(path)))
+    return path_text(os.path.realpath(os.path.expanduser(os.fspath(path))))
 
 
 def chunks(values: list, size: int = IN_CHUNK) -> list[list]:
