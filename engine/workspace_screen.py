@@ -13,6 +13,7 @@ event says what it decided.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,10 @@ from .tasks import TaskState
 if TYPE_CHECKING:
     from .store import Workspace
 
+# the hash recorded for a file that could not be read: that of no content (as for an empty
+# file, which is refused too); the file's prediction row says why it was not screened
+NO_CONTENT_SHA256 = hashlib.sha256(b"").hexdigest()
+
 
 def register(ws: Workspace, lm: LoadedModel, actor: str = "system") -> None:
     """Record the model version in the workspace (idempotent; see :mod:`engine.activation`)."""
@@ -42,9 +47,10 @@ def _file_facts(path: Path) -> dict[str, Any]:
     try:
         sha, size = sha256_and_size(path)  # special files are refused before any open
     except UnreadableFile as e:
-        return {"path": identity, "error": e.reason}
+        return {"path": identity, "sha256": NO_CONTENT_SHA256, "error": e.reason}
     except OSError as e:
-        return {"path": identity, "error": f"cannot be read ({e.strerror or e})"}
+        reason = f"cannot be read ({e.strerror or e})"
+        return {"path": identity, "sha256": NO_CONTENT_SHA256, "error": reason}
     patient, eye = parse_patient_eye(path.name)
     return {
         "path": identity,
@@ -99,11 +105,18 @@ def iter_screen_into_workspace(
         state.progress(0, len(paths), "hashing files")
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2)) as pool:
             facts = list(pool.map(_file_facts, paths))
-        readable = [f for f in facts if "error" not in f]
-        ids = ws.add_images([{**f, "modality": lm.spec.modality} for f in readable])
-        id_by_path = {f["path"]: i for f, i in zip(readable, ids, strict=True)}
-        done = ws.done_image_hashes(lm.sha256, key)
-        todo = [Path(f["path"]) for f in readable if f["sha256"] not in done]
+        # every file found gets an image row, the unreadable ones too (with the hash of no
+        # content), so each ends in exactly one state in the workspace and its export
+        ids = ws.add_images(
+            [
+                {k: v for k, v in f.items() if k != "error"} | {"modality": lm.spec.modality}
+                for f in facts
+            ]
+        )
+        id_by_path = {f["path"]: i for f, i in zip(facts, ids, strict=True)}
+        done = ws.done_images(lm.sha256, key)
+        readable = [(f, i) for f, i in zip(facts, ids, strict=True) if "error" not in f]
+        todo = [Path(f["path"]) for f, i in readable if (i, f["sha256"]) not in done]
         skipped = len(readable) - len(todo)
         unreadable = [f for f in facts if "error" in f]
         run_id = ws.start_run(lm.sha256, run_settings)  # the store derives the same key
@@ -111,7 +124,7 @@ def iter_screen_into_workspace(
         status = "failed"
         screened = 0
         try:
-            for chunk in screen(todo, models, settings, state):
+            for chunk in _with_refused(unreadable, screen(todo, models, settings, state)):
                 rows = [_row(r, id_by_path) for r in chunk]
                 pred_ids = ws.add_predictions(run_id, rows)
                 for r, pid in zip(chunk, pred_ids, strict=True):
@@ -136,8 +149,6 @@ def iter_screen_into_workspace(
             }
             ws.finish_run(run_id, status, counts_all)
         activation = activate_after_screening(ws, lm.sha256, status, actor=actor)
-        if unreadable:
-            counts["error"] = counts.get("error", 0) + len(unreadable)
         yield {
             "kind": "done",
             "run_id": run_id,
@@ -148,6 +159,19 @@ def iter_screen_into_workspace(
             "unreadable": [(f["path"], f["error"]) for f in unreadable],
             "activation": activation.as_dict(),
         }
+
+
+def _with_refused(
+    unreadable: list[dict[str, Any]], chunks: Iterator[list[ScreenResult]]
+) -> Iterator[list[ScreenResult]]:
+    """The files refused before decoding (one ``error`` chunk, stored and shown like any
+    other), then the screened chunks."""
+    if unreadable:
+        yield [
+            ScreenResult(n, f["path"], error=f["error"], triage_reason=f["error"])
+            for n, f in enumerate(unreadable)
+        ]
+    yield from chunks
 
 
 def _row(r: ScreenResult, id_by_path: dict[str, int]) -> dict[str, Any]:

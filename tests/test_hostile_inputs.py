@@ -220,3 +220,50 @@ def test_a_stored_escaped_name_still_opens_its_file(odd_names_folder):
     assert stored.endswith("caf\\xe9.png")
     stored.encode("utf-8")  # storable as text
     assert load_display_image(stored).size == (64, 64)
+
+
+# --------------------------------------------------------------------------- nothing vanishes
+
+
+def export_rows(capsys, ws: Path, out: Path) -> dict[str, dict[str, str]]:
+    assert run(capsys, "export", ws, "--out", out)[0] == 0
+    return read_rows(out)
+
+
+def test_unreadable_files_are_in_the_workspace_export_with_their_reason(capsys, tmp_path):
+    folder = tmp_path / "clinic"
+    folder.mkdir()
+    write_image(folder / "good.png", 1)
+    (folder / "broken.png").symlink_to(folder / "gone.png")
+    (folder / "empty.jpg").write_bytes(b"")
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(folder / "pipe.png")
+    ws = tmp_path / "ws"
+    code, out, err = run(capsys, "screen", folder, "--model", DEMO_MODEL, "--workspace", ws)
+    assert code == 0, err
+    rows = export_rows(capsys, ws, tmp_path / "e.csv")
+    found = {p.name for p in folder.iterdir()}
+    assert set(rows) == found  # one row per file found, none missing
+    assert rows["broken.png"]["triage"] == "error"
+    assert "broken symbolic link" in rows["broken.png"]["triage_reason"]
+    assert "empty" in rows["empty.jpg"]["triage_reason"]
+    if "pipe.png" in rows:
+        assert "named pipe" in rows["pipe.png"]["triage_reason"]
+    assert rows["good.png"]["triage"] not in ("", "error")
+
+
+def test_a_copy_of_a_screened_file_added_later_gets_its_own_triage(capsys, tmp_path):
+    folder = tmp_path / "clinic"
+    folder.mkdir()
+    write_image(folder / "first.png", 1)
+    write_image(folder / "second.png", 2)
+    ws = tmp_path / "ws"
+    assert run(capsys, "screen", folder, "--model", DEMO_MODEL, "--workspace", ws)[0] == 0
+    (folder / "copy_of_first.png").write_bytes((folder / "first.png").read_bytes())
+    code, out, _ = run(capsys, "screen", folder, "--model", DEMO_MODEL, "--workspace", ws)
+    assert code == 0
+    assert "2 images already screened" in out  # the two originals, not the new copy
+    rows = export_rows(capsys, ws, tmp_path / "e.csv")
+    assert len(rows) == 3
+    assert rows["copy_of_first.png"]["triage"] == rows["first.png"]["triage"] != ""
+    assert rows["copy_of_first.png"]["label"] == rows["first.png"]["label"] != ""

@@ -115,7 +115,11 @@ def normalise_path(path: str | os.PathLike[str]) -> str:
     instead of raising; a name that is not valid UTF-8 is kept as its ``\\xNN`` text
     (:func:`engine.safefiles.path_text`), which the file readers map back to the file.
     """
-    return path_text(os.path.realpath(os.path.expanduser(os.fspath(path))))
+    given = os.path.expanduser(os.fspath(path))
+    real = os.path.realpath(given)
+    if not os.path.exists(real) and os.path.lexists(given):
+        real = os.path.abspath(given)  # a broken link is named as itself, not its target
+    return path_text(real)
 
 
 def chunks(values: list, size: int = IN_CHUNK) -> list[list]:
