@@ -8,7 +8,6 @@ second.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -31,6 +30,7 @@ from .cli_common import (
 from .cli_explain import add_explain_commands
 from .cli_improve import add_improve_commands
 from .cli_workspace import add_workspace_commands
+from .csvsafe import SafeDictWriter
 from .fileio import atomic_file
 from .safefiles import path_text
 from .triage import DEFAULT_THRESHOLD
@@ -345,7 +345,7 @@ def _screen_csv(args, paths, models, settings) -> int:  # noqa: ANN001
     interrupted = False
     t0 = time.monotonic()
     with atomic_file(out, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=columns)
+        w = SafeDictWriter(f, fieldnames=columns)  # no cell can become a formula
         w.writeheader()
         try:
             for chunk in screen(paths, models, settings, state):

@@ -267,3 +267,91 @@ def test_a_copy_of_a_screened_file_added_later_gets_its_own_triage(capsys, tmp_p
     assert len(rows) == 3
     assert rows["copy_of_first.png"]["triage"] == rows["first.png"]["triage"] != ""
     assert rows["copy_of_first.png"]["label"] == rows["first.png"]["label"] != ""
+
+
+# --------------------------------------------------------------------------- formula injection
+
+HYPERLINK = '=HYPERLINK("http:evil.example","click").jpg'
+
+
+@pytest.mark.parametrize(
+    ("text", "safe"),
+    [
+        ("=1+1", "'=1+1"),
+        ("+cmd", "'+cmd"),
+        ("-2+3", "'-2+3"),
+        ("@SUM(A1)", "'@SUM(A1)"),
+        ("\t=1", "'\t=1"),
+        ("\r=1", "'\r=1"),
+        ("-0.2500", "-0.2500"),  # numbers stay numbers
+        ("+1e-3", "+1e-3"),
+        ("normal", "normal"),
+        ("", ""),
+    ],
+)
+def test_a_cell_that_would_be_a_formula_is_written_as_text(text, safe):
+    from engine.csvsafe import formula_safe
+
+    assert formula_safe(text) == safe
+    assert formula_safe(0.5) == 0.5 and formula_safe(None) is None
+
+
+def test_every_csv_writer_in_the_program_is_the_safe_one():
+    """One home for the rule: no module but engine.csvsafe makes a raw csv writer."""
+    offenders = []
+    for package in ("engine", "desktop"):
+        for source in (REPO / package).rglob("*.py"):
+            if source.name == "csvsafe.py":
+                continue
+            text = source.read_text(encoding="utf-8")
+            if "csv.writer(" in text or "csv.DictWriter(" in text:
+                offenders.append(str(source.relative_to(REPO)))
+    assert offenders == []
+
+
+def test_a_file_name_formula_is_neutralised_in_csv_results_and_workspace_export(
+    capsys, tmp_path, monkeypatch
+):
+    folder = tmp_path / "clinic"
+    folder.mkdir()
+    write_image(folder / HYPERLINK, 1)
+    write_image(folder / "@SUM(1+1).png", 2)
+    monkeypatch.chdir(folder)  # `screen . --out r.csv`: the path cell is the bare name
+    out = tmp_path / "r.csv"
+    assert run(capsys, "screen", ".", "--model", DEMO_MODEL, "--out", out)[0] == 0
+    cells = [r["path"] for r in csv.DictReader(out.open(encoding="utf-8", newline=""))]
+    assert sorted(cells) == sorted(["'" + HYPERLINK, "'@SUM(1+1).png"])
+    ws = tmp_path / "ws"
+    assert run(capsys, "screen", ".", "--model", DEMO_MODEL, "--workspace", ws)[0] == 0
+    image = str(folder / HYPERLINK)
+    code = run(
+        capsys, "review", ws, image, "--label", "glaucoma", "--reviewer", "=cmd|'/c calc'!A1"
+    )
+    assert code[0] == 0
+    exported = tmp_path / "e.csv"
+    assert run(capsys, "export", ws, "--out", exported)[0] == 0
+    for row in csv.DictReader(exported.open(encoding="utf-8", newline="")):
+        for value in row.values():
+            assert not value.startswith(("=", "+", "@", "\t", "\r")), value
+            if value.startswith("-"):
+                float(value)  # only numbers may start with a minus
+    reviewed = [r for r in csv.DictReader(exported.open(encoding="utf-8")) if r["reviewer"]]
+    assert reviewed[0]["reviewer"] == "'=cmd|'/c calc'!A1"
+
+
+def test_a_neutralised_export_reads_back_as_the_original_values(capsys, tmp_path):
+    """Review CSVs written by a spreadsheet from an export keep their names and labels."""
+    folder = tmp_path / "clinic"
+    folder.mkdir()
+    write_image(folder / "+first.png", 1)
+    ws = tmp_path / "ws"
+    assert run(capsys, "screen", folder, "--model", DEMO_MODEL, "--workspace", ws)[0] == 0
+    sheet = tmp_path / "reviews.csv"
+    sheet.write_text("path,label,reviewer\n'+first.png,normal,'@dr a\n", encoding="utf-8")
+    code, out, err = run(capsys, "review", ws, "--from-csv", sheet)
+    assert code == 0, err
+    from engine.store import Workspace
+
+    with Workspace.open(ws, create=False) as w:
+        reviews = w.reviews()
+    assert [r["reviewer"] for r in reviews] == ["@dr a"]

@@ -13,6 +13,7 @@ import os
 import sqlite3
 from pathlib import Path
 
+from ..csvsafe import SafeDictWriter, formula_plain
 from ..fileio import atomic_file
 from ..jsonable import to_jsonable
 from ..safefiles import UnreadableFile, read_text
@@ -93,7 +94,7 @@ class Exchange(Writes):
                 json.dump(to_jsonable(rows), handle, ensure_ascii=False, indent=1)
                 handle.write("\n")
             else:
-                writer = csv.DictWriter(handle, fieldnames=list(EXPORT_COLUMNS))
+                writer = SafeDictWriter(handle, fieldnames=list(EXPORT_COLUMNS))
                 writer.writeheader()
                 for row in rows:
                     writer.writerow(_csv_row(row))
@@ -136,10 +137,12 @@ class Exchange(Writes):
             for row in conn.execute("SELECT id, path FROM images"):
                 by_name.setdefault(Path(row["path"]).name, []).append(int(row["id"]))
             prepared = []
-            for number, record in records:
+            for number, raw in records:
                 where = f"{csv_path.name} row {number}"
-                if None in record:
+                if None in raw:
                     raise StoreError(f"{where}: more fields than header columns")
+                # a cell an export protected with an apostrophe reads back as it was
+                record = {k: formula_plain(v) if isinstance(v, str) else v for k, v in raw.items()}
                 raw_path = (record.get("path") or "").strip()
                 if not raw_path:
                     raise StoreError(f"{where}: empty path")
