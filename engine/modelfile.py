@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -104,8 +105,12 @@ class ModelSpec:
             raise ModelFileError(f"input size {self.input_size} is out of range")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ModelFileError("normalisation needs three means and three positive stds")
-        if not self.temperature > 0:
-            raise ModelFileError("temperature must be positive")
+        if not all(math.isfinite(v) for v in (*self.mean, *self.std)):
+            raise ModelFileError("normalisation means and stds must be finite numbers")
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ModelFileError("temperature must be a positive finite number")
+        if self.ood is not None:
+            _check_ood_info(self.ood)
         if self.negative_label is not None and self.negative_label not in self.labels:
             raise ModelFileError(f"negative label {self.negative_label!r} is not a label")
 
@@ -137,6 +142,32 @@ class ModelSpec:
             return cls(**{k: v for k, v in d.items() if k in known})
         except TypeError as e:
             raise ModelFileError(f"model description is malformed ({e})") from None
+
+
+def _check_ood_info(info: Any) -> None:
+    """OOD statistics that cannot switch the check off unnoticed (``inf``, NaN, <= 0)."""
+    if not isinstance(info, dict):
+        raise ModelFileError("out-of-distribution statistics are malformed")
+    for key in ("m_ref", "r_ref", "threshold"):
+        value = info.get(key)
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if not ok or not math.isfinite(value) or value <= 0:
+            raise ModelFileError(
+                f"out-of-distribution statistic {key} is {value!r}, not a positive finite "
+                "number: refused (the out-of-distribution check would be silently off)"
+            )
+
+
+def _check_finite(path: Path, tensors: dict[str, Any]) -> None:
+    """Refuse weights or statistics holding NaN or infinity (they would only fail later,
+    mid-run, or make every score meaningless)."""
+    import torch
+
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ModelFileError(
+                f"{path.name}: tensor {name} holds NaN or infinite values: refused"
+            )
 
 
 def file_sha256(path: str | Path) -> str:
@@ -226,6 +257,7 @@ def load_model_file(path: str | Path) -> tuple[ModelSpec, dict[str, Any], dict[s
         raise ModelFileError(str(e)) from None
     except (SafetensorError, OSError, ValueError) as e:
         raise ModelFileError(f"{path.name}: weights could not be read ({e})") from None
+    _check_finite(path, tensors)
     weights: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     for k, t in tensors.items():

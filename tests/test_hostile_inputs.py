@@ -355,3 +355,61 @@ def test_a_neutralised_export_reads_back_as_the_original_values(capsys, tmp_path
     with Workspace.open(ws, create=False) as w:
         reviews = w.reviews()
     assert [r["reviewer"] for r in reviews] == ["@dr a"]
+
+
+# --------------------------------------------------------------------------- model files
+
+
+def _rewrite_model(src: Path, out: Path, spec_change=None, tensor_change=None) -> Path:
+    """A copy of ``src`` with its description or tensors altered, written without the
+    checks of ``save_model_file`` (as a hostile or damaged file would be)."""
+    from safetensors.torch import load, save
+
+    from engine.modelfile import METADATA_KEY, read_spec
+
+    spec = read_spec(src)
+    tensors = load(src.read_bytes())
+    if spec_change:
+        spec_change(spec)
+    if tensor_change:
+        tensor_change(tensors)
+    out.write_bytes(save(tensors, metadata={METADATA_KEY: spec.to_json()}))
+    return out
+
+
+def test_a_model_with_nan_weights_is_refused_at_load(tmp_path):
+    from engine.modelfile import ModelFileError, load_model_file
+
+    def poison(tensors):
+        name = next(k for k, t in tensors.items() if k.startswith("model.") and t.numel() > 1)
+        tensors[name] = tensors[name].clone()
+        tensors[name].view(-1)[0] = float("nan")
+
+    bad = _rewrite_model(DEMO_MODEL, tmp_path / "nan.safetensors", tensor_change=poison)
+    with pytest.raises(ModelFileError, match="NaN or infinite"):
+        load_model_file(bad)
+
+
+@pytest.mark.parametrize("key", ["threshold", "m_ref"])
+def test_infinite_ood_statistics_are_refused_not_silently_ignored(tmp_path, key):
+    from engine.modelfile import ModelFileError, read_spec
+
+    def infinite(spec):
+        spec.ood[key] = float("inf")
+
+    bad = _rewrite_model(DEMO_MODEL, tmp_path / "inf.safetensors", spec_change=infinite)
+    with pytest.raises(ModelFileError, match="out-of-distribution"):
+        read_spec(bad)
+
+
+def test_a_model_with_infinite_ood_threshold_is_refused_in_one_line(capsys, tmp_path):
+    def infinite(spec):
+        spec.ood["threshold"] = float("inf")
+
+    bad = _rewrite_model(DEMO_MODEL, tmp_path / "inf.safetensors", spec_change=infinite)
+    write_image(tmp_path / "a.png")
+    code, _, err = run(
+        capsys, "screen", tmp_path / "a.png", "--model", bad, "--out", tmp_path / "r.csv"
+    )
+    assert code == 1
+    assert len(err.strip().splitlines()) == 1 and "inf.safetensors" in err
