@@ -413,3 +413,53 @@ def test_a_model_with_infinite_ood_threshold_is_refused_in_one_line(capsys, tmp_
     )
     assert code == 1
     assert len(err.strip().splitlines()) == 1 and "inf.safetensors" in err
+
+
+# --------------------------------------------------------------------------- review labels
+
+
+@pytest.fixture
+def screened_workspace(capsys, tmp_path) -> tuple[Path, Path]:
+    folder = tmp_path / "clinic"
+    folder.mkdir()
+    write_image(folder / "a.png", 1)
+    write_image(folder / "b.png", 2)
+    ws = tmp_path / "ws"
+    assert run(capsys, "screen", folder, "--model", DEMO_MODEL, "--workspace", ws)[0] == 0
+    return ws, folder
+
+
+@pytest.mark.parametrize("label", ["banana", "normal;glaucoma", "dme"])
+def test_a_review_label_the_model_does_not_give_is_refused(capsys, screened_workspace, label):
+    ws, folder = screened_workspace
+    code, _, err = run(
+        capsys, "review", ws, folder / "a.png", "--label", label, "--reviewer", "dr a"
+    )
+    assert code == 1
+    assert "label" in err and len(err.strip().splitlines()) == 1
+    from engine.store import Workspace
+
+    with Workspace.open(ws, create=False) as w:
+        assert w.reviews() == []
+
+
+def test_a_known_label_is_recorded(capsys, screened_workspace):
+    ws, folder = screened_workspace
+    code, _, err = run(
+        capsys, "review", ws, folder / "a.png", "--label", "glaucoma", "--reviewer", "dr a"
+    )
+    assert code == 0, err
+
+
+def test_a_review_csv_with_an_unknown_label_imports_nothing(capsys, tmp_path, screened_workspace):
+    ws, folder = screened_workspace
+    sheet = tmp_path / "r.csv"
+    sheet.write_text(
+        "path,label,reviewer\na.png,normal,dr a\nb.png,banana,dr a\n", encoding="utf-8"
+    )
+    code, _, err = run(capsys, "review", ws, "--from-csv", sheet)
+    assert code == 1 and "row 3" in err and "banana" in err
+    from engine.store import Workspace
+
+    with Workspace.open(ws, create=False) as w:
+        assert w.reviews() == []

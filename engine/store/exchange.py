@@ -26,7 +26,7 @@ from .common import (
     prediction_dict,
     review_label,
 )
-from .rules import active_hash, current_reviews, latest_prediction_rows
+from .rules import active_hash, check_review_labels, current_reviews, latest_prediction_rows
 from .writes import Writes
 
 EXPORT_COLUMNS = (
@@ -158,6 +158,7 @@ class Exchange(Writes):
                 if action in ("confirm", "correct") and not labels:
                     raise StoreError(f"{where}: empty label for a {action!r} review")
                 note = (record.get("note") or "").strip() or None
+                check_review_labels(conn, image_id, labels, where)
                 prepared.append((image_id, reviewer, list(dict.fromkeys(labels)), action, note))
             for image_id, reviewer, labels, action, note in prepared:
                 self._insert_review(
