@@ -46,8 +46,20 @@ def autocast_for(device: torch.device, enabled: bool = True) -> contextlib.Abstr
 
 
 def create_network(spec: ModelSpec, pretrained: bool = False) -> nn.Module:
-    """A timm network with the spec's output count and head dropout (for MC dropout)."""
+    """A timm network with the spec's output count and head dropout (for MC dropout).
+
+    The architecture is resolved from the local library only: a source prefix such as
+    ``hf-hub:`` (downloads a config) or ``local-dir:`` (reads one from any folder) is
+    refused unless the user asked for downloads (``pretrained``). Offline by default.
+    """
     import timm
+
+    if ":" in spec.arch and not pretrained:
+        source = spec.arch.split(":", 1)[0]
+        raise ModelFileError(
+            f"architecture {spec.arch!r} names an outside source ({source}:); EyeTriage builds "
+            "architectures from its installed library only and does not download: refused"
+        )
 
     try:
         return timm.create_model(

@@ -463,3 +463,26 @@ def test_a_review_csv_with_an_unknown_label_imports_nothing(capsys, tmp_path, sc
 
     with Workspace.open(ws, create=False) as w:
         assert w.reviews() == []
+
+
+@pytest.mark.parametrize("arch", ["hf-hub:org/model", "local-dir:../configs"])
+def test_an_architecture_from_an_outside_source_is_refused_without_network(
+    tmp_path, monkeypatch, arch
+):
+    import socket
+
+    from engine.modelfile import ModelFileError
+    from engine.models import load_model
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("tried to open a network connection")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+
+    def outside(spec):
+        spec.arch = arch
+
+    bad = _rewrite_model(DEMO_MODEL, tmp_path / "hub.safetensors", spec_change=outside)
+    with pytest.raises(ModelFileError, match="outside source"):
+        load_model(bad, device="cpu")
