@@ -486,3 +486,27 @@ def test_an_architecture_from_an_outside_source_is_refused_without_network(
     bad = _rewrite_model(DEMO_MODEL, tmp_path / "hub.safetensors", spec_change=outside)
     with pytest.raises(ModelFileError, match="outside source"):
         load_model(bad, device="cpu")
+
+
+def test_importing_the_same_review_csv_twice_adds_nothing_the_second_time(
+    capsys, tmp_path, screened_workspace
+):
+    ws, folder = screened_workspace
+    sheet = tmp_path / "r.csv"
+    sheet.write_text(
+        "path,label,reviewer\na.png,normal,dr a\nb.png,glaucoma,dr a\nb.png,glaucoma,dr b\n",
+        encoding="utf-8",
+    )
+    code, out, err = run(capsys, "review", ws, "--from-csv", sheet)
+    assert code == 0, err
+    assert "recorded 3 reviews" in out
+    code, out, err = run(capsys, "review", ws, "--from-csv", sheet)
+    assert code == 0, err
+    assert "recorded 0 reviews" in out and "3 rows already recorded" in out
+    from engine.store import Workspace
+
+    with Workspace.open(ws, create=False) as w:
+        assert len(w.reviews()) == 3
+    # a changed opinion is a new review, not a duplicate
+    sheet.write_text("path,label,reviewer\na.png,glaucoma,dr a\n", encoding="utf-8")
+    assert "recorded 1 reviews" in run(capsys, "review", ws, "--from-csv", sheet)[1]

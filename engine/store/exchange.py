@@ -16,7 +16,7 @@ from pathlib import Path
 from ..csvsafe import SafeDictWriter, formula_plain
 from ..fileio import atomic_file
 from ..jsonable import to_jsonable
-from ..safefiles import UnreadableFile, read_text
+from ..safefiles import UnreadableFile, path_text, read_text
 from .common import (
     BOOL_FIELDS,
     PREDICTION_VALUES,
@@ -105,9 +105,16 @@ class Exchange(Writes):
         return len(rows)
 
     def import_reviews_csv(
-        self, csv_path: str | os.PathLike[str], default_reviewer: str | None = None
+        self,
+        csv_path: str | os.PathLike[str],
+        default_reviewer: str | None = None,
+        report: dict | None = None,
     ) -> int:
         """Import reviews from a CSV with columns ``path,label,reviewer[,action,note]``.
+
+        Idempotent: a row that repeats its reviewer's current review of the image (same
+        labels, action and note), or an earlier row of the same file, is not recorded
+        again; ``report`` (if given) receives ``recorded`` and ``duplicates`` counts.
 
         ``label`` may hold several labels separated by ``;``. ``path`` may be absolute,
         relative to the CSV's folder, or a bare file name matching exactly one image.
@@ -160,17 +167,39 @@ class Exchange(Writes):
                 note = (record.get("note") or "").strip() or None
                 check_review_labels(conn, image_id, labels, where)
                 prepared.append((image_id, reviewer, list(dict.fromkeys(labels)), action, note))
+            current: dict[tuple[int, str], tuple] = {}
+            for image_id, reviewer, *_ in prepared:
+                if (image_id, reviewer) not in current:
+                    review = current_reviews(conn, [image_id], reviewer=reviewer).get(image_id)
+                    current[(image_id, reviewer)] = (
+                        None
+                        if review is None
+                        else (review["labels"], review["action"], review["note"])
+                    )
+            recorded = 0
             for image_id, reviewer, labels, action, note in prepared:
+                if current[(image_id, reviewer)] == (labels, action, note):
+                    continue  # already this reviewer's current review: importing is idempotent
                 self._insert_review(
                     conn, image_id, reviewer, labels, action, None, None, None, note, audit=False
                 )
+                current[(image_id, reviewer)] = (labels, action, note)
+                recorded += 1
+            duplicates = len(prepared) - recorded
+            if report is not None:
+                report.update(recorded=recorded, duplicates=duplicates)
             self._audit(
                 conn,
                 fallback or "system",
                 "import_reviews",
-                {"file": str(csv_path.resolve()), "rows": len(prepared)},
+                {
+                    "file": path_text(os.path.abspath(csv_path)),
+                    "rows": len(prepared),
+                    "recorded": recorded,
+                    "duplicates": duplicates,
+                },
             )
-        return len(prepared)
+        return recorded
 
     @staticmethod
     def _find_image(
