@@ -26,6 +26,11 @@ ASSUMED_MIN_FOV_FRACTION = 0.6  # the FOV spans at least this share of the short
 ANALYSIS_SIZE = 384  # crop size kept for the quality gate (its analysis diameter)
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never half an image
+# Pillow warns above MAX_IMAGE_PIXELS and refuses above twice that. Between the two, a JPEG
+# from a large fundus camera is still read cheaply at reduced size (draft), so open_image
+# checks the size it would actually decode instead; a static filter, because
+# warnings.catch_warnings is not safe in the decoding threads.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class ImageError(Exception):
@@ -114,9 +119,10 @@ def to_rgb(im: Image.Image) -> Image.Image:
 
 
 def open_image(
-    path: str | Path, min_side: int | None = None
+    path: str | Path, min_side: int | None = None, longest: int | None = None
 ) -> tuple[Image.Image, tuple[int, int]]:
-    """Open, draft-decode to at least ``min_side`` on the short side, orient by EXIF, load.
+    """Open, draft-decode to at least ``min_side`` on the short side (or to about ``longest``
+    on the long side, for display), orient by EXIF, load.
 
     Returns the image and the full-resolution (width, height) after orientation. Raises
     :class:`ImageError` with a specific reason for every way a file can be bad.
@@ -131,22 +137,30 @@ def open_image(
     if not data:
         raise ImageError(path, "file is empty (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
-            w, h = im.size
-            orientation = im.getexif().get(0x0112, 1)
-            full = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
-            if min_side and im.format == "JPEG":
-                s = min_side / max(1, min(w, h))
-                im.draft("RGB", (math.ceil(w * s), math.ceil(h * s)))
-            im = ImageOps.exif_transpose(im)  # loads the pixel data
-            im.load()
+        im = Image.open(io.BytesIO(data))  # twice Pillow's pixel limit raises a bomb error
+        w, h = im.size
+        _check_shape(path, w, h)
+        if im.format == "PNG":
+            Image.open(io.BytesIO(data)).verify()  # checksums: a damaged PNG is refused
+        orientation = im.getexif().get(0x0112, 1)
+        full = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+        if im.format == "JPEG" and (min_side or longest):
+            s = min_side / max(1, min(w, h)) if min_side else longest / max(w, h)
+            im.draft("RGB", (math.ceil(w * s), math.ceil(h * s)))
+        if im.width * im.height > Image.MAX_IMAGE_PIXELS:  # what would really be decoded
+            raise ImageError(
+                path,
+                f"image too large to decode safely ({w}×{h} px, {w * h / 1e6:.0f} megapixels; "
+                f"the limit is {Image.MAX_IMAGE_PIXELS / 1e6:.0f} for formats that cannot be "
+                "read at reduced size)",
+            )
+        im = ImageOps.exif_transpose(im)  # loads the pixel data
+        im.load()
     except PermissionError:
         raise ImageError(path, "permission denied") from None
     except UnidentifiedImageError:
         raise ImageError(path, "not an image, or a format EyeTriage cannot read") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except Image.DecompressionBombError as e:
         raise ImageError(
             path, f"image too large, refused as a possible decompression bomb ({e})"
         ) from None
@@ -160,6 +174,21 @@ def open_image(
     if im.width < 8 or im.height < 8:
         raise ImageError(path, f"image is too small ({im.width}×{im.height} px)")
     return im, full
+
+
+MAX_ASPECT = 10  # retinal photographs are near square; OCT B-scans and montages up to ~4:1
+
+
+def _check_shape(path: Path, w: int, h: int) -> None:
+    """Refuse, with the size in words, images no retinal camera or OCT makes."""
+    if min(w, h) < 8:
+        raise ImageError(path, f"image is too small ({w}×{h} px)")
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        raise ImageError(
+            path,
+            f"image is {w}×{h} px, a {max(w, h) / min(w, h):.0f}:1 strip: too narrow to be "
+            "a fundus photograph or an OCT scan",
+        )
 
 
 def decode_for_model(
@@ -190,7 +219,7 @@ def decode_for_model(
 def load_display_image(path: str | Path, longest: int | None = None) -> Image.Image:
     """The original image, oriented, as RGB, reduced to ``longest`` pixels if larger (for
     showing it; the model's input comes from :func:`decode_for_model`)."""
-    im, _ = open_image(path, min_side=None)
+    im, _ = open_image(path, min_side=None, longest=longest)
     rgb = to_rgb(im)
     return _fit(rgb, longest) if longest else rgb
 

@@ -510,3 +510,56 @@ def test_importing_the_same_review_csv_twice_adds_nothing_the_second_time(
     # a changed opinion is a new review, not a duplicate
     sheet.write_text("path,label,reviewer\na.png,glaucoma,dr a\n", encoding="utf-8")
     assert "recorded 1 reviews" in run(capsys, "review", ws, "--from-csv", sheet)[1]
+
+
+# --------------------------------------------------------------------------- reasons
+
+
+def _png_with_bad_crc(path: Path) -> None:
+    import io
+    import struct
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((64, 64, 3), 120, np.uint8)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    at = data.find(b"IDAT")
+    length = struct.unpack(">I", data[at - 4 : at])[0]
+    data[at + 4 + length] ^= 0xFF  # first byte of the IDAT checksum
+    path.write_bytes(bytes(data))
+
+
+def test_a_png_with_a_bad_checksum_is_refused_not_screened(tmp_path):
+    from engine.images import ImageError, decode_for_model
+
+    bad = tmp_path / "crc.png"
+    _png_with_bad_crc(bad)
+    with pytest.raises(ImageError, match="checksum"):
+        decode_for_model(bad, 64)
+
+
+def test_a_strip_shaped_image_gets_a_reason_in_words(tmp_path):
+    from engine.images import ImageError, decode_for_model
+
+    strip = tmp_path / "strip.png"
+    Image.new("RGB", (10000, 10), (90, 40, 20)).save(strip)
+    with pytest.raises(ImageError) as caught:
+        decode_for_model(strip, 64)
+    assert "10000×10" in caught.value.reason and "too narrow" in caught.value.reason
+    assert "unexpected" not in caught.value.reason
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_a_large_jpeg_is_read_at_reduced_size_not_refused(tmp_path, monkeypatch):
+    """Above Pillow's pixel limit a JPEG is drafted (as from a 12000×9000 camera); a format
+    without reduced decoding is refused with its size. The limit is lowered to keep the
+    test small."""
+    from engine.images import ImageError, decode_for_model
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)
+    big = Image.new("RGB", (1500, 1000), (0, 0, 0))
+    big.save(tmp_path / "big.jpg", quality=80)
+    big.save(tmp_path / "big.png")
+    decoded = decode_for_model(tmp_path / "big.jpg", 64)
+    assert decoded.original_size == (1500, 1000)
+    with pytest.raises(ImageError, match="too large to decode safely"):
+        decode_for_model(tmp_path / "big.png", 64)
