@@ -47,6 +47,11 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--label-order", help="comma-separated label order (ordinal grades: low to high)"
     )
+    g.add_argument(
+        "--allow-outside-data",
+        action="store_true",
+        help="let --labels name images outside DATA (refused by default)",
+    )
 
 
 def _load_data(args: argparse.Namespace, label_order: list[str] | None = None):  # noqa: ANN202
@@ -63,6 +68,7 @@ def _load_data(args: argparse.Namespace, label_order: list[str] | None = None): 
             group_col=args.group_col,
             label_order=order,
             task=args.task,
+            allow_outside=args.allow_outside_data,
         )
     return load_folder_dataset(args.data, label_order=order, task=args.task)
 
@@ -110,6 +116,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"left out {ds.skipped_empty} rows with an empty label")
     if ds.missing:
         print(f"left out {len(ds.missing)} rows whose image file is missing (e.g. {ds.missing[0]})")
+    for name in ds.empty_classes:
+        print(f"left out the class folder {name!r}: it holds no images (not made a label)")
+    for name, n in ds.small_classes().items():
+        print(
+            f"warning: class {name!r} has only {n} image{'s' * (n != 1)}: too few to learn it "
+            "or to measure how well it is recognised"
+        )
     cfg = TrainConfig(
         arch=args.arch,
         img_size=args.img_size,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -26,6 +27,9 @@ class Sample:
     group: str  # patient (or the file itself): never split across train/val/test
 
 
+MIN_PER_CLASS = 10  # fewer examples of a class than this earns a warning before training
+
+
 @dataclass
 class LabelledSet:
     root: Path
@@ -35,12 +39,17 @@ class LabelledSet:
     skipped_empty: int = 0  # rows without a label, left out
     missing: list[str] = field(default_factory=list)  # listed files that do not exist
     source: str = ""
+    empty_classes: list[str] = field(default_factory=list)  # class folders without images
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def targets(self) -> np.ndarray:
         return np.asarray([s.target for s in self.samples])
+
+    def small_classes(self, minimum: int = MIN_PER_CLASS) -> dict[str, int]:
+        """Classes with fewer than ``minimum`` examples (too few to learn or to validate)."""
+        return {lab: n for lab, n in self.class_counts().items() if n < minimum}
 
     def class_counts(self) -> dict[str, int]:
         if self.task == "multilabel":
@@ -113,6 +122,11 @@ def load_folder_dataset(
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not is_hidden(d.name))
     if not class_dirs:
         raise DatasetError(f"{root}: no class sub-folders (expected e.g. {root}/normal/*.jpg)")
+    found = {d.name: discover_images(d) for d in class_dirs}
+    empty = sorted(name for name, paths in found.items() if not paths)
+    class_dirs = [d for d in class_dirs if found[d.name]]  # an empty folder is not a label
+    if not class_dirs:
+        raise DatasetError(f"{root}: the class folders hold no images")
     labels = _order({d.name for d in class_dirs}, label_order)
     task = _infer_task(labels, task)
     if task == "multilabel":
@@ -122,11 +136,13 @@ def load_folder_dataset(
         Sample(p, index[d.name], _group_for(p))
         for d in class_dirs
         if d.name in index
-        for p in discover_images(d)
+        for p in found[d.name]
     ]
     if not samples:
         raise DatasetError(f"{root}: the class folders hold no images")
-    return LabelledSet(root, labels, task, samples, source=f"folder {root.name}")
+    return LabelledSet(
+        root, labels, task, samples, source=f"folder {root.name}", empty_classes=empty
+    )
 
 
 def load_csv_dataset(
@@ -138,9 +154,16 @@ def load_csv_dataset(
     group_col: str | None = None,
     label_order: list[str] | None = None,
     task: str | None = None,
+    allow_outside: bool = False,
 ) -> LabelledSet:
-    """Rows of a CSV; image paths are relative to ``root``. Several label columns = multi-label."""
+    """Rows of a CSV; image paths are relative to ``root``. Several label columns = multi-label.
+
+    A path that leads outside ``root`` (``../../etc/passwd``, an absolute path elsewhere)
+    is refused unless ``allow_outside``: a label sheet should not make training read
+    arbitrary files.
+    """
     root, labels_csv = Path(root), Path(labels_csv)
+    inside = os.path.realpath(root)
     label_cols = label_cols or ["label"]
     try:
         text = read_text(labels_csv)  # regular files only: a FIFO is refused, not opened
@@ -183,7 +206,12 @@ def load_csv_dataset(
     missing: list[str] = []
     for r, values in kept:
         rel = r[image_col].strip()
-        path = (root / rel).resolve() if not Path(rel).is_absolute() else Path(rel)
+        path = Path(os.path.realpath(root / rel))  # an absolute rel replaces root
+        if not allow_outside and os.path.commonpath([inside, path]) != inside:
+            raise DatasetError(
+                f"{labels_csv.name}: {rel!r} leads outside the data folder {root}; refused "
+                "(use --allow-outside-data to follow such paths)"
+            )
         if not path.is_file():
             missing.append(rel)
             continue

@@ -563,3 +563,41 @@ def test_a_large_jpeg_is_read_at_reduced_size_not_refused(tmp_path, monkeypatch)
     assert decoded.original_size == (1500, 1000)
     with pytest.raises(ImageError, match="too large to decode safely"):
         decode_for_model(tmp_path / "big.png", 64)
+
+
+# --------------------------------------------------------------------------- training data
+
+
+def _class_folders(root: Path, counts: dict[str, int]) -> None:
+    for n_class, (name, n) in enumerate(counts.items()):
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            write_image(root / name / f"{name}_{i}.png", 10 * n_class + i, size=16)
+
+
+@pytest.mark.parametrize("rel", ["../outside.png", "sub/../../outside.png", "ABSOLUTE"])
+def test_a_label_csv_cannot_lead_training_outside_the_data_folder(tmp_path, rel):
+    from engine.data import DatasetError, load_csv_dataset
+
+    data = tmp_path / "data"
+    _class_folders(data, {"normal": 2, "glaucoma": 2})
+    write_image(tmp_path / "outside.png", 9, size=16)
+    if rel == "ABSOLUTE":
+        rel = str(tmp_path / "outside.png")
+    sheet = data / "labels.csv"
+    sheet.write_text(f"file,label\nnormal/normal_0.png,normal\n{rel},glaucoma\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match="outside the data folder"):
+        load_csv_dataset(data, sheet)
+    allowed = load_csv_dataset(data, sheet, allow_outside=True)
+    assert len(allowed) == 2
+
+
+def test_an_empty_class_folder_is_not_a_label_and_tiny_classes_are_named(tmp_path):
+    from engine.data import load_folder_dataset
+
+    data = tmp_path / "data"
+    _class_folders(data, {"normal": 12, "glaucoma": 1, "cataract": 0})
+    ds = load_folder_dataset(data)
+    assert ds.labels == ["glaucoma", "normal"]
+    assert ds.empty_classes == ["cataract"]
+    assert ds.small_classes() == {"glaucoma": 1}
