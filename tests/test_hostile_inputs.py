@@ -601,3 +601,27 @@ def test_an_empty_class_folder_is_not_a_label_and_tiny_classes_are_named(tmp_pat
     assert ds.labels == ["glaucoma", "normal"]
     assert ds.empty_classes == ["cataract"]
     assert ds.small_classes() == {"glaucoma": 1}
+
+
+def test_a_read_only_workspace_opens_for_export_and_refuses_writes_in_words(
+    capsys, tmp_path, screened_workspace, monkeypatch
+):
+    """Storage without write permission (tests may run as root, who may write anywhere, so
+    the permission check is what is simulated; the database is opened read-only for real)."""
+    import engine.store.base as base
+
+    ws, folder = screened_workspace
+    real_access = os.access
+    monkeypatch.setattr(
+        base.os,
+        "access",
+        lambda p, mode, **kw: False if mode & os.W_OK else real_access(p, mode, **kw),
+    )
+    out = tmp_path / "export.csv"
+    code, stdout, err = run(capsys, "export", ws, "--out", out)
+    assert code == 0, err
+    assert len(read_rows(out)) == 2
+    code, _, err = run(
+        capsys, "review", ws, folder / "a.png", "--label", "normal", "--reviewer", "x"
+    )
+    assert code == 1 and "read-only" in err
