@@ -625,3 +625,41 @@ def test_a_read_only_workspace_opens_for_export_and_refuses_writes_in_words(
         capsys, "review", ws, folder / "a.png", "--label", "normal", "--reviewer", "x"
     )
     assert code == 1 and "read-only" in err
+
+
+# --------------------------------------------------------------------------- the corpus
+
+
+def _check_rows(rows: dict[str, dict[str, str]], expected: dict[str, str | None]) -> None:
+    assert set(rows) == set(expected)
+    for name, phrase in expected.items():
+        row = rows[name]
+        if phrase is None:
+            assert row["triage"] not in ("", "error"), (name, row["triage_reason"])
+        else:
+            assert row["triage"] == "error", name
+            assert phrase in row["triage_reason"], (name, row["triage_reason"])
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo") or not Path("/dev/zero").exists(), reason="POSIX")
+def test_the_bad_input_corpus_screens_in_both_modes_one_row_each_with_its_reason(tmp_path):
+    from engine.safefiles import path_text
+
+    from .hostile_corpus import write_corpus
+
+    folder = tmp_path / "corpus"
+    kinds = write_corpus(folder)
+    assert len(kinds) >= 40
+    expected = {path_text(k.name): k.expect for k in kinds}
+
+    out = tmp_path / "r.csv"
+    done = cli("screen", folder, "--model", DEMO_MODEL, "--out", out)  # bounded: see cli()
+    assert done.returncode == 0, done.stderr
+    _check_rows(read_rows(out), expected)
+
+    ws = tmp_path / "ws"
+    exported = tmp_path / "e.csv"
+    done = cli("screen", folder, "--model", DEMO_MODEL, "--workspace", ws, "--out", exported)
+    assert done.returncode == 0, done.stderr
+    # a symbolic link to an image is that image (one identity), so it shares its row
+    _check_rows(read_rows(exported), {k: v for k, v in expected.items() if k != "link_to_good.png"})

@@ -117,8 +117,9 @@ def normalise_path(path: str | os.PathLike[str]) -> str:
     """
     given = os.path.expanduser(os.fspath(path))
     real = os.path.realpath(given)
-    if not os.path.exists(real) and os.path.lexists(given):
-        real = os.path.abspath(given)  # a broken link is named as itself, not its target
+    if not os.path.isfile(real) and os.path.lexists(given):
+        # a broken link, or a link to a device, is named as itself, not as its target
+        real = os.path.abspath(given)
     return path_text(real)
 
 
