@@ -435,6 +435,13 @@ def _screen_workspace(args, paths, models, settings) -> int:  # noqa: ANN001
     _summary(
         report["counts"], report["screened"], len(paths), dt, _runs_on(models[0]), args.workspace
     )
+    kept = report.get("unreadable_kept") or []
+    if kept:
+        path, reason = kept[0]
+        print(
+            f"{len(kept)} files screened before could not be read now and keep their earlier "
+            f"results (e.g. {path}: {reason})"
+        )
     activation = report.get("activation") or {}
     if activation.get("message"):
         print(activation["message"])

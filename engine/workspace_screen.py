@@ -105,8 +105,13 @@ def iter_screen_into_workspace(
         state.progress(0, len(paths), "hashing files")
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2)) as pool:
             facts = list(pool.map(_file_facts, paths))
-        # every file found gets an image row, the unreadable ones too (with the hash of no
-        # content), so each ends in exactly one state in the workspace and its export
+        # A file that cannot be read now but was read before (a share gone offline) keeps
+        # its image row and earlier results, and is reported; overwriting them with an
+        # error would hide a screened image.
+        kept = [f for f in facts if "error" in f and _known(ws, f["path"])]
+        facts = [f for f in facts if f not in kept]
+        # every other file found gets an image row, the unreadable ones too (with the hash
+        # of no content), so each ends in exactly one state in the workspace and its export
         ids = ws.add_images(
             [
                 {k: v for k, v in f.items() if k != "error"} | {"modality": lm.spec.modality}
@@ -157,8 +162,18 @@ def iter_screen_into_workspace(
             "screened": screened,
             "skipped": skipped,
             "unreadable": [(f["path"], f["error"]) for f in unreadable],
+            "unreadable_kept": [(f["path"], f["error"]) for f in kept],
             "activation": activation.as_dict(),
         }
+
+
+def _known(ws: Workspace, path: str) -> bool:
+    """Whether the workspace holds this file with content read before."""
+    image_id = ws.image_id(path)
+    if image_id is None:
+        return False
+    image = ws.image(image_id)
+    return image is not None and image.get("sha256") != NO_CONTENT_SHA256
 
 
 def _with_refused(

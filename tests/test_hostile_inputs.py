@@ -663,3 +663,22 @@ def test_the_bad_input_corpus_screens_in_both_modes_one_row_each_with_its_reason
     assert done.returncode == 0, done.stderr
     # a symbolic link to an image is that image (one identity), so it shares its row
     _check_rows(read_rows(exported), {k: v for k, v in expected.items() if k != "link_to_good.png"})
+
+
+def test_a_screened_file_that_cannot_be_read_later_keeps_its_earlier_result(capsys, tmp_path):
+    """A share gone offline must not turn screened images into errors."""
+    folder = tmp_path / "clinic"
+    folder.mkdir()
+    write_image(folder / "a.png", 1)
+    write_image(folder / "b.png", 2)
+    ws = tmp_path / "ws"
+    assert run(capsys, "screen", folder, "--model", DEMO_MODEL, "--workspace", ws)[0] == 0
+    before = export_rows(capsys, ws, tmp_path / "before.csv")
+    (folder / "a.png").unlink()
+    os.mkfifo(folder / "a.png") if hasattr(os, "mkfifo") else (folder / "a.png").write_bytes(b"")
+    code, out, err = run(capsys, "screen", folder, "--model", DEMO_MODEL, "--workspace", ws)
+    assert code == 0, err
+    assert "could not be read now and keep their earlier results" in out
+    after = export_rows(capsys, ws, tmp_path / "after.csv")
+    assert after["a.png"]["triage"] == before["a.png"]["triage"] != "error"
+    assert after["a.png"]["sha256"] == before["a.png"]["sha256"]
