@@ -77,12 +77,12 @@ def check_review_labels(
     unknown = [x for x in labels if x not in allowed]
     if unknown:
         raise StoreError(
-            f"{prefix}label {unknown[0]!r} is not one of the labels of {name} "
-            f"({', '.join(allowed)})"
+            f"{prefix}label {unknown[0]!r} is not a label of the model {name!r}; its labels: "
+            f"{', '.join(allowed)}"
         )
     if len(labels) > 1 and task != "multilabel":
         raise StoreError(
-            f"{prefix}{name} gives one label per image ({task}); got {len(labels)}: "
+            f"{prefix}the model {name!r} gives one label per image ({task}); got {len(labels)}: "
             f"{';'.join(labels)}"
         )
 
