@@ -92,9 +92,9 @@ def e2e(lm, paths, engine: str, cache: Path, env: dict | None = None) -> tuple[f
 def decode_rate_one_core(lm, paths) -> float:  # noqa: ANN001
     """Images/s of one thread decoding as screening does (draft decode, crop, quality gate)."""
     from engine.inference import model_decoder
-    from engine.screen import _quality_gate
+    from engine.screen import _fundus_gate
 
-    decode = model_decoder(lm, want_analysis=True, post=_quality_gate)
+    decode = model_decoder(lm, want_analysis=True, post=_fundus_gate)
     decode(paths[0])
     t = time.perf_counter()
     for p in paths:

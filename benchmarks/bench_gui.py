@@ -80,7 +80,15 @@ def _tiny_model(folder: Path, images: Path) -> Path:
     from engine.train import TrainConfig, train_model
 
     out = folder / "tiny.safetensors"
-    cfg = TrainConfig(arch="resnet10t", img_size=64, epochs=1, batch_size=16, seed=1, workers=2)
+    cfg = TrainConfig(
+        arch="resnet10t",
+        img_size=64,
+        epochs=1,
+        batch_size=16,
+        seed=1,
+        workers=2,
+        allow_collapsed=True,
+    )
     train_model(load_folder_dataset(images), cfg, out, log=lambda s: None)
     return out
 

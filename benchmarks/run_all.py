@@ -18,6 +18,7 @@ SUITES = [
     "bench_attribution",
     "bench_gui",
     "bench_improve",
+    "bench_ray",
 ]
 
 

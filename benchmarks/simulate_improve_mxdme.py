@@ -6,15 +6,19 @@ true labels, run ``eyetriage improve`` per strategy and print the audit-set befo
 
     eyetriage train ../shared/data/mx-dme --labels ../shared/data/mx-dme/labels.csv \\
         --image-col file --label-col dme --filter modality=oct --group-col dup_group \\
-        --modality oct --arch resnet18 --img-size 224 --lr 5e-4 --epochs 15 --patience 5 \\
-        --seed 42 --negative-label 0 --out oct-dme.safetensors
-    python benchmarks/simulate_improve_mxdme.py oct-dme.safetensors WORKSPACE head full
+        --seed 42 --out oct-dme.safetensors
+    python benchmarks/simulate_improve_mxdme.py oct-dme.safetensors WORKSPACE head full lora \\
+        --select-by score loss
+
+Every strategy runs once per ``--select-by`` choice (how the fine-tune's kept epoch is
+chosen); each result, with the engine's verdict, is also appended to WORKSPACE/results.jsonl.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import subprocess
 import sys
@@ -22,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-DATA = ROOT / ".." / "shared" / "data" / "mx-dme"
+DATA = Path(os.environ.get("EYETRIAGE_DEV_DATA", ROOT / ".." / "shared" / "data")) / "mx-dme"
 
 
 def main() -> int:
@@ -39,6 +43,7 @@ def main() -> int:
     p.add_argument("strategies", nargs="*", default=["head", "full"])
     p.add_argument("--reviews", type=int, default=200)
     p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--select-by", nargs="+", default=["score"], choices=["score", "loss"])
     a = p.parse_args()
     data_args = argparse.Namespace(
         data=str(DATA),
@@ -61,37 +66,45 @@ def main() -> int:
         for s in random.Random(7).sample(rest, min(a.reviews, len(rest))):
             w.add_review(str(s.path.resolve()), "simulated-reviewer", [lm.spec.labels[s.target]])
     for strategy in a.strategies:
-        cmd = [
-            sys.executable,
-            "-m",
-            "engine",
-            "improve",
-            str(ws),
-            "--epochs",
-            str(a.epochs),
-            "--strategy",
-            strategy,
-            "--json",
-        ]
-        out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-        if out.returncode:
-            print(f"{strategy}: failed: {out.stderr.strip().splitlines()[-1:]}")
-            continue
+        for select in a.select_by:
+            _improve_once(ws, strategy, select, a.epochs)
+    return 0
+
+
+def _improve_once(ws: Path, strategy: str, select: str, epochs: int) -> None:
+    cmd = [sys.executable, "-m", "engine", "improve", str(ws), "--epochs", str(epochs)]
+    cmd += ["--strategy", strategy, "--select-by", select, "--json", "--quiet"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    name = f"{strategy} (kept epoch by {select})"
+    if out.returncode:
+        print(f"{name}: failed: {out.stderr.strip().splitlines()[-1:]}")
+        row = {"strategy": strategy, "select_by": select, "error": out.stderr.strip()[-400:]}
+    else:
         r = json.loads(out.stdout)
         b, f = r["before"], r["after"]
-        keys = (
-            "accuracy",
-            "balanced_accuracy",
-            "sensitivity",
-            "specificity",
-            "ece",
-            "review_workload",
-        )
-        print(f"{strategy}: audit n={b['n']}, {r['seconds']:.0f} s")
-        for k in keys:
+        v = r.get("verdict") or {}
+        print(f"{name}: audit n={b['n']}, {r['seconds']:.0f} s, verdict {v.get('decision')}")
+        for k in KEYS:
             if isinstance(b.get(k), float):
                 print(f"  {k:<18} {b[k]:.3f} -> {f[k]:.3f}")
-    return 0
+        row = {
+            "strategy": strategy,
+            "select_by": select,
+            "epochs": epochs,
+            "seconds": r["seconds"],
+            "epochs_run": r.get("epochs_run"),
+            "before": {k: b.get(k) for k in KEYS},
+            "after": {k: f.get(k) for k in KEYS},
+            "verdict": v.get("decision"),
+            "recommend": v.get("recommend"),
+            "headline": v.get("headline"),
+        }
+    with open(ws / "results.jsonl", "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
+KEYS = ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity", "ece")
+KEYS += ("review_workload",)
 
 
 if __name__ == "__main__":

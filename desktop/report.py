@@ -12,6 +12,10 @@ from the GUI thread. torch is imported only when overlays are wanted.
 
 Why one module of about 680 lines: it is one document; its data, words and drawing share
 the page geometry (margins, picture size, line heights) and change together.
+
+Why one module of about 680 lines: page layout, the per-image block and the overlay
+worker all measure against the same page geometry; split, the geometry constants would
+be shared across files for no reader's benefit.
 """
 
 from __future__ import annotations

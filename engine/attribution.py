@@ -13,6 +13,10 @@ Three methods, all computed with captum on a plain ``nn.Module`` that maps a nor
 Every map is signed: positive values support the target output, negative values speak
 against it. The caller's model is left exactly as it was (train/eval flags,
 ``requires_grad`` flags, hooks), even when an attribution fails half-way.
+
+Why one module of about 740 lines: the three methods share target selection, layer
+choice, smoothing and the retina mask that the display relies on; each method alone is
+short.
 """
 
 from __future__ import annotations

@@ -3,6 +3,10 @@
 Heavy libraries (torch, timm) are imported inside the commands that need them, so the
 store-only commands (review, export, agreement, models, rollback) start in a fraction of a
 second.
+
+Why one module of about 710 lines: it is the parser (every command's options in one
+place, as ``eyetriage --help`` lists them) and the thin commands that call the engine;
+workspace, improve, explain and cluster commands already live in ``cli_*`` modules.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .cli_common import (
+    EXIT_COLLAPSED,
     EXIT_FAIL,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -30,8 +35,6 @@ from .cli_common import (
 from .cli_explain import add_explain_commands
 from .cli_improve import add_improve_commands
 from .cli_workspace import add_workspace_commands
-from .csvsafe import SafeDictWriter
-from .fileio import atomic_file
 from .safefiles import path_text
 from .triage import DEFAULT_THRESHOLD
 
@@ -108,8 +111,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .modality import resolve_modality
+    from .recipe import CollapsedModelError
     from .tasks import TaskState
-    from .train import TrainConfig, train_model
+    from .train import DEFAULT_ARCH, DEFAULT_INIT, TrainConfig, train_model
 
     ds = _load_data(args)
     if ds.skipped_empty:
@@ -123,18 +128,31 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"warning: class {name!r} has only {n} image{'s' * (n != 1)}: too few to learn it "
             "or to measure how well it is recognised"
         )
+    modality_warnings: list[str] = []
+    modality, how = resolve_modality(args.modality, ds, modality_warnings)
+    print(f"modality: {modality} (from {how})")
+    for w in modality_warnings:
+        print(f"WARNING: {w}")
+    init = args.init
+    if init is None:  # no architecture named: the measured default, a pretrained start
+        use_default = not args.arch and not args.init_weights and not args.pretrained
+        init = DEFAULT_INIT if use_default else "none"
+    defaults = TrainConfig()
     cfg = TrainConfig(
-        arch=args.arch,
+        arch=args.arch or DEFAULT_ARCH,
         img_size=args.img_size,
-        epochs=args.epochs,
+        epochs=args.epochs if args.epochs is not None else defaults.epochs,
         batch_size=args.batch_size,
-        lr=args.lr,
+        lr=args.lr if args.lr is not None else defaults.lr,
         seed=args.seed,
         patience=args.patience,
         device=args.device,
         pretrained=args.pretrained,
+        init=init,
         init_weights=args.init_weights,
-        modality=args.modality,
+        ema=not args.no_ema,
+        allow_collapsed=args.allow_collapsed,
+        modality=modality,
         ben_graham=args.ben_graham,
         green=args.green,
         fov_crop=not args.no_fov_crop,
@@ -154,12 +172,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{k} {v}" for k, v in ds.class_counts().items())
     print(f"training {cfg.arch} ({ds.task}) on {len(ds)} images: {counts}")
     state = TaskState(Progress("training", quiet=args.quiet), min_interval=0.5)
-    res = train_model(ds, cfg, args.out, state=state, log=print)
+    try:
+        res = train_model(ds, cfg, args.out, state=state, log=print)
+    except CollapsedModelError as e:
+        err(str(e))
+        return EXIT_COLLAPSED
     summary = {
         "model": str(res.path),
         "sha256": res.sha256,
         "seconds": round(res.seconds, 1),
         "epochs_run": len(res.history),
+        "best_epoch": res.spec.provenance.get("best_epoch"),
+        "kept_weights": res.spec.provenance.get("kept_weights"),
+        "arch": res.spec.arch,
+        "start": (res.spec.provenance.get("start") or {}).get("kind"),
+        "modality": res.spec.modality,
         "temperature": res.spec.temperature,
         "test": res.test_metrics,
         "warnings": res.warnings,
@@ -167,6 +194,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     }
     if args.json:
         print_json(summary)
+    return EXIT_OK
+
+
+def cmd_import_weights(args: argparse.Namespace) -> int:
+    from .weights_import import import_weights
+
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise CliError(f"{out.name}: the output must be a .safetensors file")
+    _, report = import_weights(args.src, args.arch, out)
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        print(report.summary())
+        print(f"wrote {out}; start training from it with --arch {args.arch} --init-weights {out}")
     return EXIT_OK
 
 
@@ -183,8 +225,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .tasks import TaskState
 
     (lm,) = _load_models([args.model], args.device)
+    seen = _modality_warning(spec.modality, [s.path for s in ds.samples])
     state = TaskState(Progress("evaluating", quiet=args.quiet or args.json))
     out = evaluate_model_on(lm, ds, args.batch_size, args.workers, state, args.plot)
+    if seen:
+        out["warnings"] = [seen]
     if args.part:
         out["part"] = args.part
     if args.json:
@@ -192,6 +237,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         _print_evaluation(out, spec)
     return EXIT_OK
+
+
+def _modality_warning(model_modality: str, paths: Sequence[Path]) -> str | None:
+    """Say so (on stderr) when the images are clearly of the other kind than the model's."""
+    from .modality import mismatch_warning
+
+    text = mismatch_warning(model_modality, paths)
+    if text:
+        err(f"WARNING: {text}")
+    return text
 
 
 def _split_part(ds, spec, part: str):  # noqa: ANN001, ANN202
@@ -298,20 +353,29 @@ SCREEN_FIXED_COLUMNS = [
 
 
 def cmd_screen(args: argparse.Namespace) -> int:
+    from .cli_cluster import make_backend, start_backend
     from .engines import engine_cache_dir
-    from .images import discover_images
+    from .manifest import load_source
     from .screen import ScreenSettings, attach_engine
     from .triage import TriagePolicy
 
     if not args.out and not args.workspace:
-        raise CliError("say where results go: --out results.csv and/or --workspace W")
+        raise CliError("say where results go: --out results.csv|.parquet and/or --workspace W")
+    if args.workspace and args.out and Path(args.out).suffix.lower() == ".parquet":
+        raise CliError("with --workspace, --out exports the workspace as CSV; give a .csv name")
+    backend = make_backend(args)
     try:
-        paths = discover_images(args.folder)
+        source = load_source(args.folder)
     except FileNotFoundError as e:
         raise CliError(str(e)) from None
+    paths = source.paths
     if not paths:
         raise CliError(f"{args.folder}: no images found (jpg, jpeg, png, tif, tiff, bmp)")
-    models = _load_models(args.model, args.device)
+    if source.duplicates and not args.quiet:
+        print(f"{source.duplicates} manifest rows name a file listed before: screened once")
+    # on Ray the models run in the workers; the driver only reads their descriptions
+    models = _load_models(args.model, "cpu" if backend else args.device)
+    _modality_warning(models[0].spec.modality, paths)
     uncertainty = args.uncertainty or ("ensemble" if len(models) > 1 else "none")
     policy = TriagePolicy(
         kind=args.policy,
@@ -327,23 +391,36 @@ def cmd_screen(args: argparse.Namespace) -> int:
         k=args.k,
         quality=not args.no_quality,
         policy=policy,
+        amp=not args.fp32,
         engine=args.engine,
         engine_cache=engine_cache_dir(args.workspace),
     )
-    models = attach_engine(models, settings)
-    if args.workspace:
-        return _screen_workspace(args, paths, models, settings)
-    return _screen_csv(args, paths, models, settings)
+    if backend is None:  # on Ray each model worker attaches the engine on its own node
+        models = attach_engine(models, settings)
+    try:
+        if backend is not None:
+            start_backend(backend, args.quiet)
+        if args.workspace:
+            return _screen_workspace(args, source, models, settings, backend)
+        return _screen_file(args, paths, models, settings, backend)
+    finally:
+        if backend is not None:
+            backend.close()
 
 
-def _runs_on(lm) -> str:  # noqa: ANN001 - LoadedModel
-    """``cpu, onnxruntime``: the device and the engine the backbone ran in."""
+def _where(models, backend) -> str:  # noqa: ANN001
+    """Where the models ran: the Ray backend's description, or this machine's device and
+    engine (``cpu, onnxruntime``)."""
     from .backends import engine_name
 
+    if backend is not None:
+        return backend.describe()
+    lm = models[0]
     return f"{lm.device.type}, {engine_name(lm)}"
 
 
-def _screen_csv(args, paths, models, settings) -> int:  # noqa: ANN001
+def _screen_file(args, paths, models, settings, backend) -> int:  # noqa: ANN001
+    from .results_file import ResultsFile
     from .screen import screen
     from .tasks import TaskState
 
@@ -352,28 +429,32 @@ def _screen_csv(args, paths, models, settings) -> int:  # noqa: ANN001
         SCREEN_FIXED_COLUMNS[:4] + [f"p_{lab}" for lab in spec.labels] + SCREEN_FIXED_COLUMNS[4:]
     )
     state = TaskState(Progress("screening", quiet=args.quiet))
-    out = Path(args.out)
+    out = ResultsFile(args.out, columns, spec.labels, _csv_row)
     counts: dict[str, int] = {}
-    written = 0
     interrupted = False
     t0 = time.monotonic()
-    with atomic_file(out, "w", newline="", encoding="utf-8") as f:
-        w = SafeDictWriter(f, fieldnames=columns)  # no cell can become a formula
-        w.writeheader()
-        try:
-            for chunk in screen(paths, models, settings, state):
-                for r in chunk:
-                    w.writerow(_csv_row(r, spec.labels))
-                    counts[r.triage] = counts.get(r.triage, 0) + 1
-                written += len(chunk)
-                f.flush()
-        except KeyboardInterrupt:  # the rows screened so far are still written
-            interrupted = True
-            state.cancel()
+    chunks = (
+        backend.screen(paths, models, settings, state)
+        if backend
+        else screen(paths, models, settings, state)
+    )
+    try:
+        for chunk in chunks:
+            out.write(chunk)
+            for r in chunk:
+                counts[r.triage] = counts.get(r.triage, 0) + 1
+    except KeyboardInterrupt:
+        interrupted = True
+        state.cancel()
+        chunks.close()
+    except BaseException:
+        out.close(publish=False)  # a failed run removes its temporary file; the target is untouched
+        raise
+    out.close()
     dt = time.monotonic() - t0
-    _summary(counts, written, len(paths), dt, _runs_on(models[0]), out)
+    _summary(counts, out.rows, len(paths), dt, _where(models, backend), out.out)
     if interrupted:
-        err(f"interrupted: {written} of {len(paths)} rows written to {out}")
+        err(f"interrupted: {out.rows} of {len(paths)} rows written to {out.out}")
         return EXIT_INTERRUPTED
     return EXIT_OK
 
@@ -412,15 +493,23 @@ def _summary(
     print(f"results: {where}")
 
 
-def _screen_workspace(args, paths, models, settings) -> int:  # noqa: ANN001
+def _screen_workspace(args, source, models, settings, backend) -> int:  # noqa: ANN001
     from .tasks import TaskState
     from .workspace_screen import screen_into_workspace
 
+    paths = source.paths
     state = TaskState(Progress("screening", quiet=args.quiet))
     t0 = time.monotonic()
     try:
         report = screen_into_workspace(
-            args.workspace, paths, models, settings, state, actor=args.actor
+            args.workspace,
+            paths,
+            models,
+            settings,
+            state,
+            actor=args.actor,
+            backend=backend,
+            known_facts=source.known_facts,
         )
     except KeyboardInterrupt:
         state.cancel()
@@ -433,7 +522,12 @@ def _screen_workspace(args, paths, models, settings) -> int:  # noqa: ANN001
         else "screening every image"
     )
     _summary(
-        report["counts"], report["screened"], len(paths), dt, _runs_on(models[0]), args.workspace
+        report["counts"],
+        report["screened"],
+        len(paths),
+        dt,
+        _where(models, backend),
+        args.workspace,
     )
     kept = report.get("unreadable_kept") or []
     if kept:
@@ -480,6 +574,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .cli_cluster import add_backend_options
     from .engines import ENGINES
 
     p = argparse.ArgumentParser(
@@ -504,19 +599,46 @@ def build_parser() -> argparse.ArgumentParser:
         "data", help="folder of class folders, or the root the CSV paths are relative to"
     )
     _add_data_options(t)
-    t.add_argument("--arch", default="efficientnet_b0", help="any timm architecture name")
+    t.add_argument(
+        "--arch",
+        help="any timm architecture name (default: efficientnet_lite0 with the ImageNet start)",
+    )
+    t.add_argument(
+        "--init",
+        choices=["imagenet", "none"],
+        help="starting weights: 'imagenet' (EfficientNet-Lite0, shipped, no download) or "
+        "'none' (from scratch); default: imagenet when no --arch is given",
+    )
     t.add_argument("--img-size", type=int, default=224)
-    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--epochs", type=int, help="default 12")
     t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--patience", type=int, default=3, help="early stopping patience (epochs)")
+    t.add_argument("--lr", type=float, help="peak learning rate (default 5e-4)")
+    t.add_argument(
+        "--patience",
+        type=int,
+        help="early stopping patience in epochs (default: a third of the epochs, at least 3; "
+        "never before the warm-up ends)",
+    )
+    t.add_argument("--no-ema", action="store_true", help="no averaged weights competing")
+    t.add_argument(
+        "--allow-collapsed",
+        action="store_true",
+        help="save the model even if it predicts one class for nearly every validation image",
+    )
     t.add_argument("--seed", type=int, default=42)
     t.add_argument("--split", help="train,validation,test fractions (default 0.7,0.15,0.15)")
-    t.add_argument("--modality", choices=["fundus", "oct"], default="fundus")
+    t.add_argument(
+        "--modality",
+        choices=["fundus", "oct"],
+        help="default: from the CSV's modality column, else from the images",
+    )
     t.add_argument("--ben-graham", action="store_true", help="local-average colour normalisation")
     t.add_argument("--green", action="store_true", help="green-channel emphasis")
     t.add_argument("--no-fov-crop", action="store_true", help="do not crop to the field of view")
-    t.add_argument("--init-weights", help="start from a local .safetensors checkpoint")
+    t.add_argument(
+        "--init-weights",
+        help="start from a local .safetensors file (see import-weights for .pth checkpoints)",
+    )
     t.add_argument(
         "--pretrained", action="store_true", help="download timm's ImageNet weights (online)"
     )
@@ -534,6 +656,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true")
     t.add_argument("--out", required=True, help="model file to write (.safetensors)")
     t.set_defaults(func=cmd_train)
+
+    iw = sub.add_parser(
+        "import-weights",
+        help="turn a .pth/.pt/.bin/.ckpt/.npz/.safetensors checkpoint into timm-layout safetensors",
+    )
+    iw.add_argument("src", help="the checkpoint (pickled files are read tensors-only, never run)")
+    iw.add_argument("--arch", required=True, help="the timm architecture the weights belong to")
+    iw.add_argument("--out", required=True, help="safetensors file to write")
+    iw.add_argument("--json", action="store_true")
+    iw.set_defaults(func=cmd_import_weights)
 
     e = sub.add_parser("evaluate", help="measure a model on every image of a labelled set")
     e.add_argument("model")
@@ -565,12 +697,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True)
     c.set_defaults(func=cmd_calibrate)
 
-    sc = sub.add_parser("screen", help="screen a folder of images")
-    sc.add_argument("folder")
+    sc = sub.add_parser("screen", help="screen a folder of images or a manifest")
+    sc.add_argument(
+        "folder",
+        metavar="SOURCE",
+        help="folder of images, or a manifest (.csv or .parquet: a path column, optional "
+        "patient and eye columns; relative paths from the manifest's folder)",
+    )
     sc.add_argument(
         "--model", action="append", required=True, help="model file (repeat for an ensemble)"
     )
-    sc.add_argument("--out", help="CSV of results")
+    sc.add_argument("--out", help="results file (.csv, or .parquet with pyarrow)")
     sc.add_argument("--workspace", help="workspace folder to record the run in")
     sc.add_argument("--uncertainty", choices=["none", "mc", "mc-full", "tta", "ensemble"])
     sc.add_argument("--k", type=int, help="stochastic passes (default: mc 20, tta 8)")
@@ -580,6 +717,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--refer-findings", action="store_true", help="every non-normal answer goes to review"
     )
     sc.add_argument("--no-quality", action="store_true", help="skip the image-quality gate")
+    sc.add_argument(
+        "--fp32",
+        action="store_true",
+        help="float32 throughout (no bf16/fp16 autocast): slower, comparable across machines",
+    )
     sc.add_argument("--batch-size", type=int, default=32)
     sc.add_argument("--workers", type=int)
     sc.add_argument("--device", default="auto")
@@ -588,7 +730,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=ENGINES,
         default="auto",
         help="CPU inference engine for the backbone (auto: the fastest measured on this "
-        "computer, remembered; a GPU keeps torch)",
+        "computer, remembered; a GPU keeps torch; on Ray each model worker chooses on its "
+        "own node)",
     )
     sc.add_argument("--quiet", action="store_true")
     sc.add_argument(
@@ -596,6 +739,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("USER", "cli"),
         help="name recorded in the audit log if the run makes its model the active one",
     )
+    add_backend_options(sc)
     sc.set_defaults(func=cmd_screen)
 
     i = sub.add_parser("info", help="show a model file's description (model card)")

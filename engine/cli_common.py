@@ -15,6 +15,7 @@ from typing import Any
 from .jsonable import to_jsonable
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_COLLAPSED = 3  # training ended with a one-class model; nothing was written
 KNOWN_ERRORS = {
     "ModelFileError",
     "DatasetError",
@@ -23,6 +24,8 @@ KNOWN_ERRORS = {
     "CliError",
     "ImproveError",
     "UnreadableFile",
+    "CollapsedModelError",
+    "ClusterError",
 }
 
 

@@ -38,6 +38,13 @@ def add_improve_commands(sub: Any) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--select-by",
+        choices=["score", "loss"],
+        default="score",
+        help="which epoch is kept: the best task score on the validation reviews (default) or "
+        "the lowest validation loss",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--actor", default=os.environ.get("USER", "cli"))
     p.add_argument("--json", action="store_true", help="print one JSON object at the end")
@@ -120,6 +127,7 @@ def _run_improve(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         device=args.device,
+        selection=args.select_by,
     )
     status = review_status(args.workspace, cfg.min_new_reviews, cfg.audit_fraction)
     if status["active_model"] is None:

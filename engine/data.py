@@ -40,6 +40,7 @@ class LabelledSet:
     missing: list[str] = field(default_factory=list)  # listed files that do not exist
     source: str = ""
     empty_classes: list[str] = field(default_factory=list)  # class folders without images
+    modality_values: dict[str, int] = field(default_factory=dict)  # a CSV modality column
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -65,6 +66,7 @@ class LabelledSet:
             self.task,
             [self.samples[i] for i in idx],
             source=self.source,
+            modality_values=self.modality_values,
         )
 
     def summary(self) -> dict:
@@ -204,6 +206,8 @@ def load_csv_dataset(
     index = {lab: i for i, lab in enumerate(labels)}
     samples: list[Sample] = []
     missing: list[str] = []
+    modality_col = next((c for c in columns if c and c.strip().lower() == "modality"), None)
+    modality_values: Counter[str] = Counter()
     for r, values in kept:
         rel = r[image_col].strip()
         path = Path(os.path.realpath(root / rel))  # an absolute rel replaces root
@@ -226,10 +230,19 @@ def load_csv_dataset(
             target = index[values[0]]
         group = f"{group_col}:{r[group_col]}" if group_col and r[group_col] else _group_for(path)
         samples.append(Sample(path, target, group))
+        if modality_col:
+            modality_values[(r[modality_col] or "").strip()] += 1
     if not samples:
         raise DatasetError(f"{labels_csv.name}: no usable rows (after filters and empty labels)")
     return LabelledSet(
-        root, labels, task, samples, skipped, missing, source=f"csv {labels_csv.name}"
+        root,
+        labels,
+        task,
+        samples,
+        skipped,
+        missing,
+        source=f"csv {labels_csv.name}",
+        modality_values=dict(modality_values),
     )
 
 

@@ -3,10 +3,12 @@
 :func:`fit` trains a network in place on images already decoded into memory: AdamW with a
 one-cycle learning-rate schedule, gradient clipping, bf16/fp16 autocast where the device
 supports it, optional per-image weights, batch-wise augmentation, cooperative cancellation
-through :class:`~engine.tasks.TaskState`, and early stopping on the validation images that
-restores the best weights. The tensor plumbing both callers share (the augmenter, input
-normalisation, batched prediction, the losses) lives here too, so neither module reaches
-into the other's private helpers.
+through :class:`~engine.tasks.TaskState`, and a pluggable *epoch selector* that scores each
+epoch on the validation images, decides when to stop and restores the kept weights. The
+default, :class:`LossSelector`, keeps the epoch with the lowest validation loss;
+:class:`engine.recipe.ScoreSelector` keeps the one with the best task score. The tensor
+plumbing both callers share (the augmenter, input normalisation, batched prediction, the
+losses) lives here too, so neither module reaches into the other's private helpers.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -231,10 +234,115 @@ class FitResult:
     best_epoch: int | None = None  # the restored epoch (1-based); None: no validation images
     best_val_loss: float | None = None
     stopped_early: bool = False
+    selection: str = "validation loss"  # the yardstick the kept epoch was chosen by
+    best_score: float | None = None  # its value for a score-based selector
+    kept_weights: str | None = None  # "raw" or "averaged" (a weight average won)
 
     @property
     def epochs_run(self) -> int:
         return len(self.history)
+
+
+# --------------------------------------------------------------------------- epoch selection
+
+
+@dataclass
+class Validation:
+    """One network's answers on the validation images, as an epoch selector sees them."""
+
+    logits: np.ndarray
+    loss: float
+    accuracy: float
+    _metrics: Callable[[], dict[str, Any]] = field(repr=False)
+    _cache: dict[str, Any] | None = field(default=None, repr=False)
+
+    def metrics(self) -> dict[str, Any]:
+        """Uncalibrated task metrics (AUC, balanced accuracy, QWK, ...), computed once."""
+        if self._cache is None:
+            self._cache = self._metrics()
+        return self._cache
+
+
+Validate = Callable[[nn.Module], Validation]
+
+
+@dataclass
+class FitPlan:
+    """What a selector needs to know about the run before it starts."""
+
+    epochs: int
+    steps_per_epoch: int
+    pct_start: float
+    log: Log
+    label: str = ""
+
+
+class EpochSelector(Protocol):
+    """Chooses which epoch's weights :func:`fit` keeps and when it stops early.
+
+    :func:`fit` calls :meth:`begin` once, :meth:`after_step` after every optimiser step,
+    :meth:`end_epoch` after every epoch that has validation images (it adds its figures to
+    the epoch's history ``entry``, logs the epoch and returns True to stop), and
+    :meth:`restore_best` at the end (loads the kept weights and records them in ``result``).
+    """
+
+    def begin(self, plan: FitPlan) -> None: ...
+
+    def after_step(self, net: nn.Module) -> None: ...
+
+    def end_epoch(self, epoch: int, net: nn.Module, validate: Validate, entry: dict) -> bool: ...
+
+    def restore_best(self, net: nn.Module, result: FitResult) -> None: ...
+
+
+class LossSelector:
+    """Keep the epoch with the lowest validation loss; stop after ``patience`` worse epochs."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.best_state: dict | None = None
+        self.best_loss = math.inf
+        self.best_epoch: int | None = None
+        self.bad = 0
+        self.plan = FitPlan(0, 0, 0.0, print)
+
+    def begin(self, plan: FitPlan) -> None:
+        self.plan = plan
+
+    def after_step(self, net: nn.Module) -> None:
+        return None
+
+    def end_epoch(self, epoch: int, net: nn.Module, validate: Validate, entry: dict) -> bool:
+        v = validate(net)
+        entry["val_loss"], entry["val_accuracy"] = v.loss, v.accuracy
+        label = self.plan.label
+        self.plan.log(
+            f"{label}epoch {epoch}/{self.plan.epochs}: train loss {entry['train_loss']:.4f}  "
+            f"val loss {v.loss:.4f}  val acc {v.accuracy:.3f}"
+        )
+        if v.loss < self.best_loss - 1e-4:
+            self.best_state = {k: t.detach().clone() for k, t in net.state_dict().items()}
+            self.best_loss, self.best_epoch, self.bad = v.loss, epoch, 0
+        else:
+            self.bad += 1
+        if self.bad >= self.patience:
+            self.plan.log(
+                f"{label}early stop: no validation improvement for {self.patience} epochs"
+            )
+            return True
+        return False
+
+    def restore_best(self, net: nn.Module, result: FitResult) -> None:
+        if self.best_state is None:
+            return
+        net.load_state_dict(self.best_state)
+        result.best_epoch, result.best_val_loss = self.best_epoch, self.best_loss
+        result.kept_weights = "raw"
+        self.plan.log(
+            f"{self.plan.label}restored the best weights (epoch {self.best_epoch}, "
+            f"val loss {self.best_loss:.4f})"
+        )
+        self.best_state = None
 
 
 def set_trainable(net: nn.Module, strategy: str) -> None:
@@ -281,15 +389,17 @@ def fit(
     weights: np.ndarray | None = None,
     label: str = "",
     on_step: StepFn | None = None,
+    selector: EpochSelector | None = None,
 ) -> FitResult:
     """Train ``net`` in place on ``arrays[tr]``; stop early on ``arrays[va]``, keep the best.
 
     ``loss_fn(logits, y)`` or, with per-image ``weights``, ``loss_fn(logits, y, w)``. The
-    network must already be on ``device`` (and carry its LoRA adapters for ``lora``). With no
-    validation images every epoch runs and the last weights are kept. ``on_step`` receives
-    (epoch, running loss, ETA seconds) before each progress report; ``label`` prefixes every
-    log line (e.g. "[reviews only] "). Raises :class:`~engine.tasks.Cancelled` when
-    ``state`` is cancelled.
+    network must already be on ``device`` (and carry its LoRA adapters for ``lora``).
+    ``selector`` decides which epoch is kept and when to stop (default: the lowest validation
+    loss with ``cfg.patience``). With no validation images every epoch runs and the last
+    weights are kept. ``on_step`` receives (epoch, running loss, ETA seconds) before each
+    progress report; ``label`` prefixes every log line (e.g. "[reviews only] "). Raises
+    :class:`~engine.tasks.Cancelled` when ``state`` is cancelled.
     """
     set_trainable(net, cfg.strategy)
     params = [p for p in net.parameters() if p.requires_grad]
@@ -316,10 +426,21 @@ def fit(
     def loss_of(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
         return loss_fn(logits, y) if w is None else loss_fn(logits, y, w)
 
+    def validate(module: nn.Module) -> Validation:
+        val_logits, _ = predict_arrays(module, spec, arrays[va], device, cfg.amp)
+        vl = torch.from_numpy(val_logits).float().to(device)
+        wv = None if w_val is None else w_val.to(device)
+        return Validation(
+            val_logits,
+            float(loss_of(vl, y_val.to(device), wv)),
+            quick_accuracy(val_logits, targets[va], spec.task),
+            lambda: validation_metrics(val_logits, targets[va], spec),
+        )
+
+    selector = selector if selector is not None else LossSelector(cfg.patience)
+    selector.begin(FitPlan(cfg.epochs, steps_per_epoch, cfg.pct_start, log, label))
     result = FitResult()
-    best_state: dict | None = None
-    best_loss = math.inf
-    bad, step, t0 = 0, 0, time.monotonic()
+    step, t0 = 0, time.monotonic()
     for epoch in range(cfg.epochs):
         _train_mode(net, cfg.strategy)
         running, seen = 0.0, 0
@@ -339,6 +460,7 @@ def fit(
             opt.step()
             if step < total - 1:  # the schedule has exactly `total` steps
                 sched.step()
+            selector.after_step(net)
             step += 1
             running += float(loss.detach()) * len(idx)
             seen += len(idx)
@@ -352,31 +474,23 @@ def fit(
                 f"ETA {format_eta(eta)}",
             )
         entry: dict = {"epoch": epoch + 1, "train_loss": running / max(1, seen)}
-        if va:
-            val_logits, _ = predict_arrays(net, spec, arrays[va], device, cfg.amp)
-            vl = torch.from_numpy(val_logits).float().to(device)
-            wv = None if w_val is None else w_val.to(device)
-            entry["val_loss"] = float(loss_of(vl, y_val.to(device), wv))
-            entry["val_accuracy"] = quick_accuracy(val_logits, targets[va], spec.task)
-            log(
-                f"{label}epoch {epoch + 1}/{cfg.epochs}: train loss {entry['train_loss']:.4f}  "
-                f"val loss {entry['val_loss']:.4f}  val acc {entry['val_accuracy']:.3f}"
-            )
-            if entry["val_loss"] < best_loss - 1e-4:
-                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-                best_loss, result.best_epoch, bad = entry["val_loss"], epoch + 1, 0
-            else:
-                bad += 1
+        stop = bool(va) and selector.end_epoch(epoch + 1, net, validate, entry)
         result.history.append(entry)
-        if va and bad >= cfg.patience:
-            log(f"{label}early stop: no validation improvement for {cfg.patience} epochs")
+        if stop:
             result.stopped_early = True
             break
-    if best_state is not None:
-        net.load_state_dict(best_state)
-        result.best_val_loss = best_loss
-        log(
-            f"{label}restored the best weights (epoch {result.best_epoch}, val loss {best_loss:.4f})"
-        )
+    if va:
+        selector.restore_best(net, result)
     net.eval()
     return result
+
+
+def validation_metrics(logits: np.ndarray, y: np.ndarray, spec: ModelSpec) -> dict[str, Any]:
+    """Uncalibrated task metrics of validation logits (for choosing the kept epoch)."""
+    from .calibration import sigmoid, softmax
+    from .metrics import evaluate_predictions
+
+    if len(y) == 0:
+        return {"n": 0}
+    probs = sigmoid(logits) if spec.task == "multilabel" else softmax(logits, 1.0)
+    return evaluate_predictions(y, probs, spec.task, spec.labels)

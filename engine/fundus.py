@@ -36,6 +36,7 @@ __all__ = [
     "fov_mask",
     "green_emphasis",
     "square_crop_box",
+    "visible_share",
 ]
 
 _ANALYSIS_MAX_SIDE = 320  # find_fov subsamples larger inputs to at most this many pixels
@@ -263,6 +264,23 @@ def find_fov(img: np.ndarray, threshold: int | None = None) -> FOV:
 
     fov = FOV(cx, cy, r, True, float(ellipse.mean()), aspect=ry / rx)
     return fov.scaled(step) if step != 1 else fov
+
+
+def visible_share(fov: FOV, width: int, height: int) -> float:
+    """Share of the FOV disc that lies inside a ``width`` x ``height`` picture.
+
+    Cameras routinely clip the circle at the top and bottom (about 0.9 stays visible); a
+    photograph that shows only part of the retina, because the camera was off centre or
+    the picture was cut, shows much less.
+    """
+    rx, ry = fov.radii
+    n = 64  # sample the disc on an n x n grid of its bounding box
+    xs = fov.cx + rx * (np.arange(n, dtype=np.float32) + 0.5 - n / 2) / (n / 2)
+    ys = fov.cy + ry * (np.arange(n, dtype=np.float32) + 0.5 - n / 2) / (n / 2)
+    u = (np.arange(n, dtype=np.float32) + 0.5 - n / 2) / (n / 2)
+    disc = u[None, :] ** 2 + u[:, None] ** 2 <= 1.0
+    inside = ((xs >= 0) & (xs <= width))[None, :] & ((ys >= 0) & (ys <= height))[:, None]
+    return float((disc & inside).sum() / max(disc.sum(), 1))
 
 
 def fov_mask(shape: tuple[int, int], fov: FOV) -> np.ndarray:

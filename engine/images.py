@@ -23,7 +23,8 @@ from .safefiles import UnreadableFile, check_regular, path_text, read_file
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
 ASSUMED_MIN_FOV_FRACTION = 0.6  # the FOV spans at least this share of the short side
-ANALYSIS_SIZE = 384  # crop size kept for the quality gate (its analysis diameter)
+ANALYSIS_SIZE = 384  # largest side of the crop kept for the quality gate
+GATE_MIN_SIDE = 320  # short side the draft must reach when the quality gate is on
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never half an image
 # Pillow warns above MAX_IMAGE_PIXELS and refuses above twice that. Between the two, a JPEG
@@ -84,6 +85,8 @@ class Decoded:
     # where the model's input came from, in full-resolution pixel coordinates of the oriented
     # original (left, top, right, bottom); may extend beyond the image (black padding)
     crop_box: tuple[float, float, float, float] | None = None
+    analysis_fov: object | None = None  # fundus.FOV in ``analysis`` pixels (fundus only)
+    fov_visible: float | None = None  # share of the FOV disc inside the picture (fundus only)
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -227,8 +230,12 @@ def load_display_image(path: str | Path, longest: int | None = None) -> Image.Im
 def _decode_fundus(path: Path, size: int, prep: Preprocessing, want_analysis: bool) -> Decoded:
     from . import fundus
 
-    need = size  # the quality gate analyses whatever the draft gives (at most ANALYSIS_SIZE)
-    im, (full_w, full_h) = open_image(path, min_side=math.ceil(need / ASSUMED_MIN_FOV_FRACTION))
+    need = size
+    # the quality gate judges focus on a copy whose field of view is ~376 px across; it
+    # accepts a draft a little smaller (it resamples), but not a thumbnail: for models of
+    # 192 px or more this asks for nothing beyond what the model needs
+    min_side = max(need / ASSUMED_MIN_FOV_FRACTION, GATE_MIN_SIDE if want_analysis else 0)
+    im, (full_w, full_h) = open_image(path, min_side=math.ceil(min_side))
     rgb = to_rgb(im)
     fov = _find_fov(rgb) if prep.fov_crop else None
     if fov is not None and fov.found:
@@ -246,7 +253,16 @@ def _decode_fundus(path: Path, size: int, prep: Preprocessing, want_analysis: bo
         box = (box[0], box[1], box[0] + side, box[1] + side)
     k = full_w / rgb.width  # drafted pixels -> full-resolution pixels
     full_box = tuple(float(v) * k for v in box)
-    analysis = np.asarray(_fit(crop, ANALYSIS_SIZE)) if want_analysis else None
+    analysis = analysis_fov = visible = None
+    if want_analysis:
+        small = _fit(crop, ANALYSIS_SIZE)
+        analysis = np.asarray(small)
+        if fov is not None and fov.found:
+            shrink = small.width / crop.width  # the crop is centred on the FOV
+            analysis_fov = fundus.FOV(
+                small.width / 2, small.height / 2, fov.r * shrink, True, fov.coverage, fov.aspect
+            )
+            visible = fundus.visible_share(fov, rgb.width, rgb.height)
     arr = np.asarray(crop.resize((size, size), Image.BILINEAR, reducing_gap=2.0))
     if prep.ben_graham or prep.green:
         inner = None
@@ -264,6 +280,8 @@ def _decode_fundus(path: Path, size: int, prep: Preprocessing, want_analysis: bo
         None if fov is None else fov.found,
         None if fov is None else fov.coverage,
         crop_box=full_box,  # type: ignore[arg-type]
+        analysis_fov=analysis_fov,
+        fov_visible=visible,
     )
 
 

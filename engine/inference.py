@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .images import Decoded, decode_for_model
+from .modelfile import ModelSpec
 from .models import LoadedModel, autocast_for, penultimate_and_logits
 from .pipeline import Batch, iter_decoded_batches
 from .tasks import TaskState
@@ -29,10 +30,15 @@ class ForwardBatch:
 
 
 def model_decoder(
-    lm: LoadedModel, want_analysis: bool = False, post: Callable[[Decoded], None] | None = None
+    lm: LoadedModel | ModelSpec,
+    want_analysis: bool = False,
+    post: Callable[[Decoded], None] | None = None,
 ) -> Callable[[Path], Decoded]:
-    """The decode function for this model's input size, modality and preprocessing."""
-    spec = lm.spec
+    """The decode function for this model's input size, modality and preprocessing.
+
+    Takes the loaded model or just its description (a decode worker needs no network).
+    """
+    spec = lm.spec if isinstance(lm, LoadedModel) else lm
     base = partial(
         decode_for_model,
         size=spec.input_size,

@@ -53,12 +53,22 @@ def model_card_text(spec: ModelSpec, sha256: str = "") -> str:
     if data:
         counts = ", ".join(f"{k} {v}" for k, v in (data.get("counts") or {}).items())
         lines.append(f"  trained on    {data.get('n')} images ({data.get('source')}): {counts}")
+    if prov.get("start"):
+        from .pretrained import describe_start
+
+        lines.append(f"  started from  {describe_start(prov['start'])}")
     split = prov.get("split") or {}
     if split:
         c = split.get("counts", {})
         lines.append(
             f"  split         train {c.get('train')} / validation {c.get('validation')} / "
             f"test {c.get('test')} (seed {split.get('seed')}, {split.get('method')})"
+        )
+    if prov.get("best_epoch") and prov.get("selection"):
+        how = f" ({prov['kept_weights']} weights)" if prov.get("kept_weights") else ""
+        lines.append(
+            f"  kept epoch    {prov['best_epoch']} of {prov.get('epochs_run')}{how}, by the "
+            f"validation {prov['selection']}"
         )
     if prov.get("created_at"):
         lines.append(f"  created       {prov['created_at']} (engine {prov.get('engine_version')})")

@@ -111,7 +111,7 @@ def load_init_weights(model: nn.Module, path: str | Path) -> list[str]:
     if not usable:
         raise ModelFileError(f"{path.name}: no tensor matches the {type(model).__name__} layout")
     model.load_state_dict(usable, strict=False)
-    return sorted(k for k in own if k not in usable)
+    return sorted(k for k in own if k not in usable and not k.endswith("num_batches_tracked"))
 
 
 @dataclass

@@ -36,6 +36,18 @@ def default_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 2)))
 
 
+def decode_or_reason(decode: Callable[[Path], Decoded], path: Path) -> Decoded | str:
+    """The decoded image, or the reason in words why this file cannot be used."""
+    try:
+        return decode(path)
+    except ImageError as e:
+        return e.reason
+    except MemoryError:
+        return "not enough memory to decode this image"
+    except Exception as e:  # noqa: BLE001 - one bad file must not stop the batch
+        return f"unexpected error while decoding ({type(e).__name__}: {e})"
+
+
 def iter_decoded_batches(
     paths: Sequence[Path],
     decode: Callable[[Path], Decoded],
@@ -50,14 +62,7 @@ def iter_decoded_batches(
     window = max(2 * batch_size, 4 * workers)
 
     def safe(p: Path) -> Decoded | str:
-        try:
-            return decode(p)
-        except ImageError as e:
-            return e.reason
-        except MemoryError:
-            return "not enough memory to decode this image"
-        except Exception as e:  # noqa: BLE001 - one bad file must not stop the batch
-            return f"unexpected error while decoding ({type(e).__name__}: {e})"
+        return decode_or_reason(decode, p)
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
         pending: deque[tuple[int, Future[Any]]] = deque()

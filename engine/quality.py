@@ -1,220 +1,468 @@
-"""Image-quality gate for colour fundus photographs: is this image gradable at all?
+"""Image-quality gate: is this picture gradable at all, and if not, why (in words)?
 
-Autonomous screeners report "insufficient quality" as an outcome of its own; EyeTriage does
-the same before trusting a model's output. OCT B-scans have no circular field of view
-and a different intensity profile: the gate does not apply to them and callers skip it.
+Autonomous screeners answer "insufficient quality" rather than guess; EyeTriage does the
+same before it trusts a model's answer. The gate runs in the decode threads on the small
+copy the decoder already made (the field-of-view crop, about 384 px), so it costs a few
+milliseconds per image and no extra file reads.
 
-Measures, taken inside the field of view (FOV) shrunk to 90 % of its radius (the rim is
-often vignetted and always has an edge), on a copy resampled in floating point so the
-FOV is 384 px across:
+Colour fundus photographs (:func:`assess_quality`) are judged on a copy whose field of view
+(FOV) is :data:`ANALYSIS_DIAMETER` px across, inside the FOV shrunk to 90 % of its radius:
 
-- ``focus``: the 99.7th percentile of the absolute 3x3 Laplacian of the green channel
-  (vessel edges are sparse, strong responses) divided by the spread of the green detail
-  left after subtracting a Gaussian blur (sigma 24 px; a floor of 3 grey levels keeps
-  quantisation steps in flat, dark images from counting as detail). Blur removes fine
-  detail much more than coarse detail, so the ratio falls; haze (cataract) and exposure
-  scale both alike, so it mostly stays. Independent of resolution and brightness.
-- ``mean_brightness``: mean luminance (0-255) inside the FOV.
-- ``dark_fraction`` / ``bright_fraction``: share of FOV pixels with luminance below 15, or
-  with the green channel at or above 250 (clipped; red clips in many normal photos).
+- geometry: a FOV must be found (a black or blank picture, or a picture with content but
+  no fundus field of view, is rejected), it must cover enough of the picture, and enough
+  of it must lie inside the picture (a photograph that shows half the retina is rejected);
+- exposure: mean luminance, the share of dark cells and of clipped (saturated) cells;
+- focus: a small logistic model over six scale ratios of the green channel's strongest
+  edges (the fine edges lose most when an image is defocused; contrast and exposure scale
+  all scales alike). It is fitted by ``benchmarks/calibrate_quality.py`` on real
+  photographs against Gaussian-blurred copies of them;
+- haze: the contrast of the strongest mid-scale edges relative to the mean brightness.
+  Media opacities (cataract) lower the contrast of every scale; defocus mostly the fine
+  ones, which is what keeps the two apart. Dense haze also hides the fine edges, so a
+  very hazy photograph is often reported as both hazy and blurred: the data cannot tell
+  a dense cataract from a defocused hazy photograph;
+- obstruction: the share of the FOV much darker than the rest (an eyelid, eyelashes, the
+  shadow of a small pupil) or much brighter (a lid or lash reflection, a glare spot).
 
-Default thresholds, calibrated with ``benchmarks/calibrate_quality.py`` (up to 200
-images per set, fixed seed; ``.venv/bin/python benchmarks/calibrate_quality.py``):
+OCT B-scans (:func:`assess_oct_quality`) get their own checks: signal strength (the
+retina's brightness above the background), retina cut off at the top edge or folded back
+into the picture (the mirror artefact of a retina crossing the zero-delay line), retina
+cut off at the bottom edge, and columns with no signal.
 
-================================================  =========================
-set (sample)                                      real images passing
-================================================  =========================
-mx-dme/fundus (200)                               185 = 92.5 %
-eye-diseases-4/cataract (200)                     185 = 92.5 %
-eye-diseases-4/diabetic_retinopathy (200)         199 = 99.5 %
-eye-diseases-4/glaucoma (200)                     200 = 100 %
-eye-diseases-4/normal (200)                       200 = 100 %
-chase-db1 (28)                                    28 = 100 %
-fullres-fundus (40)                               37 = 92.5 %
-aptos-dr-grades-50 (50, Ben Graham, not used)     7 = 14 % (no dark border: no FOV)
-================================================  =========================
-
-Degraded copies of the 1068 calibration images flagged: Gaussian blur sigma 4 px at
-512 px 75.0 %, brightness x0.15 78.2 %, saturated x4 85.7 %; an all-black and a uniform
-grey image are flagged. A sample of the real images that fail, inspected by eye: nearly
-black or featureless mx-dme photographs and blown-out or uniformly hazy cataract
-photographs, i.e. ungradable. The targets (98 % real pass, 95 % flagged) are not both
-reachable with these measures: ``min_focus`` = 0.28 sits at the 3rd percentile of the
-cataract images (haze is optical blur); 0.33 flags 90 % of blurred copies but passes
-only 86 % of cataract images. ``min_mean_brightness`` = 18 lies between the darkest
-gradable real images and the x0.15 copies (median 14, 95th percentile 23; 20 would
-flag 88 % of them and fail 9 % of mx-dme). A x4 copy of a dim photograph (mean
-luminance 40-60) is an ordinary exposure, which no brightness limit should flag. ``max_bright_fraction`` = 0.1
-and ``max_mean_brightness`` = 230 pass bright cataract images (mean up to 224 at the
-98th percentile). ``min_fov_coverage`` = 0.2: the smallest real FOV covers 0.48 of its
-image.
+The thresholds and the focus model's weights come from ``benchmarks/calibrate_quality.py``
+(calibration part of every real set; its held-out figures are in
+``benchmarks/quality_heldout.md``).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image
 
-from engine.fundus import FOV, find_fov, fov_mask
+from .fundus import FOV, find_fov, visible_share
 
 __all__ = [
     "ANALYSIS_DIAMETER",
+    "DEFAULT_OCT_THRESHOLDS",
     "DEFAULT_THRESHOLDS",
+    "FOCUS_FEATURES",
+    "NOT_FUNDUS_REASON",
+    "OctThresholds",
     "QualityResult",
     "QualityThresholds",
+    "REASONS",
+    "SOFT_FOCUS",
+    "assess_oct_quality",
     "assess_quality",
+    "focus_score",
+    "fundus_measures",
+    "oct_measures",
 ]
 
-ANALYSIS_DIAMETER = 384  # FOV diameter (px) of the copy the measures are taken on
+ANALYSIS_DIAMETER = 376  # FOV diameter (px) of the copy the fundus measures are taken on
 _INNER = 0.9  # share of the FOV radius analysed
-_DARK_LEVEL = 15  # luminance below this counts as dark
-_BRIGHT_LEVEL = 250  # green at or above this counts as clipped
-_DETAIL_SIGMA = 24.0  # Gaussian sigma (px, at the analysis size) of the coarse detail
-_CONTRAST_FLOOR = 3.0  # grey levels added (in quadrature) to the coarse-detail spread
-_PEAK_PERCENTILE = 99.7  # vessel edges are sparse: judge the strongest Laplacian responses
+_EDGE_SHARE = 0.05  # the strongest 5 % of mid-scale edges are the ones judged for focus
+
+# Reasons in words (the first words of each are stable: triage and reports match on them).
+NOT_FUNDUS_REASON = "no fundus field of view"  # also in engine.triage
+REASONS = {
+    "black": "image is black or blank (nothing to grade)",
+    "no_fov": NOT_FUNDUS_REASON + " (not a fundus photograph?)",
+    "small_fov": "field of view too small",
+    "partial_fov": "field of view cut off (part of the retina outside the picture)",
+    "fov_incomplete": "no complete field of view (retina cut off or covered)",
+    "dark": "too dark (underexposed)",
+    "bright": "overexposed (washed out)",
+    "blur": "out of focus (blurred)",
+    "haze": "hazy, low contrast (media opacity such as cataract, or a dirty lens)",
+    "dark_part": "part of the field dark (eyelid, eyelashes or the shadow of a small pupil)",
+    "bright_part": "part of the field covered by a bright reflection or artefact",
+    "oct_signal": "weak OCT signal (retina barely brighter than the background)",
+    "oct_top": "retina cut off at the top edge or folded back (mirror artefact)",
+    "oct_bottom": "retina cut off at the bottom edge",
+    "oct_columns": "no OCT signal over part of the scan width",
+}
+
+
+SOFT_FOCUS = "focus slightly soft (gradable; check it before clearing)"
 
 
 @dataclass(frozen=True)
 class QualityThresholds:
-    """Limits an image must respect to count as gradable."""
+    """Limits a fundus photograph must respect to count as gradable.
+
+    ``focus_weights`` are the focus model's intercept and weights over the logs of
+    ``FOCUS_FEATURES`` (see :func:`focus_score`). A photograph whose score is above
+    ``max_blur_score`` is ungradable (out of focus); one between ``max_soft_score`` and
+    that is gradable but slightly soft, which triage never auto-clears.
+    """
 
     min_fov_coverage: float = 0.2
-    min_focus: float = 0.28
-    max_dark_fraction: float = 0.5
-    max_bright_fraction: float = 0.1
+    min_fov_visible: float = 0.7
     min_mean_brightness: float = 18.0
-    max_mean_brightness: float = 230.0
+    dim_mean_brightness: float = 35.0  # below this, the edges must stand out enough:
+    min_dim_edge: float = 1.4  # slope (grey levels per px) of the strongest edges
+    max_mean_brightness: float = 215.0
+    max_dark_fraction: float = 0.5
+    max_clipped_fraction: float = 0.25
+    max_blur_score: float = 1.391
+    max_soft_score: float = -0.147
+    min_contrast: float = 1.166
+    min_edge_level: float = 0.8  # grey levels per px; below it nothing is in focus
+    max_dark_part: float = 0.25
+    max_bright_part: float = 0.25
+    min_red_green: float = 1.1
+    focus_weights: tuple[float, ...] = (32.616, -28.029, -6.325, -4.038, -4.108)
+
+
+@dataclass(frozen=True)
+class OctThresholds:
+    """Limits an OCT B-scan must respect to count as gradable."""
+
+    min_signal: float = 75.0
+    max_top_touch: float = 0.3
+    max_bottom_cut: float = 0.45
+    max_empty_columns: float = 0.2
 
 
 DEFAULT_THRESHOLDS = QualityThresholds()
+DEFAULT_OCT_THRESHOLDS = OctThresholds()
+
+FOCUS_FEATURES = ("r01", "r12", "c2", "mean_brightness")
 
 
 @dataclass(frozen=True)
 class QualityResult:
-    """Outcome of the gate: ``ok`` and, when not ok, the reasons in plain words."""
+    """Outcome of the gate: ``ok``, the reasons in words and their short codes, measures."""
 
     ok: bool
     reasons: list[str] = field(default_factory=list)
-    fov_coverage: float = 0.0
-    focus: float = 0.0
-    mean_brightness: float = 0.0
-    dark_fraction: float = 0.0
-    bright_fraction: float = 0.0
+    problems: list[str] = field(default_factory=list)
+    cautions: list[str] = field(default_factory=list)  # gradable, but not for auto-clearing
+    modality: str = "fundus"
+    measures: dict[str, float] = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
-        """Plain JSON-able dict (for the store and reports)."""
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (for the store and reports); measures at the top level."""
         d = asdict(self)
-        d["reasons"] = list(self.reasons)
+        measures = d.pop("measures")
+        d.update({k: round(float(v), 4) for k, v in measures.items()})
         return d
 
 
-def _analysis_copy(img: np.ndarray, fov: FOV) -> tuple[np.ndarray, np.ndarray]:
-    """RGB float copy around the FOV, resampled to ANALYSIS_DIAMETER, and its region mask."""
-    h, w = img.shape[:2]
-    rgb = np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img[..., :3]
-    if rgb.shape[2] != 3:
-        rgb = np.repeat(rgb[..., :1], 3, axis=2)
+def _check_image(img: np.ndarray, what: str) -> None:
+    if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim not in (2, 3):
+        got = f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
+        raise ValueError(f"{what}: expected a uint8 HxW or HxWx3 image, got {got}")
+    if min(img.shape[:2]) < 8:
+        raise ValueError(f"{what}: image too small ({img.shape[1]}x{img.shape[0]} px)")
+
+
+def _as_rgb(img: np.ndarray) -> np.ndarray:
+    if img.ndim == 2:
+        return np.repeat(img[..., None], 3, axis=2)
+    if img.shape[2] >= 3:
+        return img[..., :3]
+    return np.repeat(img[..., :1], 3, axis=2)
+
+
+def _sum2(a: np.ndarray) -> np.ndarray:
+    """Sums of 2 x 2 blocks as exact integers (an odd last row/column dropped)."""
+    h, w = a.shape[0] // 2 * 2, a.shape[1] // 2 * 2
+    a = a[:h, :w]
+    big = np.int32 if a.dtype != np.uint8 else np.uint16
+    rows = a[0::2].astype(big) + a[1::2]
+    return rows[:, 0::2] + rows[:, 1::2]
+
+
+def _cell_gradient_max(a: np.ndarray, iy: np.ndarray, ix: np.ndarray, k: int) -> np.ndarray:
+    """Strongest gradient (as in ``_gradient``) inside each chosen k x k cell of ``a``."""
+    off = np.arange(-1, k + 1)
+    rows = np.clip((iy * k)[:, None] + off[None, :], 0, a.shape[0] - 1)
+    cols = np.clip((ix * k)[:, None] + off[None, :], 0, a.shape[1] - 1)
+    patch = a[rows[:, :, None], cols[:, None, :]].astype(np.int32)  # (n, k+2, k+2)
+    gx = np.abs(patch[:, 1:-1, 2:] - patch[:, 1:-1, :-2])
+    gy = np.abs(patch[:, 2:, 1:-1] - patch[:, :-2, 1:-1])
+    return np.maximum(gx, gy).max(axis=(1, 2)).astype(np.float32)
+
+
+def _gradient(a: np.ndarray) -> np.ndarray:
+    """Twice the central-difference gradient magnitude (max of |dx|, |dy|), border zero."""
+    out = np.zeros(a.shape, np.float32)
+    gx = a[1:-1, 2:] - a[1:-1, :-2]
+    np.abs(gx, out=gx)
+    gy = a[2:, 1:-1] - a[:-2, 1:-1]
+    np.abs(gy, out=gy)
+    np.maximum(gx, gy, out=out[1:-1, 1:-1])
+    return out
+
+
+def _erode(mask: np.ndarray, steps: int) -> np.ndarray:
+    for _ in range(steps):
+        e = np.zeros_like(mask)
+        e[1:-1, 1:-1] = mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1]
+        e[1:-1, 1:-1] &= mask[1:-1, :-2] & mask[1:-1, 2:]
+        mask = e
+    return mask
+
+
+def _ellipse(shape: tuple[int, int], fov: FOV, scale: float, shrink: float) -> np.ndarray:
+    """Cells (of ``scale`` analysis px) whose centres lie inside the shrunk FOV."""
+    h, w = shape
     rx, ry = fov.radii
-    left = max(0, math.floor(fov.cx - rx))
-    top = max(0, math.floor(fov.cy - ry))
-    right = min(w, math.ceil(fov.cx + rx))
-    bottom = min(h, math.ceil(fov.cy + ry))
-    if right - left < 8 or bottom - top < 8:
-        left, top, right, bottom = 0, 0, w, h
+    ys = ((np.arange(h, dtype=np.float32) + 0.5) * scale - fov.cy) / (ry * shrink)
+    xs = ((np.arange(w, dtype=np.float32) + 0.5) * scale - fov.cx) / (rx * shrink)
+    return xs[None, :] ** 2 + ys[:, None] ** 2 <= 1.0
+
+
+def _resample(rgb: np.ndarray, fov: FOV) -> tuple[np.ndarray, FOV]:
+    """The picture rescaled so that the FOV is ANALYSIS_DIAMETER px across (cropped to it)."""
     s = ANALYSIS_DIAMETER / (2 * fov.r)
-    size = (max(8, round((right - left) * s)), max(8, round((bottom - top) * s)))
-    # Resample each channel in floating point: re-quantising to 8 bits would add a noise
-    # floor to the Laplacian that hides blur.
-    box = (left, top, right, bottom)
-    small = np.stack(
-        [
-            np.asarray(
-                Image.fromarray(rgb[..., c].astype(np.float32), mode="F").resize(
-                    size, Image.Resampling.BILINEAR, box=box
-                )
-            )
-            for c in range(3)
-        ],
-        axis=2,
-    )
-    sx, sy = size[0] / (right - left), size[1] / (bottom - top)
-    local = FOV(
-        (fov.cx - left) * sx, (fov.cy - top) * sy, fov.r * _INNER * sx, fov.found, 0.0, fov.aspect
-    )
-    region = fov_mask((size[1], size[0]), local) if fov.found else np.ones(size[::-1], bool)
-    return small, region
+    if abs(s - 1) < 0.12:  # close enough: a resample costs more than it changes
+        return rgb, fov
+    h, w = rgb.shape[:2]
+    size = (max(8, round(w * s)), max(8, round(h * s)))
+    out = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize(size, Image.BILINEAR))
+    return out, FOV(fov.cx * s, fov.cy * s, fov.r * s, fov.found, fov.coverage, fov.aspect)
 
 
-def _focus(green: np.ndarray, region: np.ndarray) -> float:
-    """Laplacian spread over coarse-detail spread of the green channel inside ``region``."""
-    lap = 4 * green[1:-1, 1:-1] - green[:-2, 1:-1] - green[2:, 1:-1] - green[1:-1, :-2]
-    lap -= green[1:-1, 2:]
-    inner = region[1:-1, 1:-1] & region[:-2, 1:-1] & region[2:, 1:-1]
-    inner &= region[1:-1, :-2] & region[1:-1, 2:]
-    if inner.sum() < 64:
-        return 0.0
-    # Fill outside the region with its mean so the FOV rim adds no false detail.
-    filled = np.where(region, green, float(green[region].mean()))
-    pil = Image.fromarray(np.clip(filled + 0.5, 0, 255).astype(np.uint8))
-    blurred = np.asarray(pil.filter(ImageFilter.GaussianBlur(_DETAIL_SIGMA)), np.float32)
-    detail = (filled - blurred)[1:-1, 1:-1][inner]
-    spread = float(detail.std())
-    if spread < 0.5:  # flat (uniform, black): no structure to judge
-        return 0.0
-    # The floor keeps 8-bit quantisation steps in very flat, dark images from passing
-    # for fine detail.
-    spread = math.hypot(spread, _CONTRAST_FLOOR)
-    return float(np.percentile(np.abs(lap[inner]), _PEAK_PERCENTILE)) / spread
+def fundus_measures(
+    img: np.ndarray, fov: FOV | None = None, visible: float | None = None
+) -> dict[str, float]:
+    """Every measure the fundus gate uses (see the module docstring), as plain floats.
+
+    ``fov`` is the field of view in ``img`` pixels (found with ``find_fov`` when None);
+    ``visible`` the share of the FOV inside the original picture (1 when unknown).
+    """
+    _check_image(img, "fundus_measures")
+    rgb = _as_rgb(img)
+    if fov is None:
+        fov = find_fov(rgb)
+    if visible is None:  # the picture is the whole photograph: judge it from the FOV
+        visible = visible_share(fov, rgb.shape[1], rgb.shape[0]) if fov.found else 1.0
+    m: dict[str, float] = {
+        "fov_found": float(fov.found),
+        "fov_coverage": float(fov.coverage) if fov.found else 0.0,
+        "fov_visible": float(visible),
+    }
+    if not fov.found:
+        h, w = rgb.shape[:2]
+        fov = FOV(w / 2, h / 2, max(w, h) / 2, False, 1.0)
+    rgb, fov = _resample(rgb, fov)
+    # level 2: cells of 4x4 analysis px, for exposure, regions and the coarse edges
+    pil = Image.fromarray(np.ascontiguousarray(rgb))
+    cells = np.asarray(pil.reduce(4), np.float32)
+    red, grn, blue = cells[..., 0], cells[..., 1], cells[..., 2]
+    lum2 = 0.299 * red + 0.587 * grn + 0.114 * blue
+    inside = _ellipse(lum2.shape, fov, 4.0, _INNER) if fov.found else np.ones(lum2.shape, bool)
+    if not inside.any():
+        inside = np.ones(lum2.shape, bool)
+    lum_in = lum2[inside]
+    mean = float(lum_in.mean())
+    # the upper quartile is robust to a dark half of the field, unlike the median
+    median, upper = (float(v) for v in np.percentile(lum_in, [50, 75]))
+    m["max_level"] = float(lum2.max())
+    m["spread"] = float(lum_in.std())
+    lit = inside & (lum2 > 20)
+    if not lit.any():
+        lit = inside
+    m["red_green"] = float(red[lit].mean() / (grn[lit].mean() + 1.0))
+    m["mean_brightness"] = mean
+    m["dark_fraction"] = float((lum_in < 15).mean())
+    m["clipped_fraction"] = float((grn[inside] >= 250).mean())
+    low, high = max(0.3 * upper, 12.0), min(2.0 * median, 240.0)
+    m["dark_part"] = float((lum_in < low).mean())
+    m["bright_part"] = float((lum_in > high).mean())
+
+    # focus and contrast on the green channel's strongest edges: gradients at three scales
+    # (analysis px, 2 px, 4 px), each the strongest response within a 4 px cell. Sums of
+    # uint8 values stay exact integers; the two finer scales are computed only in the
+    # cells that are judged (the strongest 5 % of coarse edges), which keeps this cheap.
+    green = np.asarray(pil.getchannel(1))
+    g1 = _sum2(green)  # 4 x the mean of 2x2 pixels
+    g2 = _sum2(g1)  # 16 x the mean of 4x4 pixels
+    e2 = _gradient(g2.astype(np.float32)) * (1 / 64)  # 2 x the slope per analysis px
+    h = min(e2.shape[0], lum2.shape[0])
+    w = min(e2.shape[1], lum2.shape[1])
+    e2 = e2[:h, :w]
+    darkest = np.minimum(np.minimum(red[:h, :w], grn[:h, :w]), blue[:h, :w])
+    valid = inside[:h, :w] & (lum2[:h, :w] > max(8.0, 0.3 * median)) & (darkest < 235)
+    valid = _erode(valid, 3)  # away from the rim and from dark patches
+    ev = e2[valid]
+    if ev.size >= 50 and float(ev.max()) > 0:
+        k = int(ev.size * (1 - _EDGE_SHARE))
+        cut = np.partition(ev, k)[k]
+        iy, ix = np.nonzero(valid & (e2 >= cut))
+        f0 = _cell_gradient_max(green, iy, ix, 4)
+        f1 = _cell_gradient_max(g1, iy, ix, 2) * (1 / 8)
+        s0, s1, s2 = float(f0.sum()), float(f1.sum()), float(e2[iy, ix].sum())
+        n = iy.size
+        gmean = float(g2[:h, :w][valid].mean()) / 16 + 1.0
+        m["r01"] = s0 / max(s1, 1e-6)
+        m["r02"] = s0 / max(s2, 1e-6)
+        m["r12"] = s1 / max(s2, 1e-6)
+        m["c1"] = 50 * s1 / n / gmean  # mean slope at the edges, % of brightness per px
+        m["c2"] = 50 * s2 / n / gmean
+        m["edge_level"] = 0.5 * s2 / n  # the same slope in grey levels per px
+        m["valid_share"] = float(valid.sum() / max(inside.sum(), 1))
+    else:  # no structure to judge
+        m.update(r01=0.0, r02=0.0, r12=0.0, c1=0.0, c2=0.0, edge_level=0.0, valid_share=0.0)
+    return m
+
+
+def focus_score(m: dict[str, float], weights: tuple[float, ...]) -> float:
+    """The focus model's log-odds that a photograph is blurred (above 0: blurred)."""
+    z = weights[0]
+    for name, wgt in zip(FOCUS_FEATURES, weights[1:], strict=True):
+        z += wgt * math.log(max(m.get(name, 0.0), 1e-3))
+    return z
 
 
 def assess_quality(
     img: np.ndarray,
     fov: FOV | None = None,
     thresholds: QualityThresholds = DEFAULT_THRESHOLDS,
+    visible: float | None = None,
 ) -> QualityResult:
     """Judge whether a colour fundus photograph is gradable (see the module docstring).
 
-    ``img`` is uint8 HxWx3 (or HxW); ``fov`` is its field of view in the same pixel
-    coordinates (found with ``find_fov`` when None). Not meant for OCT B-scans.
+    ``img`` is uint8 HxWx3 (or HxW); ``fov`` its field of view in the same pixels (found
+    with ``find_fov`` when None); ``visible`` the share of the FOV inside the original
+    picture when ``img`` is a crop of it.
     """
-    if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim not in (2, 3):
-        got = f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
-        raise ValueError(f"assess_quality: expected a uint8 HxW or HxWx3 image, got {got}")
-    if min(img.shape[:2]) < 8:
-        raise ValueError(f"assess_quality: image too small ({img.shape[1]}x{img.shape[0]} px)")
-    if fov is None:
-        fov = find_fov(img)
-    rgb, region = _analysis_copy(img, fov)
-    if not region.any():
-        region = np.ones(region.shape, bool)
-    lum = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
-    inside_lum = lum[region]
-    mean_brightness = float(inside_lum.mean())
-    dark_fraction = float((inside_lum < _DARK_LEVEL).mean())
-    bright_fraction = float((rgb[..., 1][region] >= _BRIGHT_LEVEL).mean())
-    focus = _focus(rgb[..., 1], region)
-
+    _check_image(img, "assess_quality")
+    m = fundus_measures(img, fov, visible)
     t = thresholds
-    reasons: list[str] = []
-    if not fov.found:
-        reasons.append("no field of view found")
-    elif fov.coverage < t.min_fov_coverage:
-        reasons.append("field of view too small")
-    if mean_brightness < t.min_mean_brightness or dark_fraction > t.max_dark_fraction:
-        reasons.append("too dark")
-    if mean_brightness > t.max_mean_brightness or bright_fraction > t.max_bright_fraction:
-        reasons.append("overexposed")
-    if focus < t.min_focus:
-        reasons.append("focus too low (blurred)")
+    problems: list[str] = []
+    if m["max_level"] < 20 or (not m["fov_found"] and m["spread"] < 3):
+        problems.append("black")
+    elif not m["fov_found"]:
+        # a washed-out or very dark photograph hides its own field of view; retina-coloured
+        # content without a complete disc is a fundus photograph cut off or covered;
+        # anything else (grey OCT scans, documents, other photographs) is no fundus
+        # photograph at all
+        if (
+            m["clipped_fraction"] > t.max_clipped_fraction
+            or m["mean_brightness"] > t.max_mean_brightness
+        ):
+            problems.append("bright")
+        elif m["red_green"] >= t.min_red_green:
+            fundus_dark = m["mean_brightness"] < t.min_mean_brightness
+            problems.append("dark" if fundus_dark else "fov_incomplete")
+        else:
+            problems.append("no_fov")
+    else:
+        if m["fov_coverage"] < t.min_fov_coverage:
+            problems.append("small_fov")
+        if m["fov_visible"] < t.min_fov_visible:
+            problems.append("partial_fov")
+        # a dim or mostly dark photograph is still gradable when its edges stand out
+        # (a darkly pigmented fundus with a sharp disc and vessels)
+        faint = m["edge_level"] < t.min_dim_edge
+        if (
+            m["mean_brightness"] < t.min_mean_brightness
+            or (m["dark_fraction"] > t.max_dark_fraction and faint)
+            or (m["mean_brightness"] < t.dim_mean_brightness and faint)
+        ):
+            problems.append("dark")
+        if (
+            m["mean_brightness"] > t.max_mean_brightness
+            or m["clipped_fraction"] > t.max_clipped_fraction
+        ):
+            problems.append("bright")
+        exposure_bad = "dark" in problems or "bright" in problems
+        m["blur_score"] = focus_score(m, t.focus_weights)
+        hazy = m["valid_share"] > 0 and m["c2"] < t.min_contrast and not exposure_bad
+        if m["valid_share"] == 0 and not exposure_bad:
+            problems.append("blur")
+        elif m["valid_share"] > 0 and m["blur_score"] > t.max_blur_score:
+            problems.append("blur")
+        elif m["edge_level"] < t.min_edge_level and not (exposure_bad or hazy):
+            # almost no edge anywhere (the scale ratios then only measure noise), and not
+            # for want of contrast: nothing is in focus
+            problems.append("blur")
+        if hazy:
+            problems.append("haze")
+        if not exposure_bad:
+            if m["dark_part"] > t.max_dark_part:
+                problems.append("dark_part")
+            if m["bright_part"] > t.max_bright_part:
+                problems.append("bright_part")
+    cautions: list[str] = []
+    if not problems and m.get("blur_score", -1e9) > t.max_soft_score:
+        cautions.append(SOFT_FOCUS)
     return QualityResult(
-        ok=not reasons,
-        reasons=reasons,
-        fov_coverage=float(fov.coverage),
-        focus=focus,
-        mean_brightness=mean_brightness,
-        dark_fraction=dark_fraction,
-        bright_fraction=bright_fraction,
+        ok=not problems,
+        reasons=[REASONS[p] for p in problems],
+        problems=problems,
+        cautions=cautions,
+        modality="fundus",
+        measures=m,
+    )
+
+
+# ----------------------------------------------------------------------------- OCT
+
+
+def oct_measures(img: np.ndarray) -> dict[str, float]:
+    """Signal, edge-contact and empty-column measures of an OCT B-scan (any size)."""
+    _check_image(img, "oct_measures")
+    g = img if img.ndim == 2 else img[..., :3].max(axis=2)
+    g = g.astype(np.float32)
+    h, w = g.shape
+    bands = max(8, min(64, w // 4))
+    k = w // bands
+    cols = g[:, : bands * k].reshape(h, bands, k).mean(axis=2)  # (h, bands)
+    flat = cols.ravel()
+    bg, hi = (float(v) for v in np.percentile(flat, [20, 99.5]))
+    span = max(hi - bg, 1e-3)
+    edge = max(2, round(0.03 * h))
+    top = cols[:edge].max(axis=0)
+    # smooth vertically a little before locating the brightest row of each band (the RPE)
+    r = max(1, h // 64)
+    c = np.cumsum(np.pad(cols, ((r + 1, r), (0, 0)), mode="edge"), axis=0)
+    smooth = (c[2 * r + 1 :] - c[: -2 * r - 1]) / (2 * r + 1)
+    brightest = smooth.argmax(axis=0)
+    has_signal = cols.max(axis=0) > bg + 0.3 * span
+    m = {
+        "background": bg,
+        "peak": hi,
+        "signal": hi - bg,
+        "top_touch": float((top > bg + 0.3 * span).mean()),
+        # the brightest band (normally the RPE) in the lowest 12 % of the scan: the retina
+        # sits so low that its outer layers are cut off
+        "bottom_cut": float(((brightest >= 0.88 * h) & has_signal).mean()),
+        "empty_columns": float((~has_signal).mean()),
+    }
+    return m
+
+
+def assess_oct_quality(
+    img: np.ndarray, thresholds: OctThresholds = DEFAULT_OCT_THRESHOLDS
+) -> QualityResult:
+    """Judge whether an OCT B-scan is gradable: signal, retina inside the scan, coverage."""
+    m = oct_measures(img)
+    t = thresholds
+    problems: list[str] = []
+    if m["peak"] < 20:
+        problems.append("black")
+    else:
+        if m["signal"] < t.min_signal:
+            problems.append("oct_signal")
+        if m["top_touch"] > t.max_top_touch:
+            problems.append("oct_top")
+        if m["bottom_cut"] > t.max_bottom_cut:
+            problems.append("oct_bottom")
+        if m["empty_columns"] > t.max_empty_columns:
+            problems.append("oct_columns")
+    return QualityResult(
+        ok=not problems,
+        reasons=[REASONS[p] for p in problems],
+        problems=problems,
+        modality="oct",
+        measures=m,
     )

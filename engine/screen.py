@@ -7,7 +7,7 @@ and the desktop fills its worklist without waiting for the whole run; it takes a
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ import torch
 
 from .images import Decoded
 from .inference import model_decoder
+from .modelfile import ModelSpec
 from .models import LoadedModel
 from .pipeline import iter_decoded_batches
 from .tasks import TaskState
@@ -120,59 +121,108 @@ def screen(
     state: TaskState | None = None,
 ) -> Iterator[list[ScreenResult]]:
     """Yield one list of results per batch, in input order; bad files give error rows."""
-    from .conformal import ConformalCalibrator, prediction_sets
-    from .ood import ood_scores
-    from .uncertainty_stats import describe_uncertainty, normalised_entropy, summarise_samples
-
     settings = settings or ScreenSettings()
     state = state or TaskState()
-    models = list(models)
-    if not models:
-        raise ValueError("no model given")
-    check_ensemble(models)
-    check_method(models, settings.uncertainty)
-    models = attach_engine(models, settings) if paths else models
-    lm = models[0]
-    spec = lm.spec
-    multilabel = spec.task == "multilabel"
-    cal = ConformalCalibrator.from_dict(spec.conformal) if spec.conformal else None
-    want_quality = settings.quality and spec.modality == "fundus"
-    decode = model_decoder(
-        lm, want_analysis=want_quality, post=_quality_gate if want_quality else None
-    )
+    # the engine (ONNX Runtime, ...) is attached only when there is something to screen
+    scorer = BatchScorer(models, settings, attach=bool(paths))
+    decode = screen_decoder(scorer.spec, settings)
     total = len(paths)
     state.progress(0, total, "screening")
     for batch in iter_decoded_batches(paths, decode, settings.batch_size, settings.workers, state):
-        results: dict[int, ScreenResult] = {}
-        for i, reason in batch.errors:
-            results[i] = ScreenResult(
-                i, str(paths[i]), error=reason, triage="error", triage_reason=reason
-            )
+        results = {i: error_result(i, paths[i], reason) for i, reason in batch.errors}
         if batch.arrays is not None:
-            x = lm.normalise(torch.from_numpy(batch.arrays))
-            samples, feats = sample(models, x, settings.uncertainty, settings.k or 1, settings.amp)
-            stats = summarise_samples(samples.float().cpu().numpy(), multilabel=multilabel)
-            mean = stats["mean"]
-            ood = ood_scores(feats.cpu().numpy(), spec.ood, lm.extra) if spec.ood else None
-            sets = prediction_sets(mean, cal) if cal is not None and not multilabel else None
-            norm_ent = normalised_entropy(mean) if not multilabel else None
-            for j, i in enumerate(batch.indices):
-                results[i] = _result(
-                    i,
-                    paths[i],
-                    batch.decoded[j],
-                    spec,
-                    mean[j],
-                    stats,
-                    j,
-                    None if ood is None else float(ood[j]),
-                    None if sets is None else sets[j],
-                    None if norm_ent is None else float(norm_ent[j]),
-                    settings,
-                    describe_uncertainty,
-                )
+            batch_paths = [paths[i] for i in batch.indices]
+            scored = scorer(batch.indices, batch_paths, batch.decoded, batch.arrays)
+            results.update((r.index, r) for r in scored)
         yield [results[i] for i in range(batch.start, batch.stop)]
         state.progress(batch.stop, total, "screening")
+
+
+def screen_decoder(spec: ModelSpec, settings: ScreenSettings) -> Callable[[Path], Decoded]:
+    """The decode step of screening: the model's decode, crop and the quality gate of its
+    modality (fundus or OCT)."""
+    want_quality = settings.quality and spec.modality in ("fundus", "oct")
+    gate = _oct_gate if spec.modality == "oct" else _fundus_gate
+    return model_decoder(spec, want_analysis=want_quality, post=gate if want_quality else None)
+
+
+def error_result(index: int, path: str | Path, reason: str) -> ScreenResult:
+    """The row of a file that could not be used: triage ``error`` with the reason."""
+    return ScreenResult(index, str(path), error=reason, triage="error", triage_reason=reason)
+
+
+class BatchScorer:
+    """The model, uncertainty, OOD, conformal and triage steps on already decoded images.
+
+    Built once per run (or once per cluster model worker) and called once per batch, so
+    every screening backend gives the same answer for the same decoded image.
+    """
+
+    def __init__(
+        self, models: Sequence[LoadedModel], settings: ScreenSettings, attach: bool = True
+    ) -> None:
+        """Check the models and settings; ``attach`` puts the backbones on the settings'
+        inference engine (:func:`attach_engine`), as every screening backend does."""
+        from .conformal import ConformalCalibrator
+
+        self.models = list(models)
+        if not self.models:
+            raise ValueError("no model given")
+        check_ensemble(self.models)
+        check_method(self.models, settings.uncertainty)
+        if attach:
+            self.models = attach_engine(self.models, settings)
+        self.settings = settings
+        self.lm = self.models[0]
+        self.spec = self.lm.spec
+        self.multilabel = self.spec.task == "multilabel"
+        self.cal = (
+            ConformalCalibrator.from_dict(self.spec.conformal) if self.spec.conformal else None
+        )
+
+    def __call__(
+        self,
+        indices: Sequence[int],
+        paths: Sequence[str | Path],
+        decoded: Sequence[Decoded],
+        arrays: np.ndarray | None = None,
+    ) -> list[ScreenResult]:
+        """One result per decoded image; ``indices`` are the images' positions in the run.
+
+        ``arrays`` is the decoded images already stacked (N, H, W, 3), when the caller has it.
+        """
+        from .conformal import prediction_sets
+        from .ood import ood_scores
+        from .uncertainty_stats import describe_uncertainty, normalised_entropy, summarise_samples
+
+        settings, spec, lm = self.settings, self.spec, self.lm
+        if arrays is None:
+            arrays = np.stack([d.array for d in decoded])
+        x = lm.normalise(torch.from_numpy(arrays))
+        samples, feats = sample(self.models, x, settings.uncertainty, settings.k or 1, settings.amp)
+        stats = summarise_samples(samples.float().cpu().numpy(), multilabel=self.multilabel)
+        mean = stats["mean"]
+        ood = ood_scores(feats.cpu().numpy(), spec.ood, lm.extra) if spec.ood else None
+        cal = self.cal
+        sets = prediction_sets(mean, cal) if cal is not None and not self.multilabel else None
+        norm_ent = normalised_entropy(mean) if not self.multilabel else None
+        return [
+            _result(
+                i,
+                Path(paths[j]),
+                decoded[j],
+                spec,
+                mean[j],
+                stats,
+                j,
+                None if ood is None else float(ood[j]),
+                None if sets is None else sets[j],
+                None if norm_ent is None else float(norm_ent[j]),
+                settings,
+                describe_uncertainty,
+            )
+            for j, i in enumerate(indices)
+        ]
 
 
 def attach_engine(models: Sequence[LoadedModel], settings: ScreenSettings) -> list[LoadedModel]:
@@ -189,12 +239,20 @@ def attach_engine(models: Sequence[LoadedModel], settings: ScreenSettings) -> li
     ]
 
 
-def _quality_gate(d: Decoded) -> None:
-    """Runs in the decode thread: the quality gate costs no time on the model's thread."""
+def _fundus_gate(d: Decoded) -> None:
+    """Runs in the decode thread, on the crop the decoder already made (no file re-read)."""
     from .quality import assess_quality
 
     if d.analysis is not None:
-        d.quality = assess_quality(d.analysis).to_dict()
+        d.quality = assess_quality(d.analysis, d.analysis_fov, visible=d.fov_visible).to_dict()
+
+
+def _oct_gate(d: Decoded) -> None:
+    """Runs in the decode thread, on the scan as the model sees it."""
+    from .quality import assess_oct_quality
+
+    if d.analysis is not None:
+        d.quality = assess_oct_quality(d.analysis).to_dict()
 
 
 def _result(

@@ -5,6 +5,10 @@ real thing at a glance, carry a pixel mask of where the finding is, and cost not
 make or ship. Everything is drawn from a seeded generator, so the same seed gives the same
 bytes. ``difficulty`` in [0, 1] makes findings subtler (fewer, smaller, lower contrast) so
 a model cannot be perfect and uncertainty has something to do.
+
+Why one module of about 630 lines: the fundus and OCT painters share the seeded
+generator, the difficulty scale, the mask writing and the labels file; split, each half
+would import the other's helpers.
 """
 
 from __future__ import annotations

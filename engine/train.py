@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
+from . import __version__, recipe
 from .data import DatasetError, LabelledSet, split_indices
 from .fit import FitConfig, fit, make_loss, predict_arrays
 from .images import decode_for_model
@@ -31,19 +31,24 @@ from .tasks import Cancelled, TaskState
 Log = Callable[[str], None]
 
 
+DEFAULT_ARCH = "efficientnet_lite0"  # with the ImageNet start when no architecture is named
+DEFAULT_INIT = "imagenet"
+
+
 @dataclass
 class TrainConfig:
-    arch: str = "efficientnet_b0"
+    arch: str = DEFAULT_ARCH
     img_size: int = 224
-    epochs: int = 10
+    epochs: int = 12
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 5e-4
     weight_decay: float = 1e-4
     seed: int = 42
-    patience: int = 3
+    patience: int | None = None  # None: sized to the run (recipe.default_patience)
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     device: str = "auto"
     pretrained: bool = False
+    init: str = "none"  # a named start ("imagenet") or "none"
     init_weights: str | None = None
     head_dropout: float = 0.2
     modality: str = "fundus"
@@ -60,6 +65,9 @@ class TrainConfig:
     demo: bool = False
     negative_label: str | None = None
     half: bool = False  # store weights as float16 (half the file size)
+    ema: bool = True  # let an average of the weights compete for the kept epoch
+    allow_collapsed: bool = False  # save a model that predicts one class anyway
+    warmup_pct: float = 0.15
 
 
 @dataclass
@@ -119,6 +127,18 @@ def decode_set(
     return arrays[ok], targets[ok], problems
 
 
+def _classifier_left_new(net: nn.Module, skipped: list[str]) -> bool:
+    head = {id(p) for p in net.get_classifier().parameters()}
+    names = {n for n, p in net.named_parameters() if id(p) in head}
+    return bool(names) and names <= set(skipped)
+
+
+def _zero_classifier(net: nn.Module) -> None:
+    with torch.no_grad():
+        for p in net.get_classifier().parameters():
+            p.zero_()
+
+
 def train_model(
     ds: LabelledSet,
     cfg: TrainConfig,
@@ -141,12 +161,24 @@ def train_model(
         raise DatasetError(
             f"too few images to split ({len(ds)}): need images for training and validation"
         )
+    from .pretrained import init_provenance, named_start, start_weights
+
+    start = named_start(cfg.init) if cfg.init and cfg.init != "none" else None
+    if start is not None and cfg.arch != start.arch:
+        raise ValueError(
+            f"the '{start.name}' start is a {start.arch}; drop --arch {cfg.arch} or start from "
+            "your own weights with --init-weights"
+        )
+    if start is not None and cfg.init_weights:
+        raise ValueError("choose one start: --init or --init-weights, not both")
+    norm = {"mean": start.mean, "std": start.std} if start is not None else {}
     spec = ModelSpec(
         arch=cfg.arch,
         task=ds.task,
         labels=list(ds.labels),
         modality=cfg.modality,
         input_size=cfg.img_size,
+        **norm,
         preprocessing=Preprocessing.for_modality(
             cfg.modality, fov_crop=cfg.fov_crop, ben_graham=cfg.ben_graham, green=cfg.green
         ),
@@ -166,9 +198,17 @@ def train_model(
     te = [ok_index[i] for i in test_idx if i in ok_index]
 
     net = create_network(spec, pretrained=cfg.pretrained)
-    if cfg.init_weights:
+    skipped: list[str] = []
+    start_info = init_provenance(cfg.init, cfg.init_weights, cfg.pretrained, cfg.arch)
+    if start is not None:
+        path, _ = start_weights(start.name)
+        skipped = load_init_weights(net, path)
+        log(f"initial weights: {start.description} ({len(skipped)} tensors left new)")
+    elif cfg.init_weights:
         skipped = load_init_weights(net, cfg.init_weights)
         log(f"initial weights from {Path(cfg.init_weights).name} ({len(skipped)} tensors left new)")
+    if (start is not None or cfg.init_weights) and _classifier_left_new(net, skipped):
+        _zero_classifier(net)  # a new head starts neutral: loss ln(C), no wild first steps
     if cfg.strategy == "lora":
         from .lora import inject, lora_settings
 
@@ -182,13 +222,17 @@ def train_model(
         batch_size=cfg.batch_size,
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
-        patience=cfg.patience,
+        patience=cfg.patience if cfg.patience is not None else 3,
         seed=cfg.seed,
         amp=cfg.amp,
         strategy=cfg.strategy,
         max_steps_per_epoch=cfg.max_steps_per_epoch,
+        pct_start=cfg.warmup_pct,
     )
-    fitted = fit(net, spec, arrays, targets, tr, va, loss_fn, fit_cfg, device, state, log)
+    selector = recipe.ScoreSelector(ds.task, cfg.patience, ema=cfg.ema)
+    fitted = fit(
+        net, spec, arrays, targets, tr, va, loss_fn, fit_cfg, device, state, log, selector=selector
+    )
     history = fitted.history
     if cfg.strategy == "lora":  # a trained-from-here model has no base: store merged weights
         from .lora import merge
@@ -213,7 +257,10 @@ def train_model(
             "counts": {"train": len(tr), "validation": len(va), "test": len(te)},
         },
         "epochs_run": len(history),
-        "best_epoch": fitted.best_epoch if fitted.best_epoch is not None else -1,
+        "best_epoch": fitted.best_epoch,
+        "kept_weights": fitted.kept_weights,
+        "selection": fitted.selection,
+        "start": start_info,
         "history": history,
         "config": {k: v for k, v in asdict(cfg).items() if k not in ("workers",)},
         "engine_version": __version__,
@@ -222,7 +269,18 @@ def train_model(
         "parent": parent,
         "unusable_files": len(problems),
     }
-    warnings += collapse_warnings(spec, val_metrics)
+    collapsed = (
+        None
+        if spec.task == "multilabel"
+        else recipe.collapse_message(spec.labels, val_metrics.get("confusion_matrix"))
+    )
+    if collapsed:
+        if not cfg.allow_collapsed:
+            raise recipe.CollapsedModelError(
+                f"{collapsed}. No model was written. Train longer, balance the data or start "
+                "from pretrained weights; --allow-collapsed saves it anyway"
+            )
+        warnings.append(f"{collapsed}; saved because --allow-collapsed was given")
     for w in warnings:
         log(f"WARNING: {w}")
     spec.provenance["warnings"] = warnings
@@ -334,27 +392,6 @@ def evaluate_arrays(
         else softmax(logits, spec.temperature)
     )
     return evaluate_predictions(y, probs, spec.task, spec.labels)
-
-
-def collapse_warnings(spec: ModelSpec, metrics: dict[str, Any]) -> list[str]:
-    """Warn when the model predicts (nearly) one class only: it has learnt the prevalence."""
-    cm = metrics.get("confusion_matrix")
-    if spec.task == "multilabel" or not cm:
-        return []
-    cm = np.asarray(cm)
-    pred_counts = cm.sum(0)
-    true_counts = cm.sum(1)
-    n = cm.sum()
-    if n == 0:
-        return []
-    top = int(pred_counts.argmax())
-    if pred_counts[top] / n >= 0.95 and true_counts[top] / n < 0.9:
-        return [
-            f"the model predicts '{spec.labels[top]}' for {100 * pred_counts[top] / n:.0f}% of "
-            f"validation images (true share {100 * true_counts[top] / n:.0f}%): it has collapsed "
-            "to the majority class; train longer, balance the data or start from pretrained weights"
-        ]
-    return []
 
 
 def _metrics_line(name: str, m: dict[str, Any]) -> str:

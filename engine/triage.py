@@ -18,6 +18,10 @@ if TYPE_CHECKING:
 
     from .modelfile import ModelSpec
 
+# the quality gate's reason for a picture with content but no fundus field of view (kept
+# here so that triage needs no image code; engine.quality uses the same text)
+NOT_FUNDUS_REASON = "no fundus field of view"
+
 TRIAGE_STATES = ("auto-cleared", "needs-review", "ungradable", "out-of-distribution", "error")
 POLICIES = ("threshold", "conformal")
 DEFAULT_THRESHOLD = 0.85  # calibrated top probability an image needs to be auto-cleared
@@ -68,26 +72,45 @@ def decide(
     ood_score: float | None,
     ood_threshold: float | None,
     ood_reason: str | None = None,
+    quality_cautions: list[str] | None = None,
     negative_label: str | None,
     multilabel_uncertain: list[str] | None,
     policy: TriagePolicy,
 ) -> tuple[str, str]:
-    """(state, reason). Order: error, then out-of-distribution (unless a real fundus photo
-    merely has poor quality), then ungradable, then the policy."""
+    """(state, reason). Order: error, ungradable, out-of-distribution, then the policy.
+
+    An image the quality gate rejects is ``ungradable`` even when it is also unlike the
+    training data, and the reason names both. A gradable image with a quality caution
+    (slightly soft focus) is never auto-cleared. The one exception is a picture that is not
+    the kind of image the model reads at all (no fundus field of view for a fundus model,
+    a fundus photograph for an OCT model) and that the model also finds unfamiliar: that
+    is ``out-of-distribution``, again naming both.
+    """
     if error:
         return "error", error
-    no_fov = any("field of view" in r for r in quality_reasons or [])
-    if policy.use_ood and ood and (quality_ok is not False or no_fov or not policy.use_quality):
-        # an image with no fundus field of view that the model also finds unfamiliar is most
-        # likely not a fundus photograph at all (an OCT scan, a document): say so
+    unfamiliar = policy.use_ood and ood
+    unfamiliar_words = ""
+    if unfamiliar:
         if ood_reason:
-            return "out-of-distribution", ood_reason
-        return "out-of-distribution", (
-            f"unlike the training data (score {ood_score:.2f} above {ood_threshold:.2f})"
-            + ("; no fundus field of view" if no_fov else "")
-        )
+            unfamiliar_words = ood_reason
+        elif ood_score is not None and ood_threshold is not None:
+            unfamiliar_words = (
+                f"unlike the training data (score {ood_score:.2f} above {ood_threshold:.2f})"
+            )
+        else:
+            unfamiliar_words = "unlike the training data"
     if policy.use_quality and quality_ok is False:
-        return "ungradable", "; ".join(quality_reasons or ["image quality too low"])
+        reasons = list(quality_reasons or ["image quality too low"])
+        wrong_kind = bool(ood_reason) or any(r.startswith(NOT_FUNDUS_REASON) for r in reasons)
+        if unfamiliar and wrong_kind:
+            if ood_reason:  # the other modality's quality checks say nothing useful here
+                return "out-of-distribution", unfamiliar_words
+            return "out-of-distribution", "; ".join([unfamiliar_words, *reasons])
+        if unfamiliar:
+            reasons.append("also " + unfamiliar_words)
+        return "ungradable", "; ".join(reasons)
+    if unfamiliar:
+        return "out-of-distribution", unfamiliar_words
     reasons: list[str] = []
     if multilabel_uncertain:
         reasons.append("unsure about " + ", ".join(multilabel_uncertain))
@@ -104,6 +127,8 @@ def decide(
             )
     if policy.refer_findings and label is not None and negative_label and label != negative_label:
         reasons.append(f"finding '{display or label}' is always reviewed")
+    if policy.use_quality and quality_cautions and not reasons:
+        reasons.extend(quality_cautions)  # gradable, but not clean enough to clear unseen
     if reasons:
         return "needs-review", "; ".join(reasons)
     if policy.kind == "conformal" and conformal_set is not None:
@@ -178,6 +203,7 @@ def triage_answer(
         set_display=[spec.display(c) for c in cset] if cset else None,
         quality_ok=q_ok,
         quality_reasons=None if quality is None else quality.get("reasons"),
+        quality_cautions=None if quality is None else quality.get("cautions"),
         ood=is_ood,
         ood_score=ood_score,
         ood_threshold=ood_thr,

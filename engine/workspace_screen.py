@@ -14,15 +14,14 @@ event says what it decided.
 from __future__ import annotations
 
 import hashlib
-import os
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .activation import activate_after_screening, register_model
 from .models import LoadedModel
-from .screen import ScreenResult, ScreenSettings, screen
+from .screen import ScreenResult, ScreenSettings
+from .screen_backend import LocalBackend, ScreenBackend
 from .store.common import normalise_path
 from .tasks import TaskState
 
@@ -39,7 +38,8 @@ def register(ws: Workspace, lm: LoadedModel, actor: str = "system") -> None:
     register_model(ws, lm.sha256, lm.path, lm.spec, actor=actor)
 
 
-def _file_facts(path: Path) -> dict[str, Any]:
+def file_facts(path: Path) -> dict[str, Any]:
+    """What the workspace records about a file: resolved path, hash, size, patient, eye."""
     from .naming import parse_patient_eye
     from .safefiles import UnreadableFile, sha256_and_size
 
@@ -69,11 +69,22 @@ def screen_into_workspace(
     state: TaskState | None = None,
     on_chunk: Any = None,
     actor: str = "system",
+    backend: ScreenBackend | None = None,
+    known_facts: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Run the screen and record it; returns counts, the run id, what was skipped and the
     activation decision (``activation``: :meth:`engine.activation.Activation.as_dict`)."""
     report: dict[str, Any] = {}
-    events = iter_screen_into_workspace(workspace, paths, models, settings, state, actor=actor)
+    events = iter_screen_into_workspace(
+        workspace,
+        paths,
+        models,
+        settings,
+        state,
+        actor=actor,
+        backend=backend,
+        known_facts=known_facts,
+    )
     for event in events:
         if event["kind"] == "chunk" and on_chunk is not None:
             on_chunk(event["results"])
@@ -89,12 +100,21 @@ def iter_screen_into_workspace(
     settings: ScreenSettings,
     state: TaskState | None = None,
     actor: str = "system",
+    backend: ScreenBackend | None = None,
+    known_facts: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Generator form: yields ``chunk`` events (``results``, ``records``, ``run_id``) and a
-    final ``done`` event; ``actor`` is recorded if the run changes the active model."""
+    final ``done`` event; ``actor`` is recorded if the run changes the active model.
+
+    ``backend`` hashes and screens (default: this workstation); whichever it is, the rows
+    are stored, handed back and the activation rule applied here, the same way.
+    ``known_facts`` maps a resolved path to facts a manifest gave (patient, eye), which win
+    over the file name.
+    """
     from .store import Workspace, settings_key
 
     state = state or TaskState()
+    backend = backend or LocalBackend()
     lm = models[0]
     run_settings = settings.prediction_key()
     run_settings["models"] = [m.sha256 for m in models]
@@ -103,8 +123,9 @@ def iter_screen_into_workspace(
         for m in models:
             register(ws, m, actor=actor)
         state.progress(0, len(paths), "hashing files")
-        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2)) as pool:
-            facts = list(pool.map(_file_facts, paths))
+        facts = backend.file_facts(paths, state)
+        if known_facts:
+            facts = [_with_known(f, known_facts.get(f["path"])) for f in facts]
         # A file that cannot be read now but was read before (a share gone offline) keeps
         # its image row and earlier results, and is reported; overwriting them with an
         # error would hide a screened image.
@@ -114,7 +135,8 @@ def iter_screen_into_workspace(
         # of no content), so each ends in exactly one state in the workspace and its export
         ids = ws.add_images(
             [
-                {k: v for k, v in f.items() if k != "error"} | {"modality": lm.spec.modality}
+                {k: v for k, v in f.items() if k != "error"}
+                | {"sha256": f.get("sha256") or NO_CONTENT_SHA256, "modality": lm.spec.modality}
                 for f in facts
             ]
         )
@@ -129,7 +151,7 @@ def iter_screen_into_workspace(
         status = "failed"
         screened = 0
         try:
-            for chunk in _with_refused(unreadable, screen(todo, models, settings, state)):
+            for chunk in _with_refused(unreadable, backend.screen(todo, models, settings, state)):
                 rows = [_row(r, id_by_path) for r in chunk]
                 pred_ids = ws.add_predictions(run_id, rows)
                 for r, pid in zip(chunk, pred_ids, strict=True):
@@ -187,6 +209,12 @@ def _with_refused(
             for n, f in enumerate(unreadable)
         ]
     yield from chunks
+
+
+def _with_known(facts: dict[str, Any], known: Mapping[str, Any] | None) -> dict[str, Any]:
+    if not known or "error" in facts:
+        return facts
+    return {**facts, **{k: v for k, v in known.items() if v is not None}}
 
 
 def _row(r: ScreenResult, id_by_path: dict[str, int]) -> dict[str, Any]:

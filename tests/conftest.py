@@ -23,6 +23,18 @@ def shared_data(*parts: str) -> Path:
     return p
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Converted starting weights go to a per-run cache, never the user's."""
+    old = os.environ.get("EYETRIAGE_CACHE")
+    os.environ["EYETRIAGE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("EYETRIAGE_CACHE", None)
+    else:
+        os.environ["EYETRIAGE_CACHE"] = old
+
+
 @pytest.fixture(autouse=True)
 def _torch_threads():
     try:
@@ -88,9 +100,39 @@ def tiny_model(tmp_path_factory, synth_fundus) -> Path:
 
     out = tmp_path_factory.mktemp("model") / "tiny.safetensors"
     ds = load_folder_dataset(synth_fundus)
-    cfg = TrainConfig(arch=TINY_ARCH, img_size=64, epochs=2, batch_size=16, seed=1, workers=2)
+    cfg = TrainConfig(
+        arch=TINY_ARCH,
+        img_size=64,
+        epochs=2,
+        batch_size=16,
+        seed=1,
+        workers=2,
+        allow_collapsed=True,
+    )
     train_model(ds, cfg, out, log=lambda s: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def ray_local(_user_cache):
+    """One local Ray for the whole session (2 CPUs, no dashboard); skips without the extra.
+
+    Its workers get the test user cache too (exported engines, remembered engine choices).
+    """
+    ray = pytest.importorskip("ray", reason="the cluster extra (ray) is not installed")
+    pytest.importorskip("ray.data", reason="the cluster extra (ray[data]) is not installed")
+    import logging
+
+    logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        logging_level=logging.ERROR,
+        runtime_env={"env_vars": {"EYETRIAGE_CACHE_DIR": str(_user_cache)}},
+    )
+    yield ray
+    ray.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -272,12 +272,16 @@ def test_hooks_and_state_are_restored_after_an_error() -> None:
     try:
         with pytest.raises(ValueError, match="out of range"):
             gradcam(model, random_image(32), target=5)
-        with pytest.raises(RuntimeError, match="boom"):
+
+        def fail_inside() -> None:
             with attribution_mode(model):
                 model.layer2.register_forward_hook(lambda *_: None)
                 model.layer3.register_full_backward_hook(lambda *_: None)
                 assert not model.training
                 raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError, match="boom"):
+            fail_inside()
         assert hooks_left(model) == []
         assert model.training and all(m.training for m in model.modules())
         assert not model.fc.weight.requires_grad
@@ -334,7 +338,7 @@ def test_attributions_from_two_threads_on_one_model_do_not_interfere() -> None:
                 np.testing.assert_allclose(
                     explain(model, x, 0, method, **kw).map, expected[method], rtol=1e-4, atol=1e-7
                 )
-        except BaseException as exc:  # reported below
+        except BaseException as exc:  # noqa: BLE001 - reported to the test thread below
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(m,)) for m in METHODS]

@@ -156,6 +156,7 @@ def test_training_from_a_csv_ordinal_task_counts_empty_labels(capsys, tmp_path, 
         "1",
         "--seed",
         "5",
+        "--allow-collapsed",
         "--out",
         model,
         "--quiet",
@@ -204,6 +205,7 @@ def test_training_multilabel_from_several_columns(capsys, tmp_path, synth_fundus
         "48",
         "--epochs",
         "1",
+        "--allow-collapsed",
         "--out",
         model,
         "--quiet",
@@ -370,7 +372,15 @@ def test_training_is_deterministic_for_a_seed(tmp_path, synth_fundus):
     ds = load_folder_dataset(synth_fundus)
     weights = []
     for run_ in ("a", "b"):
-        cfg = TrainConfig(arch=TINY_ARCH, img_size=48, epochs=1, batch_size=16, seed=7, workers=2)
+        cfg = TrainConfig(
+            arch=TINY_ARCH,
+            img_size=48,
+            epochs=1,
+            batch_size=16,
+            seed=7,
+            workers=2,
+            allow_collapsed=True,
+        )
         res = train_model(ds, cfg, tmp_path / f"{run_}.safetensors", log=lambda s: None)
         weights.append(load_model_file(res.path)[1])
     assert weights[0].keys() == weights[1].keys()

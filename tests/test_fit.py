@@ -9,6 +9,7 @@ import torch
 from engine.fit import FitConfig, WeightedLoss, fit, make_loss
 from engine.modelfile import ModelSpec
 from engine.models import create_network
+from engine.recipe import ScoreSelector
 from engine.tasks import Cancelled, TaskState
 
 CPU = torch.device("cpu")
@@ -70,3 +71,18 @@ def test_a_cancelled_task_stops_the_loop():
     with pytest.raises(Cancelled):
         fit(net, spec, arrays, targets, list(range(16)), [], loss,
             FitConfig(epochs=2, batch_size=8, lr=1e-3), CPU, state, len)  # fmt: skip
+
+
+def test_a_score_selector_keeps_the_epoch_with_the_best_validation_score():
+    spec, net, arrays, targets = _setup()
+    logs: list[str] = []
+    cfg = FitConfig(epochs=3, batch_size=8, lr=3e-3, patience=10)
+    loss = make_loss(spec.task, targets[:12], spec.num_outputs, 0.5)
+    res = fit(net, spec, arrays, targets, list(range(12)), list(range(12, 16)), loss, cfg, CPU,
+              TaskState(), logs.append, selector=ScoreSelector(spec.task, ema=False))  # fmt: skip
+    scores = [h["val_score"] for h in res.history]
+    assert res.epochs_run == 3 and res.best_epoch == 1 + int(np.argmax(scores))
+    assert res.best_score == pytest.approx(max(scores)) and res.kept_weights == "raw"
+    assert res.selection == "mean of AUC and balanced accuracy"
+    assert any(f"kept epoch {res.best_epoch} (raw weights)" in s for s in logs)
+    assert not net.training

@@ -163,3 +163,28 @@ def test_decompression_bomb_guard_stays_on(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     with pytest.raises(ImageError, match="too large"):
         decode_for_model(p, 64, "oct")
+
+
+def test_bad_files_leave_no_file_handle_open(tmp_path):
+    """A long batch of truncated files must not leave their files open (each would hold a
+    handle until the garbage collector found it)."""
+    import gc
+    import warnings
+
+    good = tmp_path / "good.png"
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(good)
+    data = good.read_bytes()
+    reasons = []
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always", ResourceWarning)
+        for i in range(5):
+            bad = tmp_path / f"truncated{i}.png"
+            bad.write_bytes(data[: len(data) // 2])
+            try:
+                open_image(bad)
+            except ImageError as e:
+                reasons.append(e.reason)
+        gc.collect()
+    assert reasons == ["file is truncated (incomplete download or copy?)"] * 5
+    leaks = [str(w.message) for w in seen if issubclass(w.category, ResourceWarning)]
+    assert leaks == []

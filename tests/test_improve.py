@@ -72,7 +72,7 @@ def wrong_ws(tmp_path_factory) -> SimpleNamespace:
     start = root / "start.safetensors"
     cfg = TrainConfig(
         arch=TINY_ARCH, img_size=64, epochs=3, batch_size=16, seed=1, workers=2,
-        fractions=(0.8, 0.2, 0.0),
+        fractions=(0.8, 0.2, 0.0), allow_collapsed=True,  # the point: a biased start
     )  # fmt: skip
     train_model(load_folder_dataset(bad), cfg, start, log=lambda s: None)
 
@@ -162,6 +162,7 @@ def test_improve_fixes_the_missed_class_and_offers_an_inactive_version(wrong_ws,
     prov = read_spec(path).provenance
     assert prov["parent"] == wrong_ws.start_hash and prov["strategy"] == "full"
     assert prov["epochs"] == 5 and prov["reviews"]
+    assert prov["selection"] == "mean of AUC and balanced accuracy"  # as train chooses
     # the audit images (the split of the reviewed images) were never trained on
     reviewed = [images[i] for i in sorted(set(reviews.values()))]
     audit_images = {r["id"] for r in audit_split(reviewed, 0.25)[1]}
@@ -253,6 +254,30 @@ def test_a_head_only_fine_tune_keeps_the_features_and_is_judged_on_paired_answer
     # the backbone did not move, so the parent's OOD statistics flag exactly the same images
     assert res["calibration"]["ood"]["source"] == "parent"
     assert res["ood_check"]["after"] == res["ood_check"]["before"]
+
+
+def test_a_collapsed_fine_tune_is_not_offered_and_nothing_is_written(wrong_ws, monkeypatch):
+    import torch
+
+    from engine.improve import ImproveCollapsed, ImproveConfig, improve
+    from engine.improve import run as improve_run
+
+    real = improve_run._finetune
+
+    def ends_collapsed(net, spec, *args, **kwargs):  # noqa: ANN001, ANN202
+        fitted = real(net, spec, *args, **kwargs)
+        head = net.get_classifier()
+        with torch.no_grad():  # the fine-tune ends calling every image diabetic retinopathy
+            head.weight.zero_()
+            head.bias.fill_(-5.0)
+            head.bias[spec.labels.index(DR)] = 5.0
+        return fitted
+
+    monkeypatch.setattr(improve_run, "_finetune", ends_collapsed)
+    before = _store_snapshot(wrong_ws.folder)
+    with pytest.raises(ImproveCollapsed, match="predicts 'diabetic_retinopathy' for 100%"):
+        improve(wrong_ws.folder, ImproveConfig(strategy="head", epochs=1), log=lambda s: None)
+    assert _store_snapshot(wrong_ws.folder) == before  # no file, no version, no audit entry
 
 
 def test_accept_then_rollback_restores_the_old_predictions(wrong_ws, improved):

@@ -1,5 +1,5 @@
-"""The layers hold: import-linter contracts (engine without Qt, desktop without SQLite) and
-no SQL outside the store package."""
+"""The layers hold: import-linter contracts (engine without Qt, desktop without SQLite, Ray
+only in the cluster backend) and no SQL outside the store package."""
 
 from __future__ import annotations
 
@@ -28,11 +28,21 @@ def lint(folder: Path) -> subprocess.CompletedProcess:
 def test_import_contracts_are_kept():
     done = lint(REPO)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "2 kept, 0 broken" in done.stdout
+    assert "3 kept, 0 broken" in done.stdout
 
 
-def test_the_contracts_catch_qt_in_the_engine_and_sqlite_in_the_desktop(tmp_path):
-    """The same contracts, on a tiny tree that breaks both, report both."""
+def _module_file(root: Path, module: str) -> Path:
+    *packages, name = module.split(".")
+    folder = root.joinpath(*packages)
+    for depth in range(1, len(packages) + 1):
+        init = root.joinpath(*packages[:depth]) / "__init__.py"
+        init.parent.mkdir(parents=True, exist_ok=True)
+        init.touch()
+    return folder / f"{name}.py"
+
+
+def test_the_contracts_catch_qt_in_the_engine_sqlite_in_the_desktop_and_stray_ray(tmp_path):
+    """The same contracts, on a tiny tree that breaks all three, report all three."""
     config = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
     section = config["tool"]["importlinter"]
     lines = [
@@ -40,23 +50,36 @@ def test_the_contracts_catch_qt_in_the_engine_and_sqlite_in_the_desktop(tmp_path
         'root_packages = ["engine", "desktop"]',
         "include_external_packages = true",
     ]
+    named: set[str] = set()
+    ignored: list[tuple[str, str]] = []
     for contract in section["contracts"]:
         lines.append("[[tool.importlinter.contracts]]")
         for key, value in contract.items():
             lines.append(f"{key} = {json.dumps(value)}")  # JSON values are valid TOML here
+        named.update(contract.get("source_modules", []))
+        named.update(contract.get("forbidden_modules", []))
+        for rule in contract.get("ignore_imports", []):
+            importer, imported = (part.strip() for part in rule.split("->"))
+            ignored.append((importer, imported))
+            named.update((importer, imported))
     (tmp_path / "pyproject.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    for package, body in (
-        ("engine", "def f():\n    from PySide6 import QtCore\n"),
-        ("desktop", "import sqlite3\n"),
+    for module in sorted(named):  # every module the contracts name exists, empty ...
+        if module.split(".")[0] in ("engine", "desktop") and "." in module:
+            _module_file(tmp_path, module).touch()
+    for importer, imported in ignored:  # ... and each ignored import is there to be ignored
+        _module_file(tmp_path, importer).write_text(f"import {imported}\n", encoding="utf-8")
+    for module, body in (
+        ("engine.bad", "def f():\n    from PySide6 import QtCore\n"),
+        ("desktop.bad", "import sqlite3\n"),
+        ("engine.screen", "def f():\n    import ray\n"),
     ):
-        (tmp_path / package).mkdir()
-        (tmp_path / package / "__init__.py").write_text("", encoding="utf-8")
-        (tmp_path / package / "bad.py").write_text(body, encoding="utf-8")
+        _module_file(tmp_path, module).write_text(body, encoding="utf-8")
     done = lint(tmp_path)
     assert done.returncode != 0
-    assert "0 kept, 2 broken" in done.stdout, done.stdout
+    assert "0 kept, 3 broken" in done.stdout, done.stdout
     assert "engine.bad -> PySide6" in done.stdout
     assert "desktop.bad -> sqlite3" in done.stdout
+    assert "engine.screen -> ray" in done.stdout
 
 
 def _python_files(*folders: str) -> list[Path]:

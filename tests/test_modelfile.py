@@ -71,7 +71,7 @@ def test_description_is_readable_json_in_the_metadata(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "content, reason",
+    ("content", "reason"),
     [
         (b"", "too short"),
         (b"not a model at all, just text", "not a safetensors"),
@@ -113,7 +113,7 @@ def test_newer_format_version_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "kw, msg",
+    ("kw", "msg"),
     [
         ({"task": "regression"}, "unknown task"),
         ({"labels": ["a", "a"]}, "unique"),

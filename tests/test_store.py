@@ -645,7 +645,7 @@ def test_a_workspace_can_be_used_from_a_worker_thread(ws: Workspace, tmp_path: P
     def worker() -> None:
         try:
             ws.add_review(image, "dr_a", ["dr"])
-        except BaseException as exc:  # reported to the test thread below
+        except BaseException as exc:  # noqa: BLE001 - reported to the test thread below
             errors.append(exc)
 
     thread = threading.Thread(target=worker)

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 Log = Callable[[str], None]
 STRATEGIES = ("full", "head", "lora")
 DEFAULT_LR = {"full": 3e-4, "head": 1e-3, "lora": 1e-3}
+SELECTIONS = ("score", "loss")  # how the kept epoch is chosen (engine.recipe / engine.fit)
 MIN_EPOCH_SAMPLES = 64  # tiny review sets are repeated so an epoch has a few steps
 MAX_PSEUDO_LABELS = 2000
 MODELS_DIR = "models"
@@ -28,6 +29,10 @@ class ImproveError(Exception):
 
 class ImproveCancelled(ImproveError):
     """The user cancelled the improvement; nothing was changed."""
+
+
+class ImproveCollapsed(ImproveError):
+    """The fine-tune predicts (nearly) one class: it is not offered, nothing was written."""
 
 
 @dataclass
@@ -50,6 +55,7 @@ class ImproveConfig:
     training_data: str | None = None  # folder of class folders: the original training data
     patience: int = 3
     validation_fraction: float = 0.2
+    selection: str = "score"  # kept epoch: best task score ("score") or lowest loss ("loss")
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -66,6 +72,10 @@ class ImproveConfig:
             raise ImproveError("the pseudo-label threshold must lie in (0, 1]")
         if self.batch_size < 1:
             raise ImproveError("batch size must be at least 1")
+        if self.selection not in SELECTIONS:
+            raise ImproveError(
+                f"unknown epoch selection {self.selection!r}; choose {', '.join(SELECTIONS)}"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)

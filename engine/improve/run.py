@@ -28,6 +28,7 @@ from .config import (
     MAX_PSEUDO_LABELS,
     MIN_EPOCH_SAMPLES,
     MODELS_DIR,
+    ImproveCollapsed,
     ImproveConfig,
     ImproveError,
     ImproveState,
@@ -226,6 +227,7 @@ def improve(
     val_metrics = (
         evaluate_arrays(spec, net, arrays[va], targets[va], device, True) if va else {"n": 0}
     )
+    _refuse_collapsed(spec, net, arrays, targets, va + au, device)
 
     # ---- how many workspace images does each version find unfamiliar?
     state.check()
@@ -262,6 +264,8 @@ def improve(
         "epochs": cfg.epochs,
         "epochs_run": fitted.epochs_run,
         "best_epoch": fitted.best_epoch or fitted.epochs_run,
+        "selection": fitted.selection,
+        "kept_weights": fitted.kept_weights,
         "history": fitted.history,
         "reviews": sorted(learnt),
         "last_review_id": max((r["review_id"] for r in rows), default=None),
@@ -376,8 +380,15 @@ def _finetune(
     log: Log,
     label: str = "",
 ) -> FitResult:
-    """The shared training loop with a fine-tune's settings and per-image weights."""
+    """The shared training loop with a fine-tune's settings and per-image weights.
+
+    The kept epoch is chosen like ``train`` chooses it (:class:`engine.recipe.ScoreSelector`:
+    the task's score on the validation reviews, an average of the weights competing) unless
+    ``cfg.selection`` is "loss": a loss that falls while every image drifts to one class no
+    longer decides what is offered.
+    """
     from ..fit import FitConfig, WeightedLoss, fit
+    from ..recipe import ScoreSelector
 
     fit_cfg = FitConfig(
         epochs=cfg.epochs,
@@ -392,10 +403,46 @@ def _finetune(
     )
     on_step = state.training_step if isinstance(state, ImproveState) else None
     loss = WeightedLoss(spec.task)
+    selector = ScoreSelector(spec.task, cfg.patience) if cfg.selection == "score" else None
     return fit(
         net, spec, arrays, targets, tr, va, loss, fit_cfg, device, state, log,
-        weights=weights, label=label, on_step=on_step,
+        weights=weights, label=label, on_step=on_step, selector=selector,
     )  # fmt: skip
+
+
+def _refuse_collapsed(
+    spec: ModelSpec,
+    net: torch.nn.Module,
+    arrays: np.ndarray,
+    targets: np.ndarray,
+    idx: list[int],
+    device: torch.device,
+) -> None:
+    """Raise :class:`ImproveCollapsed` when the fine-tune calls nearly every image one class.
+
+    Judged on the reviewed images it did not learn from (validation and audit), by the rule
+    ``train`` uses (:func:`engine.recipe.collapse_message`), once there are enough of them
+    for the verdict to judge at all.
+    """
+    import numpy as np
+
+    from ..recipe import collapse_message
+    from .measure import answers
+    from .verdict import MIN_AUDIT_IMAGES
+
+    if len(idx) < MIN_AUDIT_IMAGES:
+        return
+    logits, _ = _predict(net, spec, arrays[idx], device)
+    k = spec.num_outputs
+    confusion = np.zeros((k, k), dtype=np.int64)
+    np.add.at(confusion, (targets[idx], np.asarray(answers(spec, logits), dtype=np.int64)), 1)
+    words = collapse_message(spec.labels, confusion, "the reviewed images it did not learn from")
+    if words:
+        raise ImproveCollapsed(
+            f"The fine-tuned model was not offered: {words}. Nothing was written; the current "
+            "model stays active. Review more images of the other classes, or try another "
+            "strategy."
+        )
 
 
 def _predict(

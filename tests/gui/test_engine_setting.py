@@ -2,18 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
-from PySide6.QtCore import QSettings
-
 from desktop.settings import AppSettings, SettingsDialog
-
-
-@pytest.fixture
-def isolated_settings(tmp_path):
-    folder = tmp_path / "qsettings"
-    folder.mkdir()
-    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(folder))
-    yield folder
 
 
 def test_engine_setting_persists_and_an_unknown_value_falls_back_to_auto(isolated_settings):

@@ -12,21 +12,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import QSettings, Qt
+from PySide6.QtCore import Qt
 
 from desktop.improve import CompareDialog, ImproveDialog, format_metric
 from desktop.mainwindow import MainWindow
 from desktop.settings import AppSettings
 
 RUN_MS = 600_000  # a real fine-tuning child on 2 shared cores: generous, never asserted on
-
-
-@pytest.fixture(autouse=True)
-def isolated_settings(tmp_path):
-    folder = tmp_path / "qsettings"
-    folder.mkdir()
-    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(folder))
-    yield folder
 
 
 @pytest.fixture(scope="module")

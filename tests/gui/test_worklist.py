@@ -234,7 +234,7 @@ def test_selection_emits_image_and_queue_follows_filter(qtbot):
 
 
 @pytest.mark.parametrize(
-    "review,ai,triage,disagrees",
+    ("review", "ai", "triage", "disagrees"),
     [
         (
             {"labels": ["normal"], "action": "confirm", "reviewer": "a"},
