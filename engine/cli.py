@@ -35,6 +35,7 @@ from .cli_common import (
 from .cli_explain import add_explain_commands
 from .cli_improve import add_improve_commands
 from .cli_workspace import add_workspace_commands
+from .safefiles import path_text
 from .triage import DEFAULT_THRESHOLD
 
 
@@ -61,6 +62,11 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
         help="slice (default): volumes need slice labels; volume: every B-scan takes its "
         "volume's label (evaluate then scores volumes)",
     )
+    g.add_argument(
+        "--allow-outside-data",
+        action="store_true",
+        help="let --labels name images outside DATA (refused by default)",
+    )
 
 
 def _load_data(args: argparse.Namespace, label_order: list[str] | None = None):  # noqa: ANN202
@@ -79,6 +85,7 @@ def _load_data(args: argparse.Namespace, label_order: list[str] | None = None): 
             task=args.task,
             slice_col=args.slice_col,
             volume_labels=args.volume_labels,
+            allow_outside=args.allow_outside_data,
         )
     return load_folder_dataset(
         args.data, label_order=order, task=args.task, volume_labels=args.volume_labels
@@ -130,6 +137,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"left out {ds.skipped_empty} rows with an empty label")
     if ds.missing:
         print(f"left out {len(ds.missing)} rows whose image file is missing (e.g. {ds.missing[0]})")
+    for name in ds.empty_classes:
+        print(f"left out the class folder {name!r}: it holds no images (not made a label)")
+    for name, n in ds.small_classes().items():
+        print(
+            f"warning: class {name!r} has only {n} image{'s' * (n != 1)}: too few to learn it "
+            "or to measure how well it is recognised"
+        )
     modality_warnings: list[str] = []
     modality, how = resolve_modality(args.modality, ds, modality_warnings)
     print(f"modality: {modality} (from {how})")
@@ -535,7 +549,7 @@ def _csv_row(r, labels: Sequence[str], names: bool = False, volume=None) -> dict
     """One CSV row: an image, a volume, or (with ``volume``) one of that volume's slices."""
     facts = (volume.facts if volume is not None else r.facts) or {}
     row = {
-        "path": r.path,
+        "path": path_text(r.path),
         "kind": r.kind,
         "slice": "" if r.slice_index is None else r.slice_index + 1,
         "label": r.label or "",
@@ -631,6 +645,13 @@ def _screen_workspace(args, items, models, settings, backend=None, known=None) -
         n_volumes,
         report.get("screened_slices") if n_volumes else None,
     )
+    kept = report.get("unreadable_kept") or []
+    if kept:
+        path, reason = kept[0]
+        print(
+            f"{len(kept)} files screened before could not be read now and keep their earlier "
+            f"results (e.g. {path}: {reason})"
+        )
     activation = report.get("activation") or {}
     if activation.get("message"):
         print(activation["message"])

@@ -23,6 +23,7 @@ KNOWN_ERRORS = {
     "ImageError",
     "CliError",
     "ImproveError",
+    "UnreadableFile",
     "CollapsedModelError",
     "ClusterError",
 }

@@ -239,6 +239,7 @@ def _eval_variants(
 
 def cmd_explain_eval(args: argparse.Namespace) -> int:
     import csv
+    import io
 
     import numpy as np
     import torch
@@ -255,7 +256,9 @@ def cmd_explain_eval(args: argparse.Namespace) -> int:
     if not labels_csv.is_file():
         print(f"eyetriage: {labels_csv}: missing (explain-eval needs a synthetic set with masks)")
         return 1
-    with open(labels_csv, newline="") as f:
+    from .safefiles import read_text
+
+    with io.StringIO(read_text(labels_csv), newline="") as f:
         rows = [r for r in csv.DictReader(f) if r.get("mask") and r["label"] in spec.labels]
     rows = rows[: args.limit]
     if not rows:

@@ -98,11 +98,17 @@ def cmd_visits(args: argparse.Namespace) -> int:
 
 def cmd_review(args: argparse.Namespace) -> int:
     from .store import Workspace
+    from .store.common import normalise_path
 
     with Workspace.open(args.workspace, create=False) as ws:
         if args.from_csv:
-            n = ws.import_reviews_csv(args.from_csv, default_reviewer=args.reviewer)
-            print(f"recorded {n} reviews from {args.from_csv}")
+            report: dict = {}
+            n = ws.import_reviews_csv(args.from_csv, default_reviewer=args.reviewer, report=report)
+            repeated = report.get("duplicates") or 0
+            print(
+                f"recorded {n} reviews from {args.from_csv}"
+                + (f"; {repeated} rows already recorded were not added again" if repeated else "")
+            )
             return EXIT_OK
         if not args.image or not args.reviewer:
             raise CliError("give IMAGE_PATH, --label and --reviewer (or --from-csv FILE)")
@@ -111,7 +117,7 @@ def cmd_review(args: argparse.Namespace) -> int:
         labels = [x for x in (args.label or "").split(";") if x]
         action = args.action or "correct"
         rid = ws.add_review(
-            str(Path(args.image).resolve()),
+            normalise_path(args.image),
             args.reviewer,
             labels,
             action=action,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import io
+import os
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -11,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .images import Source, is_hidden
+from .safefiles import UnreadableFile, read_text
 
 VOLUME_LABELS = ("slice", "volume")
 
@@ -27,6 +30,9 @@ class Sample:
     volume: str | None = None  # the volume a B-scan labelled by its volume's label belongs to
 
 
+MIN_PER_CLASS = 10  # fewer examples of a class than this earns a warning before training
+
+
 @dataclass
 class LabelledSet:
     root: Path
@@ -37,6 +43,7 @@ class LabelledSet:
     missing: list[str] = field(default_factory=list)  # listed files that do not exist
     source: str = ""
     volume_labels: str = "slice"  # "volume": B-scans carry their volume's label
+    empty_classes: list[str] = field(default_factory=list)  # class folders without images
     modality_values: dict[str, int] = field(default_factory=dict)  # a CSV modality column
 
     def __len__(self) -> int:
@@ -44,6 +51,10 @@ class LabelledSet:
 
     def targets(self) -> np.ndarray:
         return np.asarray([s.target for s in self.samples])
+
+    def small_classes(self, minimum: int = MIN_PER_CLASS) -> dict[str, int]:
+        """Classes with fewer than ``minimum`` examples (too few to learn or to validate)."""
+        return {lab: n for lab, n in self.class_counts().items() if n < minimum}
 
     def class_counts(self) -> dict[str, int]:
         if self.task == "multilabel":
@@ -160,6 +171,11 @@ def load_folder_dataset(
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not is_hidden(d.name))
     if not class_dirs:
         raise DatasetError(f"{root}: no class sub-folders (expected e.g. {root}/normal/*.jpg)")
+    found = {d.name: discover_items(d) for d in class_dirs}
+    empty = sorted(name for name, items in found.items() if not items)
+    class_dirs = [d for d in class_dirs if found[d.name]]  # an empty folder is not a label
+    if not class_dirs:
+        raise DatasetError(f"{root}: the class folders hold no images")
     labels = _order({d.name for d in class_dirs}, label_order)
     task = _infer_task(labels, task)
     if task == "multilabel":
@@ -169,7 +185,7 @@ def load_folder_dataset(
         sample
         for d in class_dirs
         if d.name in index
-        for item in discover_items(d)
+        for item in found[d.name]
         for sample in _samples_for(
             item, index[d.name], volume_labels, f"{d.name}/{item.path.relative_to(d)}"
         )
@@ -177,7 +193,13 @@ def load_folder_dataset(
     if not samples:
         raise DatasetError(f"{root}: the class folders hold no images")
     return LabelledSet(
-        root, labels, task, samples, source=f"folder {root.name}", volume_labels=volume_labels
+        root,
+        labels,
+        task,
+        samples,
+        source=f"folder {root.name}",
+        volume_labels=volume_labels,
+        empty_classes=empty,
     )
 
 
@@ -192,24 +214,30 @@ def load_csv_dataset(
     task: str | None = None,
     slice_col: str | None = "slice",
     volume_labels: str = "slice",
+    allow_outside: bool = False,
 ) -> LabelledSet:
     """Rows of a CSV; image paths are relative to ``root``. Several label columns = multi-label.
 
     A row may name a volume (multi-frame DICOM, multi-page TIFF, volume folder): with a
     1-based number in ``slice_col`` it labels that B-scan; without one it labels the whole
-    volume, used only with ``volume_labels="volume"``.
+    volume, used only with ``volume_labels="volume"``. A path that leads outside ``root``
+    (``../../etc/passwd``, an absolute path elsewhere) is refused unless ``allow_outside``:
+    a label sheet should not make training read arbitrary files.
     """
     from .volumes import item_for_path
 
     _check_volume_labels(volume_labels)
     root, labels_csv = Path(root), Path(labels_csv)
+    inside = os.path.realpath(root)
     label_cols = label_cols or ["label"]
     try:
-        with open(labels_csv, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
-    except FileNotFoundError:
-        raise DatasetError(f"{labels_csv}: no such CSV file") from None
-    except (UnicodeDecodeError, csv.Error) as e:
+        text = read_text(labels_csv)  # regular files only: a FIFO is refused, not opened
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    except UnreadableFile as e:
+        if e.reason == "file not found":
+            raise DatasetError(f"{labels_csv}: no such CSV file") from None
+        raise DatasetError(str(e)) from None
+    except csv.Error as e:
         raise DatasetError(f"{labels_csv}: not a readable CSV ({e})") from None
     if not rows:
         raise DatasetError(f"{labels_csv}: no rows")
@@ -246,8 +274,13 @@ def load_csv_dataset(
     modality_values: Counter[str] = Counter()
     for r, values in kept:
         rel = r[image_col].strip()
-        path = (root / rel).resolve() if not Path(rel).is_absolute() else Path(rel)
-        if not path.exists():
+        path = Path(os.path.realpath(root / rel))  # an absolute rel replaces root
+        if not allow_outside and os.path.commonpath([inside, path]) != inside:
+            raise DatasetError(
+                f"{labels_csv.name}: {rel!r} leads outside the data folder {root}; refused "
+                "(use --allow-outside-data to follow such paths)"
+            )
+        if not (path.is_file() or path.is_dir()):  # a volume may be a folder
             missing.append(rel)
             continue
         if multilabel:

@@ -135,9 +135,10 @@ class DicomInfo:
 
 def has_dicm_preamble(path: str | Path) -> bool:
     """True when bytes 128-131 are ``DICM`` (a DICOM Part 10 file, whatever its name)."""
+    from .safefiles import read_head
+
     try:
-        with open(path, "rb") as f:
-            head = f.read(PREAMBLE_LENGTH + 4)
+        head = read_head(path, PREAMBLE_LENGTH + 4)  # a FIFO or a device is refused, not read
     except OSError:
         return False
     return len(head) == PREAMBLE_LENGTH + 4 and head[PREAMBLE_LENGTH:] == b"DICM"

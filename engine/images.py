@@ -8,6 +8,7 @@ Source files are only ever opened for reading.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import warnings
@@ -18,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .modelfile import Preprocessing
+from .safefiles import UnreadableFile, check_regular, path_text, read_file
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
 DICOM_EXTENSIONS = frozenset({".dcm", ".dicom", ".dic"})
@@ -27,13 +29,18 @@ ANALYSIS_SIZE = 384  # largest side of the crop kept for the quality gate
 GATE_MIN_SIDE = 320  # short side the draft must reach when the quality gate is on
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never half an image
+# Pillow warns above MAX_IMAGE_PIXELS and refuses above twice that. Between the two, a JPEG
+# from a large fundus camera is still read cheaply at reduced size (draft), so open_image
+# checks the size it would actually decode instead; a static filter, because
+# warnings.catch_warnings is not safe in the decoding threads.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class ImageError(Exception):
     """A file that could not be turned into an image, with the reason in words."""
 
     def __init__(self, path: str | Path, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
+        super().__init__(f"{path_text(path)}: {reason}")
         self.path = str(path)
         self.reason = reason
 
@@ -90,12 +97,16 @@ def discover_images(root: str | Path, recursive: bool = True) -> list[Path]:
 
     DICOM files are found by extension or by their DICM preamble. Hidden entries and
     folders starting with ``_`` are skipped; symlinked folders are not followed (no loops).
+    Inside a folder every candidate name is kept, special files and broken links included,
+    so each one ends with its own reason in the results; a single ``root`` that is not a
+    readable regular file is refused here (:class:`engine.safefiles.UnreadableFile`).
     """
     root = Path(root)
-    if root.is_file():
-        return [root]
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such file or folder")
+        if not os.path.lexists(root):
+            raise FileNotFoundError(f"{path_text(root)}: no such file or folder")
+        check_regular(root)  # a single special file is refused here, with its reason
+        return [root]
     found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not is_hidden(d)) if recursive else []
@@ -155,9 +166,10 @@ def to_rgb(im: Image.Image) -> Image.Image:
 
 
 def open_image(
-    path: str | Source, min_side: int | None = None
+    path: str | Source, min_side: int | None = None, longest: int | None = None
 ) -> tuple[Image.Image, tuple[int, int]]:
-    """Open, draft-decode to at least ``min_side`` on the short side, orient by EXIF, load.
+    """Open, draft-decode to at least ``min_side`` on the short side (or to about ``longest``
+    on the long side, for display), orient by EXIF, load.
 
     ``path`` may be a photograph, a DICOM file (its first frame) or a :class:`FrameRef` to one
     slice of a volume. Returns the image and the full-resolution (width, height) after
@@ -170,32 +182,46 @@ def open_image(
         return open_frame(path, min_side)
     path = Path(path)
     try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise ImageError(path, "file not found") from None
-    except PermissionError:
-        raise ImageError(path, "permission denied") from None
-    except OSError as e:
-        raise ImageError(path, f"cannot be read ({e.strerror or e})") from None
-    if path.is_dir():
-        raise ImageError(path, "is a folder, not an image")
-    if size == 0:
+        # regular files only (a FIFO or a link to /dev/zero would never end), read under
+        # the stall deadline; the bytes are decoded from memory, so nothing reopens the path
+        data = read_file(path)
+    except UnreadableFile as e:
+        raise ImageError(path, e.reason) from None
+    if not data:
         raise ImageError(path, "file is empty (0 bytes)")
     suffix = path.suffix.lower()
     if suffix in DICOM_EXTENSIONS or (suffix not in IMAGE_EXTENSIONS and _has_preamble(path)):
         return _open_dicom(path, min_side)
     frames = 1
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im, full = _load_oriented(path, min_side)
+        im = Image.open(io.BytesIO(data))  # twice Pillow's pixel limit raises a bomb error
+        if im.format == "TIFF" and getattr(im, "n_frames", 1) > 1:
+            im.seek(0)  # a multi-page TIFF shown as one image: its first page
+        w, h = im.size
+        _check_shape(path, w, h)
+        if im.format == "PNG":
+            Image.open(io.BytesIO(data)).verify()  # checksums: a damaged PNG is refused
+        orientation = im.getexif().get(0x0112, 1)
+        full = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+        if im.format == "JPEG" and (min_side or longest):
+            s = min_side / max(1, min(w, h)) if min_side else longest / max(w, h)
+            im.draft("RGB", (math.ceil(w * s), math.ceil(h * s)))
+        if im.width * im.height > Image.MAX_IMAGE_PIXELS:  # what would really be decoded
+            raise ImageError(
+                path,
+                f"image too large to decode safely ({w}×{h} px, {w * h / 1e6:.0f} megapixels; "
+                f"the limit is {Image.MAX_IMAGE_PIXELS / 1e6:.0f} for formats that cannot be "
+                "read at reduced size)",
+            )
+        im = ImageOps.exif_transpose(im)  # loads the pixel data
+        im.load()
     except PermissionError:
         raise ImageError(path, "permission denied") from None
     except UnidentifiedImageError:
         if _has_preamble(path):  # a DICOM file with a photograph's extension
             return _open_dicom(path, min_side)
         raise ImageError(path, "not an image, or a format EyeTriage cannot read") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except Image.DecompressionBombError as e:
         raise ImageError(
             path, f"image too large, refused as a possible decompression bomb ({e})"
         ) from None
@@ -228,25 +254,19 @@ def _open_dicom(path: Path, min_side: int | None) -> tuple[Image.Image, tuple[in
     return im, full
 
 
-def _load_oriented(path: Path, min_side: int | None) -> tuple[Image.Image, tuple[int, int]]:
-    """Decode ``path`` (draft-sized for JPEG), oriented by EXIF; the file is closed whether
-    decoding succeeds or fails (a bad file must not leave a handle open in a long batch)."""
-    opened = Image.open(path)
-    try:
-        if opened.format == "TIFF" and getattr(opened, "n_frames", 1) > 1:
-            opened.seek(0)  # a multi-page TIFF shown as one image: its first page
-        w, h = opened.size
-        orientation = opened.getexif().get(0x0112, 1)
-        full = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
-        if min_side and opened.format == "JPEG":
-            s = min_side / max(1, min(w, h))
-            opened.draft("RGB", (math.ceil(w * s), math.ceil(h * s)))
-        im = ImageOps.exif_transpose(opened)  # loads the pixel data
-        im.load()
-    except BaseException:
-        opened.close()
-        raise
-    return im, full
+MAX_ASPECT = 10  # retinal photographs are near square; OCT B-scans and montages up to ~4:1
+
+
+def _check_shape(path: Path, w: int, h: int) -> None:
+    """Refuse, with the size in words, images no retinal camera or OCT makes."""
+    if min(w, h) < 8:
+        raise ImageError(path, f"image is too small ({w}×{h} px)")
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        raise ImageError(
+            path,
+            f"image is {w}×{h} px, a {max(w, h) / min(w, h):.0f}:1 strip: too narrow to be "
+            "a fundus photograph or an OCT scan",
+        )
 
 
 def decode_for_model(
@@ -290,7 +310,7 @@ def _refuse_volume(path: Source, im: Image.Image) -> None:
 def load_display_image(path: str | Source, longest: int | None = None) -> Image.Image:
     """The original image, oriented, as RGB, reduced to ``longest`` pixels if larger (for
     showing it; the model's input comes from :func:`decode_for_model`)."""
-    im, _ = open_image(path, min_side=None)
+    im, _ = open_image(path, min_side=None, longest=longest)
     rgb = to_rgb(im)
     return _fit(rgb, longest) if longest else rgb
 

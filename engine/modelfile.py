@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from .fileio import atomic_write_bytes
+from .safefiles import UnreadableFile, check_regular, read_file, read_head, sha256_and_size
 
 FORMAT_NAME = "eyetriage-model"
 FORMAT_VERSION = 1
@@ -109,8 +111,12 @@ class ModelSpec:
             raise ModelFileError(f"input size {self.input_size} is out of range")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ModelFileError("normalisation needs three means and three positive stds")
-        if not self.temperature > 0:
-            raise ModelFileError("temperature must be positive")
+        if not all(math.isfinite(v) for v in (*self.mean, *self.std)):
+            raise ModelFileError("normalisation means and stds must be finite numbers")
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ModelFileError("temperature must be a positive finite number")
+        if self.ood is not None:
+            _check_ood_info(self.ood)
         for neg in self.negative_labels or ([self.negative_label] if self.negative_label else []):
             if neg not in self.labels:
                 raise ModelFileError(f"negative label {neg!r} is not a label")
@@ -145,13 +151,38 @@ class ModelSpec:
             raise ModelFileError(f"model description is malformed ({e})") from None
 
 
+def _check_ood_info(info: Any) -> None:
+    """OOD statistics that cannot switch the check off unnoticed (``inf``, NaN, <= 0)."""
+    if not isinstance(info, dict):
+        raise ModelFileError("out-of-distribution statistics are malformed")
+    for key in ("m_ref", "r_ref", "threshold"):
+        value = info.get(key)
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if not ok or not math.isfinite(value) or value <= 0:
+            raise ModelFileError(
+                f"out-of-distribution statistic {key} is {value!r}, not a positive finite "
+                "number: refused (the out-of-distribution check would be silently off)"
+            )
+
+
+def _check_finite(path: Path, tensors: dict[str, Any]) -> None:
+    """Refuse weights or statistics holding NaN or infinity (they would only fail later,
+    mid-run, or make every score meaningless)."""
+    import torch
+
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ModelFileError(
+                f"{path.name}: tensor {name} holds NaN or infinite values: refused"
+            )
+
+
 def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """Hex sha256 of a regular file, streamed (special files refused: :mod:`.safefiles`)."""
+    try:
+        return sha256_and_size(path)[0]
+    except UnreadableFile as e:
+        raise ModelFileError(str(e)) from None
 
 
 def save_model_file(
@@ -199,22 +230,19 @@ def read_spec(path: str | Path) -> ModelSpec:
 
 
 def _read_header(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        raise ModelFileError(f"{path}: no such model file")
-    if path.is_dir():
-        raise ModelFileError(f"{path}: is a folder, not a model file")
     try:
-        with open(path, "rb") as f:
-            raw = f.read(8)
-            if len(raw) < 8:
-                raise ModelFileError(f"{path.name}: too short to be a model file")
-            n = int.from_bytes(raw, "little")
-            size = path.stat().st_size
-            if n <= 1 or n > min(size - 8, 100 << 20):
-                raise ModelFileError(f"{path.name}: not a safetensors model file")
-            header = json.loads(f.read(n))
-    except PermissionError:
-        raise ModelFileError(f"{path}: permission denied") from None
+        st = check_regular(path)  # a FIFO or /dev/zero as --model is refused, never opened
+        if st.st_size < 8:
+            raise ModelFileError(f"{path.name}: too short to be a model file")
+        raw = read_head(path, 8)
+        n = int.from_bytes(raw, "little")
+        if len(raw) < 8 or n <= 1 or n > min(st.st_size - 8, 100 << 20):
+            raise ModelFileError(f"{path.name}: not a safetensors model file")
+        header = json.loads(read_head(path, 8 + n)[8:])
+    except UnreadableFile as e:
+        if e.reason == "file not found":
+            raise ModelFileError(f"{path}: no such model file") from None
+        raise ModelFileError(str(e)) from None
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ModelFileError(f"{path.name}: not a safetensors model file") from None
     if not isinstance(header, dict):
@@ -226,14 +254,17 @@ def load_model_file(path: str | Path) -> tuple[ModelSpec, dict[str, Any], dict[s
     """Load (spec, weights state_dict in float32, extra tensors); refuses foreign files."""
     import torch
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     path = Path(path)
     spec = read_spec(path)
     try:
-        tensors = load_file(str(path))
+        tensors = load(read_file(path))  # the checked regular file's bytes, not a new open
+    except UnreadableFile as e:
+        raise ModelFileError(str(e)) from None
     except (SafetensorError, OSError, ValueError) as e:
         raise ModelFileError(f"{path.name}: weights could not be read ({e})") from None
+    _check_finite(path, tensors)
     weights: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     for k, t in tensors.items():

@@ -46,8 +46,20 @@ def autocast_for(device: torch.device, enabled: bool = True) -> contextlib.Abstr
 
 
 def create_network(spec: ModelSpec, pretrained: bool = False) -> nn.Module:
-    """A timm network with the spec's output count and head dropout (for MC dropout)."""
+    """A timm network with the spec's output count and head dropout (for MC dropout).
+
+    The architecture is resolved from the local library only: a source prefix such as
+    ``hf-hub:`` (downloads a config) or ``local-dir:`` (reads one from any folder) is
+    refused unless the user asked for downloads (``pretrained``). Offline by default.
+    """
     import timm
+
+    if ":" in spec.arch and not pretrained:
+        source = spec.arch.split(":", 1)[0]
+        raise ModelFileError(
+            f"architecture {spec.arch!r} names an outside source ({source}:); EyeTriage builds "
+            "architectures from its installed library only and does not download: refused"
+        )
 
     try:
         return timm.create_model(
@@ -79,7 +91,9 @@ def load_init_weights(model: nn.Module, path: str | Path) -> list[str]:
     Only safetensors files are accepted (never pickles). Tensors whose shape does not match
     (typically the classifier of a different task) are skipped; their names are returned.
     """
-    from safetensors.torch import load_file
+    from safetensors.torch import load
+
+    from .safefiles import read_file
 
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -88,7 +102,7 @@ def load_init_weights(model: nn.Module, path: str | Path) -> list[str]:
             "(pickled .pth/.bin checkpoints are refused for safety)"
         )
     try:
-        tensors = load_file(str(path))
+        tensors = load(read_file(path))  # regular files only: a FIFO is refused, not opened
     except Exception as e:  # noqa: BLE001
         raise ModelFileError(f"{path.name}: could not read weights ({e})") from None
     tensors = {k[len("model.") :] if k.startswith("model.") else k: v for k, v in tensors.items()}

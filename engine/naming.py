@@ -9,8 +9,11 @@ Standard library only, so it is cheap to import.
 from __future__ import annotations
 
 import csv
+import io
 import re
 from pathlib import Path
+
+from .safefiles import UnreadableFile, read_text
 
 __all__ = [
     "DEFAULT_PATTERNS",
@@ -121,7 +124,11 @@ def load_patient_csv(
     csv_path = Path(csv_path)
     result: dict[str, tuple[str | None, str | None]] = {}
     seen_at: dict[str, int] = {}
-    with csv_path.open(newline="", encoding="utf-8-sig") as handle:
+    try:
+        text = read_text(csv_path)  # regular files only, like every file the user names
+    except UnreadableFile as e:
+        raise ValueError(str(e)) from None
+    with io.StringIO(text, newline="") as handle:
         reader = csv.DictReader(handle)
         header = reader.fieldnames or []
         wanted = [c for c in (path_col, patient_col, eye_col) if c is not None]

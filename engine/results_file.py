@@ -10,12 +10,13 @@ pyarrow (part of the ``cluster`` extra); any other name gives CSV.
 from __future__ import annotations
 
 import contextlib
-import csv
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .csvsafe import SafeDictWriter
 from .fileio import atomic_file
+from .safefiles import path_text
 from .screen import ScreenResult
 
 NUMBER_COLUMNS = ("confidence", "entropy", "mutual_info", "top_std", "ood_score")
@@ -24,7 +25,7 @@ NUMBER_COLUMNS = ("confidence", "entropy", "mutual_info", "top_std", "ood_score"
 def result_record(r: ScreenResult, labels: Sequence[str]) -> dict[str, Any]:
     """One typed row (numbers as floats, missing as None) for a columnar results file."""
     row: dict[str, Any] = {
-        "path": r.path,
+        "path": path_text(r.path),  # names that are not UTF-8 as \\xNN text
         "label": r.label,
         "confidence": r.confidence,
         "error": r.error,
@@ -68,7 +69,7 @@ class ResultsFile:
             self._file = self._closing.enter_context(
                 atomic_file(self.out, "w", newline="", encoding="utf-8")
             )
-            self._csv = csv.DictWriter(self._file, fieldnames=self.columns)
+            self._csv = SafeDictWriter(self._file, fieldnames=self.columns)  # no formulas
             self._csv.writeheader()
         else:
             try:

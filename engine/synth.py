@@ -13,7 +13,6 @@ would import the other's helpers.
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from .csvsafe import safe_writer
 
 __all__ = [
     "FUNDUS_CLASSES",
@@ -629,7 +630,7 @@ def synthesize(
         items.append(SynthItem(f"{cls}/{name}", cls, mask_rel, patient, eye))
 
     with (root / "labels.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
+        writer = safe_writer(handle, lineterminator="\n")
         writer.writerow(["file", "label", "patient", "eye", "mask"])
         for it in items:
             writer.writerow([it.file, it.label, it.patient, it.eye, it.mask or ""])

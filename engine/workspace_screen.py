@@ -18,6 +18,7 @@ event says what it decided.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,13 +27,19 @@ from typing import TYPE_CHECKING, Any
 
 from .activation import activate_after_screening, register_model
 from .models import LoadedModel
+from .safefiles import UnreadableFile, sha256_and_size
 from .screen import ScreenResult, ScreenSettings
 from .screen_backend import LocalBackend, ScreenBackend
+from .store.common import normalise_path
 from .tasks import TaskState
 from .volumes import Item, finding_probability, item_for_path, screen_items
 
 if TYPE_CHECKING:
     from .store import Workspace
+
+# the hash recorded for a file that could not be read: that of no content (as for an empty
+# file, which is refused too); the file's prediction row says why it was not screened
+NO_CONTENT_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
 def register(ws: Workspace, lm: LoadedModel, actor: str = "system") -> None:
@@ -44,18 +51,20 @@ def file_facts(path: Path) -> dict[str, Any]:
     """What the workspace records about a plain image file: resolved path, hash, size,
     patient, eye (from the name). Used by backends that screen image files only."""
     from .naming import parse_patient_eye
-    from .store import sha256_file
 
+    identity = normalise_path(path)
     try:
-        st = path.stat()
-        sha = sha256_file(path)
+        sha, size = sha256_and_size(path)  # special files are refused before any open
+    except UnreadableFile as e:
+        return {"path": identity, "sha256": NO_CONTENT_SHA256, "error": e.reason}
     except OSError as e:
-        return {"path": str(path.resolve()), "error": f"cannot be read ({e.strerror or e})"}
+        reason = f"cannot be read ({e.strerror or e})"
+        return {"path": identity, "sha256": NO_CONTENT_SHA256, "error": reason}
     patient, eye = parse_patient_eye(path.name)
     return {
-        "path": str(path.resolve()),
+        "path": identity,
         "sha256": sha,
-        "size_bytes": st.st_size,
+        "size_bytes": size,
         "patient": patient,
         "eye": eye,
     }
@@ -64,18 +73,15 @@ def file_facts(path: Path) -> dict[str, Any]:
 def _item_sha256(item: Item) -> tuple[str, int]:
     """The item's content hash and size: its file's, or for a volume folder a hash over its
     B-scan files' names and hashes (a changed, added or removed B-scan changes it)."""
-    import hashlib
-
-    from .store import sha256_file
-
     if not item.path.is_dir():
-        return sha256_file(item.path), item.path.stat().st_size
+        return sha256_and_size(item.path)
     digest = hashlib.sha256()
     size = 0
     for part in item.slices:
         part = Path(part)  # a folder volume's slices are its image files
-        digest.update(f"{part.name}\0{sha256_file(part)}\n".encode())
-        size += part.stat().st_size
+        sha, n = sha256_and_size(part)
+        digest.update(f"{part.name}\0{sha}\n".encode())
+        size += n
     return digest.hexdigest(), size
 
 
@@ -87,7 +93,7 @@ def item_row(source: Path | Item, keep_names: bool = False) -> dict[str, Any]:
     from .filefacts import item_facts
 
     path = Path(source.path if isinstance(source, Item) else source)
-    resolved = str(path.resolve())
+    resolved = normalise_path(path)
     item = source if isinstance(source, Item) else item_for_path(path)
     if item is None:
         return {
@@ -99,6 +105,8 @@ def item_row(source: Path | Item, keep_names: bool = False) -> dict[str, Any]:
         return {"path": resolved, "item": item, "error": item.error}
     try:
         sha, size = _item_sha256(item)
+    except UnreadableFile as e:  # a FIFO, a device, a broken link: refused, never opened
+        return {"path": resolved, "item": item, "error": e.reason}
     except OSError as e:
         return {"path": resolved, "item": item, "error": f"cannot be read ({e.strerror or e})"}
     said = item_facts(item, keep_names=keep_names)
@@ -207,17 +215,21 @@ def iter_screen_into_workspace(
             facts = backend.file_facts(paths, state)
         if known_facts:
             facts = [_with_known(f, known_facts.get(f["path"])) for f in facts]
-        readable = [f for f in facts if "error" not in f]
-        ids = ws.add_images(
-            [
-                {k: v for k, v in f.items() if k != "item"} | {"modality": lm.spec.modality}
-                for f in readable
-            ]
-        )
-        id_by_path = {f["path"]: i for f, i in zip(readable, ids, strict=True)}
-        done = ws.done_image_hashes(lm.sha256, key)
+        # A file that cannot be read now but was read before (a share gone offline) keeps
+        # its image row and earlier results, and is reported; overwriting them with an
+        # error would hide a screened image.
+        kept = [f for f in facts if "error" in f and _known(ws, f["path"])]
+        facts = [f for f in facts if f not in kept]
+        # every other item found gets an image row, the unreadable ones too (with the hash
+        # of no content), so each ends in exactly one state in the workspace and its export
+        ids = ws.add_images([_image_row(f) | {"modality": lm.spec.modality} for f in facts])
+        id_by_path = {f["path"]: i for f, i in zip(facts, ids, strict=True)}
+        done = ws.done_images(lm.sha256, key)
+        readable = [(f, i) for f, i in zip(facts, ids, strict=True) if "error" not in f]
         todo: list[Any] = [
-            f["item"] if local else Path(f["path"]) for f in readable if f["sha256"] not in done
+            f["item"] if local else Path(f["path"])
+            for f, i in readable
+            if (i, f["sha256"]) not in done
         ]
         skipped = len(readable) - len(todo)
         unreadable = [f for f in facts if "error" in f]
@@ -232,7 +244,7 @@ def iter_screen_into_workspace(
                 if local
                 else backend.screen(todo, models, settings, state)
             )
-            for chunk in chunks:
+            for chunk in _with_refused(unreadable, chunks):
                 rows = [_row(r, id_by_path, lm.spec) for r in chunk]
                 pred_ids = ws.add_predictions(run_id, rows)
                 for r, pid in zip(chunk, pred_ids, strict=True):
@@ -258,8 +270,6 @@ def iter_screen_into_workspace(
             }
             ws.finish_run(run_id, status, counts_all)
         activation = activate_after_screening(ws, lm.sha256, status, actor=actor)
-        if unreadable:
-            counts["error"] = counts.get("error", 0) + len(unreadable)
         yield {
             "kind": "done",
             "run_id": run_id,
@@ -269,8 +279,40 @@ def iter_screen_into_workspace(
             "screened_slices": screened_slices,
             "skipped": skipped,
             "unreadable": [(f["path"], f["error"]) for f in unreadable],
+            "unreadable_kept": [(f["path"], f["error"]) for f in kept],
             "activation": activation.as_dict(),
         }
+
+
+def _image_row(facts: dict[str, Any]) -> dict[str, Any]:
+    """The store's image row for one item's facts; an unreadable file is kept as an image
+    with the hash of no content (its error becomes its prediction)."""
+    row = {k: v for k, v in facts.items() if k not in ("error", "item")}
+    if "error" in facts:
+        row = {"path": facts["path"], "sha256": NO_CONTENT_SHA256}
+    return row
+
+
+def _known(ws: Workspace, path: str) -> bool:
+    """Whether the workspace holds this file with content read before."""
+    image_id = ws.image_id(path)
+    if image_id is None:
+        return False
+    image = ws.image(image_id)
+    return image is not None and image.get("sha256") != NO_CONTENT_SHA256
+
+
+def _with_refused(
+    unreadable: list[dict[str, Any]], chunks: Iterator[list[ScreenResult]]
+) -> Iterator[list[ScreenResult]]:
+    """The files refused before decoding (one ``error`` chunk, stored and shown like any
+    other), then the screened chunks."""
+    if unreadable:
+        yield [
+            ScreenResult(n, f["path"], error=f["error"], triage_reason=f["error"])
+            for n, f in enumerate(unreadable)
+        ]
+    yield from chunks
 
 
 def _with_known(facts: dict[str, Any], known: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -300,7 +342,7 @@ def _row(r: ScreenResult, id_by_path: dict[str, int], spec: Any) -> dict[str, An
     return {
         "key_slice": None if r.key_slice is None else r.key_slice + 1,
         "slices": slices,
-        "image_id": id_by_path[str(Path(r.path).resolve())],
+        "image_id": id_by_path[normalise_path(r.path)],
         "probabilities": r.probabilities,
         "label": r.label,
         "confidence": r.confidence,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtCore import QBuffer, QByteArray, QIODevice, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QGuiApplication, QImage, QImageReader, QKeySequence, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -178,10 +178,24 @@ def compare_summary(result: dict, n: Any) -> str:
 
 
 def load_thumbnails(paths: list[str], height: int = THUMB_H * 2) -> list[QImage | None]:
-    """Small images for the changed-images list (QImage is safe off the GUI thread)."""
+    """Small images for the changed-images list (QImage is safe off the GUI thread).
+
+    Only regular files are read (the engine's one rule): a file swapped for a pipe or a
+    device link since screening shows no thumbnail instead of blocking.
+    """
+    from engine.safefiles import UnreadableFile, read_file
+
     out: list[QImage | None] = []
     for p in paths:
-        reader = QImageReader(p)
+        try:
+            data = read_file(p)  # also finds a stored name that is not UTF-8
+        except (UnreadableFile, OSError):
+            out.append(None)
+            continue
+        buffer = QBuffer()
+        buffer.setData(QByteArray(data))
+        buffer.open(QIODevice.OpenModeFlag.ReadOnly)
+        reader = QImageReader(buffer)
         size = reader.size()
         if size.isValid() and size.height() > 0:
             reader.setScaledSize(QSize(max(1, size.width() * height // size.height()), height))

@@ -46,6 +46,7 @@ class StoreBase:
         self.conn = conn
         self._lock = threading.RLock()
         self._db: sqlite_utils.Database | None = None
+        self.readonly = False  # opened for viewing and export only (see open)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -68,6 +69,8 @@ class StoreBase:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise StoreError(f"cannot create workspace folder {folder}: {exc}") from None
+        elif not (os.access(db_path, os.W_OK) and os.access(folder, os.W_OK)):
+            return cls._open_readonly(folder, db_path)
         conn = sqlite3.connect(
             db_path,
             timeout=BUSY_TIMEOUT_MS / 1000,
@@ -98,6 +101,40 @@ class StoreBase:
         except BaseException:
             conn.close()
             raise
+        return workspace
+
+    @classmethod
+    def _open_readonly(cls, folder: Path, db_path: Path) -> Self:
+        """A workspace on read-only storage (a CD, a locked share, no write permission):
+        opened for viewing and export; any write raises :class:`StoreError` saying so."""
+        uri = db_path.as_uri()
+        conn = None
+        for query in ("mode=ro", "mode=ro&immutable=1"):  # WAL needs -shm; immutable does not
+            try:
+                conn = sqlite3.connect(f"{uri}?{query}", uri=True, check_same_thread=False)
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                break
+            except sqlite3.Error:
+                if conn is not None:
+                    conn.close()
+                conn = None
+        if conn is None:
+            raise StoreError(f"{db_path} is read-only and could not be opened for reading")
+        conn.isolation_level = None
+        conn.row_factory = sqlite3.Row
+        try:
+            version = user_schema_version(conn)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StoreError(f"{db_path} is not a usable SQLite database: {exc}") from None
+        if version != SCHEMA_VERSION:
+            conn.close()
+            raise StoreError(
+                f"{db_path} has schema version {version}, this program {SCHEMA_VERSION}, and "
+                "the workspace is read-only, so it cannot be upgraded"
+            )
+        workspace = cls(folder, conn)
+        workspace.readonly = True
         return workspace
 
     def close(self) -> None:
@@ -153,6 +190,11 @@ class StoreBase:
         concurrent writers wait (busy timeout) instead of failing half way."""
         with self._lock:
             conn = self._connection()
+            if self.readonly:
+                raise StoreError(
+                    f"workspace {self.path} is read-only (opened for viewing and export); "
+                    "nothing can be saved to it"
+                )
             if conn.in_transaction:  # nested call inside one of our own transactions
                 yield conn
                 return

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..jsonable import to_jsonable
 from ..naming import normalise_date, normalise_eye
+from ..safefiles import path_text, sha256_and_size
 from ..triage import HUMAN_STATES, TRIAGE_STATES
 
 REVIEW_ACTIONS = ("confirm", "correct", "ungradable", "skip", "undo")
@@ -29,7 +30,6 @@ TRIAGE_SEVERITY = TRIAGE_STATES
 DB_NAME = "workspace.sqlite"
 CACHE_DIR = "cache"
 BUSY_TIMEOUT_MS = 10_000
-_CHUNK = 1 << 20
 # SQLite's default limit on "?" parameters is far higher; this keeps statements short.
 IN_CHUNK = 500
 
@@ -100,12 +100,12 @@ def loads(text: str | None) -> Any:
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks (an OSError names the unreadable path)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """Hex SHA-256 of a regular file, streamed under the stall deadline.
+
+    Special files (a FIFO, a link to ``/dev/zero``) are refused before anything is opened:
+    :class:`engine.safefiles.UnreadableFile` (an ``OSError``) says why, naming the file.
+    """
+    return sha256_and_size(path)[0]
 
 
 def settings_key(settings: dict) -> str:
@@ -123,8 +123,18 @@ def settings_key(settings: dict) -> str:
 
 
 def normalise_path(path: str | os.PathLike[str]) -> str:
-    """Absolute, resolved path text: the identity of an image."""
-    return str(Path(path).expanduser().resolve())
+    """Absolute, resolved path text: the identity of an image.
+
+    ``os.path.realpath`` (not ``Path.resolve``) so a symbolic link loop keeps its own name
+    instead of raising; a name that is not valid UTF-8 is kept as its ``\\xNN`` text
+    (:func:`engine.safefiles.path_text`), which the file readers map back to the file.
+    """
+    given = os.path.expanduser(os.fspath(path))
+    real = os.path.realpath(given)
+    if not os.path.isfile(real) and os.path.lexists(given):
+        # a broken link, or a link to a device, is named as itself, not as its target
+        real = os.path.abspath(given)
+    return path_text(real)
 
 
 def chunks(values: list, size: int = IN_CHUNK) -> list[list]:

@@ -7,13 +7,16 @@ checked row by row first and stored all together or not at all.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import sqlite3
 from pathlib import Path
 
+from ..csvsafe import SafeDictWriter, formula_plain
 from ..fileio import atomic_file
 from ..jsonable import to_jsonable
+from ..safefiles import UnreadableFile, path_text, read_text
 from .common import (
     BOOL_FIELDS,
     PREDICTION_VALUES,
@@ -26,7 +29,7 @@ from .common import (
 from .common import (
     number as to_number,
 )
-from .rules import active_hash, current_reviews, latest_prediction_rows
+from .rules import active_hash, check_review_labels, current_reviews, latest_prediction_rows
 from .writes import Writes, check_slice
 
 EXPORT_COLUMNS = (
@@ -108,10 +111,12 @@ class Exchange(Writes):
                 json.dump(to_jsonable(rows), handle, ensure_ascii=False, indent=1)
                 handle.write("\n")
             else:
-                writer = csv.DictWriter(handle, fieldnames=columns)
+                writer = SafeDictWriter(handle, fieldnames=columns)
                 writer.writeheader()
                 for row in rows:
                     writer.writerow(_csv_row(row))
+        if self.readonly:  # read-only storage: the export is written, the audit cannot be
+            return len(rows)
         with self._write() as conn:
             self._audit(
                 conn,
@@ -122,9 +127,16 @@ class Exchange(Writes):
         return len(rows)
 
     def import_reviews_csv(
-        self, csv_path: str | os.PathLike[str], default_reviewer: str | None = None
+        self,
+        csv_path: str | os.PathLike[str],
+        default_reviewer: str | None = None,
+        report: dict | None = None,
     ) -> int:
         """Import reviews from a CSV with columns ``path,label,reviewer[,action,note,slice]``.
+
+        Idempotent: a row that repeats its reviewer's current review of the image (same
+        labels, action, note and slice), or an earlier row of the same file, is not recorded
+        again; ``report`` (if given) receives ``recorded`` and ``duplicates`` counts.
 
         ``label`` may hold several labels separated by ``;``; ``slice`` (1-based) notes the
         B-scan of an OCT volume the review was made on. ``path`` may be absolute,
@@ -134,11 +146,13 @@ class Exchange(Writes):
         """
         csv_path = Path(csv_path).expanduser()
         try:
-            with csv_path.open(newline="", encoding="utf-8-sig") as handle:
-                reader = csv.DictReader(handle)
-                header = [h.strip() for h in (reader.fieldnames or [])]
-                reader.fieldnames = header
-                records = list(enumerate(reader, start=2))
+            text = read_text(csv_path)  # regular files only: a FIFO is refused, not opened
+            reader = csv.DictReader(io.StringIO(text, newline=""))
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            reader.fieldnames = header
+            records = list(enumerate(reader, start=2))
+        except UnreadableFile as exc:
+            raise StoreError(f"cannot read {exc}") from None
         except OSError as exc:
             raise StoreError(f"cannot read {csv_path}: {exc.strerror or exc}") from None
         except (csv.Error, UnicodeDecodeError) as exc:
@@ -153,10 +167,12 @@ class Exchange(Writes):
             for row in conn.execute("SELECT id, path FROM images"):
                 by_name.setdefault(Path(row["path"]).name, []).append(int(row["id"]))
             prepared = []
-            for number, record in records:
+            for number, raw in records:
                 where = f"{csv_path.name} row {number}"
-                if None in record:
+                if None in raw:
                     raise StoreError(f"{where}: more fields than header columns")
+                # a cell an export protected with an apostrophe reads back as it was
+                record = {k: formula_plain(v) if isinstance(v, str) else v for k, v in raw.items()}
                 raw_path = (record.get("path") or "").strip()
                 if not raw_path:
                     raise StoreError(f"{where}: empty path")
@@ -172,6 +188,7 @@ class Exchange(Writes):
                 if action in ("confirm", "correct") and not labels:
                     raise StoreError(f"{where}: empty label for a {action!r} review")
                 note = (record.get("note") or "").strip() or None
+                check_review_labels(conn, image_id, labels, where)
                 raw_slice = (record.get("slice") or "").strip()
                 slice_no = None
                 if raw_slice:
@@ -183,7 +200,24 @@ class Exchange(Writes):
                 prepared.append(
                     (image_id, reviewer, list(dict.fromkeys(labels)), action, note, slice_no)
                 )
+            current: dict[tuple[int, str], tuple] = {}
+            for image_id, reviewer, *_ in prepared:
+                if (image_id, reviewer) not in current:
+                    review = current_reviews(conn, [image_id], reviewer=reviewer).get(image_id)
+                    current[(image_id, reviewer)] = (
+                        None
+                        if review is None
+                        else (
+                            review["labels"],
+                            review["action"],
+                            review["note"],
+                            review.get("slice"),
+                        )
+                    )
+            recorded = 0
             for image_id, reviewer, labels, action, note, slice_no in prepared:
+                if current[(image_id, reviewer)] == (labels, action, note, slice_no):
+                    continue  # already this reviewer's current review: importing is idempotent
                 self._insert_review(
                     conn,
                     image_id,
@@ -197,13 +231,23 @@ class Exchange(Writes):
                     audit=False,
                     slice=slice_no,
                 )
+                current[(image_id, reviewer)] = (labels, action, note, slice_no)
+                recorded += 1
+            duplicates = len(prepared) - recorded
+            if report is not None:
+                report.update(recorded=recorded, duplicates=duplicates)
             self._audit(
                 conn,
                 fallback or "system",
                 "import_reviews",
-                {"file": str(csv_path.resolve()), "rows": len(prepared)},
+                {
+                    "file": path_text(os.path.abspath(csv_path)),
+                    "rows": len(prepared),
+                    "recorded": recorded,
+                    "duplicates": duplicates,
+                },
             )
-        return len(prepared)
+        return recorded
 
     @staticmethod
     def _find_image(

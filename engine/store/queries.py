@@ -130,6 +130,17 @@ class Queries(StoreBase):
         )
         return {r[0] for r in rows}
 
+    def done_images(self, model_hash: str, settings_key: str) -> set[tuple[int, str]]:
+        """``(image id, sha256)`` pairs already screened without error by this model and
+        settings key: a file is done only if *that* file, with *that* content, was screened
+        (a copy of a screened file under a new name still needs its own prediction)."""
+        rows = self._all(
+            "SELECT DISTINCT image_id, image_sha256 FROM predictions WHERE model_hash = ?"
+            " AND settings_key = ? AND triage != 'error' AND error IS NULL",
+            (model_hash, settings_key),
+        )
+        return {(int(r[0]), r[1]) for r in rows}
+
     def _rows_of(self, table: str, image: int | str | os.PathLike | None) -> list[sqlite3.Row]:
         """All rows of ``table`` (of one image if given), oldest first."""
         with self._read() as conn:

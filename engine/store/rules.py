@@ -4,7 +4,9 @@
 * **an image's current review**: its latest labelling review (confirm, correct,
   ungradable) that no ``undo`` has cancelled; skips and undos never set a label;
 * **an image's latest prediction**: the newest prediction of the given model (of any model
-  when none is given), joined with the image's facts.
+  when none is given), joined with the image's facts;
+* **the labels a review may give**: those of the model that last screened the image (the
+  active model's when none has), one per image unless that model is multi-label.
 
 Reads, writes, exports and summaries all call these, so a change of a rule changes every
 screen, command and file that shows it.
@@ -12,10 +14,18 @@ screen, command and file that shows it.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Sequence
 
-from .common import IN_CHUNK, LABELLING_ACTIONS, chunks, prediction_dict, review_dict
+from .common import (
+    IN_CHUNK,
+    LABELLING_ACTIONS,
+    StoreError,
+    chunks,
+    prediction_dict,
+    review_dict,
+)
 
 # The image columns that travel with a prediction (``sha256`` as ``current_sha256``).
 _IMAGE_COLUMNS = (
@@ -28,6 +38,54 @@ def active_hash(conn: sqlite3.Connection) -> str | None:
     """The hash of the active model, or ``None``."""
     row = conn.execute("SELECT hash FROM models WHERE active = 1").fetchone()
     return None if row is None else str(row[0])
+
+
+def label_scheme(conn: sqlite3.Connection, image_id: int) -> tuple[str, list[str], str] | None:
+    """``(model name, labels, task)`` a review of this image is checked against: the model
+    of its latest prediction, else the active model; ``None`` when the workspace knows no
+    model description (then any label is accepted)."""
+    row = conn.execute(
+        "SELECT m.name, m.description FROM predictions p JOIN models m ON m.hash = p.model_hash"
+        " WHERE p.image_id = ? ORDER BY p.id DESC LIMIT 1",
+        (image_id,),
+    ).fetchone()
+    if row is None:
+        row = conn.execute("SELECT name, description FROM models WHERE active = 1").fetchone()
+    if row is None or not row["description"]:
+        return None
+    try:
+        description = json.loads(row["description"])
+    except ValueError:
+        return None
+    labels = description.get("labels") if isinstance(description, dict) else None
+    if not isinstance(labels, list) or not labels:
+        return None
+    return str(row["name"] or "the model"), [str(x) for x in labels], str(description.get("task"))
+
+
+def check_review_labels(
+    conn: sqlite3.Connection, image_id: int, labels: Sequence[str], where: str = ""
+) -> None:
+    """Refuse review labels the image's model does not know, or several labels for a model
+    that gives one per image (:class:`StoreError` naming the label and the allowed ones)."""
+    if not labels:
+        return
+    scheme = label_scheme(conn, image_id)
+    if scheme is None:
+        return
+    name, allowed, task = scheme
+    prefix = f"{where}: " if where else ""
+    unknown = [x for x in labels if x not in allowed]
+    if unknown:
+        raise StoreError(
+            f"{prefix}label {unknown[0]!r} is not a label of the model {name!r}; its labels: "
+            f"{', '.join(allowed)}"
+        )
+    if len(labels) > 1 and task != "multilabel":
+        raise StoreError(
+            f"{prefix}the model {name!r} gives one label per image ({task}); got {len(labels)}: "
+            f"{';'.join(labels)}"
+        )
 
 
 def current_reviews(

@@ -31,7 +31,7 @@ from .common import (
     number,
     settings_key,
 )
-from .rules import current_reviews
+from .rules import check_review_labels, current_reviews
 
 PREDICTION_FIELDS = {"image_id", "path", "image_sha256", "key_slice", "slices", *PREDICTION_VALUES}
 SLICE_FIELDS = {"slice", *SLICE_VALUES}
@@ -392,6 +392,7 @@ class Writes(StoreBase):
                     labels = [pred["label"]]
             if action in ("confirm", "correct") and not labels:
                 raise StoreError(f"a {action!r} review needs at least one label")
+            check_review_labels(conn, image_id, labels)
             return self._insert_review(
                 conn,
                 image_id,

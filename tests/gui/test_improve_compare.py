@@ -84,3 +84,28 @@ def test_notes_are_sentences_and_an_ood_flood_is_named(show):
     assert "28 of 60 workspace images unfamiliar" in dlg.reasons.text()
     assert dlg.accept_button.text().startswith("Accept anyway")
     assert not decide_acceptance(res)[0]
+
+
+def test_thumbnails_follow_the_one_file_rule(tmp_path):
+    """A stored name that is not UTF-8 (kept as ``\\xNN`` text) still shows its image; a
+    file since swapped for a named pipe shows none and does not block."""
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    from desktop.improve.compare import load_thumbnails
+    from engine.store.common import normalise_path
+
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no named pipes here")
+    odd = tmp_path / os.fsdecode(b"caf\xe9.png")
+    try:
+        Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(odd)
+    except (OSError, UnicodeError):
+        pytest.skip("this file system does not take names that are not UTF-8")
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    thumbs = load_thumbnails([normalise_path(odd), str(fifo)], height=20)
+    assert thumbs[0] is not None and thumbs[0].height() == 20
+    assert thumbs[1] is None
