@@ -152,16 +152,20 @@ class ModelSpec:
 
 
 def _check_ood_info(info: Any) -> None:
-    """OOD statistics that cannot switch the check off unnoticed (``inf``, NaN, <= 0)."""
+    """OOD statistics that cannot switch the check off unnoticed (``inf``, NaN, a scale
+    <= 0, a negative threshold). A threshold of 0 is kept: it calls every image that differs
+    at all from the training images unfamiliar (a degenerate set of one picture gives it)."""
     if not isinstance(info, dict):
         raise ModelFileError("out-of-distribution statistics are malformed")
     for key in ("m_ref", "r_ref", "threshold"):
         value = info.get(key)
         ok = isinstance(value, int | float) and not isinstance(value, bool)
-        if not ok or not math.isfinite(value) or value <= 0:
+        floor_ok = ok and (value >= 0 if key == "threshold" else value > 0)
+        if not ok or not math.isfinite(value) or not floor_ok:
+            kind = "a finite number >= 0" if key == "threshold" else "a positive finite number"
             raise ModelFileError(
-                f"out-of-distribution statistic {key} is {value!r}, not a positive finite "
-                "number: refused (the out-of-distribution check would be silently off)"
+                f"out-of-distribution statistic {key} is {value!r}, not {kind}: refused "
+                "(the out-of-distribution check would be silently off)"
             )
 
 

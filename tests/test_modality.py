@@ -56,7 +56,10 @@ def test_the_csv_modality_column_decides_and_a_contradiction_is_refused(
     tmp_path, synth_fundus, synth_oct
 ):
     csv_path = _mixed_csv(tmp_path, synth_fundus, synth_oct)
-    ds = load_csv_dataset(tmp_path, csv_path, label_cols=["label"], filters=["modality=OCT"])
+    # the sheet names the synthetic sets by absolute path, outside tmp_path: allowed here
+    ds = load_csv_dataset(
+        tmp_path, csv_path, label_cols=["label"], filters=["modality=OCT"], allow_outside=True
+    )
     assert resolve_modality(None, ds, [])[0] == "oct"
     with pytest.raises(DatasetError, match="contradicts the CSV's modality column"):
         resolve_modality("fundus", ds, [])
@@ -64,7 +67,9 @@ def test_the_csv_modality_column_decides_and_a_contradiction_is_refused(
 
 def test_rows_of_both_kinds_are_refused(tmp_path, synth_fundus, synth_oct):
     csv_path = _mixed_csv(tmp_path, synth_fundus, synth_oct)
-    ds = load_csv_dataset(tmp_path, csv_path, label_cols=["label"], task="multiclass")
+    ds = load_csv_dataset(
+        tmp_path, csv_path, label_cols=["label"], task="multiclass", allow_outside=True
+    )
     with pytest.raises(DatasetError, match="mix image kinds"):
         resolve_modality(None, ds, [])
 

@@ -166,8 +166,8 @@ def test_a_collapsed_run_exits_non_zero_and_writes_no_model(capsys, tmp_path, no
 
 def test_allow_collapsed_saves_it_with_the_warning_recorded(capsys, tmp_path, no_signal_set):
     out = tmp_path / "m.safetensors"
-    code, _, _ = _train(capsys, no_signal_set, out, "--allow-collapsed")
-    assert code == 0 and out.exists()
+    code, _, err = _train(capsys, no_signal_set, out, "--allow-collapsed")
+    assert code == 0 and out.exists(), err
     main(["info", str(out), "--json"])
     spec = json.loads(capsys.readouterr()[0])
     assert any("collapsed" in w for w in spec["provenance"]["warnings"])
