@@ -443,3 +443,18 @@ def test_the_review_command_records_a_slice(
     assert ws.reviews(vol)[-1]["slice"] == 4
     assert main([*args, "--reviewer", "dr_c", "--slice", "40"]) != 0
     assert "outside the volume's slices 1-5" in capsys.readouterr().err
+
+
+def test_a_volume_with_a_confident_finding_on_a_slice_is_stored_as_refer(
+    ws: Workspace, tmp_path: Path
+) -> None:
+    """Both the volume's row and its B-scan's row may say 'refer' (the refer-state migration
+    widens the triage list of every table that has one)."""
+    (vol,) = ws.add_images([volume_row(tmp_path)])
+    ws.register_model(MODEL, None, "demo", activate=True)
+    run = ws.start_run(MODEL, {"a": 1})
+    prediction = volume_prediction(vol, triage="refer", triage_reason="slice 3 of 5: finding")
+    prediction["slices"][2] = slice_row(3, "refer", label="dme", finding=0.97)
+    (pid,) = ws.add_predictions(run, [prediction])
+    assert ws.prediction_records([pid])[0]["triage"] == "refer"
+    assert ws.slice_predictions(pid)[2]["triage"] == "refer"

@@ -183,29 +183,41 @@ _TRIAGE_CHECK = re.compile(r"(triage\s+IN\s*\()([^)]*)(\))", re.IGNORECASE)
 
 
 def _migration_3_refer_state(conn: sqlite3.Connection) -> None:
-    """Allow the triage state 'refer' (a confident finding) in ``predictions``.
+    """Allow the triage state 'refer' (a confident finding) in ``predictions`` and, where
+    it exists, ``slice_predictions`` (one row per B-scan of an OCT volume).
 
-    SQLite cannot alter a CHECK constraint, so the table is rebuilt: its own CREATE
+    SQLite cannot alter a CHECK constraint, so each table is rebuilt: its own CREATE
     statement (whatever columns earlier migrations gave it) with 'refer' added to the
     triage list, every column copied, then its indexes and triggers recreated and the
     AUTOINCREMENT counter kept. The migration runner turns foreign keys off around
     migrations and checks them before each commit.
     """
-    sql = conn.execute(
-        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'predictions'"
-    ).fetchone()[0]
+    for table in ("predictions", "slice_predictions"):
+        _widen_triage_check(conn, table)
+
+
+def _widen_triage_check(conn: sqlite3.Connection, table: str) -> None:
+    row = conn.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+    ).fetchone()
+    if row is None:
+        return  # a table this workspace does not have
+    sql = row[0]
     match = _TRIAGE_CHECK.search(sql)
     if match is None:
-        raise sqlite3.DatabaseError("predictions table has no triage CHECK list to widen")
+        if table == "predictions":
+            raise sqlite3.DatabaseError("predictions table has no triage CHECK list to widen")
+        return  # no CHECK list: 'refer' is already allowed
     states = [x.strip() for x in match.group(2).split(",") if x.strip()]
     if "'refer'" in states:
         return
     widened = _TRIAGE_CHECK.sub(
         lambda m: m.group(1) + ", ".join(["'refer'", *states]) + m.group(3), sql, count=1
     )
+    rebuilt = f"{table}_rebuilt"
     new_sql = re.sub(
-        r"^\s*CREATE\s+TABLE\s+(\"predictions\"|predictions)",
-        "CREATE TABLE predictions_rebuilt",
+        rf"^\s*CREATE\s+TABLE\s+(\"{table}\"|{table})\b",
+        f"CREATE TABLE {rebuilt}",
         widened,
         count=1,
         flags=re.IGNORECASE,
@@ -213,24 +225,32 @@ def _migration_3_refer_state(conn: sqlite3.Connection) -> None:
     extras = [
         r[0]
         for r in conn.execute(
-            "SELECT sql FROM sqlite_master WHERE tbl_name = 'predictions'"
-            " AND type IN ('index', 'trigger') AND sql IS NOT NULL ORDER BY type, name"
+            "SELECT sql FROM sqlite_master WHERE tbl_name = ?"
+            " AND type IN ('index', 'trigger') AND sql IS NOT NULL ORDER BY type, name",
+            (table,),
         )
     ]
-    seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'predictions'").fetchone()
+    has_sequence = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sqlite_sequence'"
+    ).fetchone()
+    seq = (
+        conn.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)).fetchone()
+        if has_sequence
+        else None
+    )
     columns = ", ".join(
         '"' + str(r[1]).replace('"', '""') + '"'
-        for r in conn.execute("PRAGMA table_info(predictions)")
+        for r in conn.execute(f'PRAGMA table_info("{table}")')
     )
     conn.execute(new_sql)
-    conn.execute(f"INSERT INTO predictions_rebuilt ({columns}) SELECT {columns} FROM predictions")
-    conn.execute("DROP TABLE predictions")
-    conn.execute("ALTER TABLE predictions_rebuilt RENAME TO predictions")
+    conn.execute(f'INSERT INTO {rebuilt} ({columns}) SELECT {columns} FROM "{table}"')
+    conn.execute(f'DROP TABLE "{table}"')
+    conn.execute(f'ALTER TABLE {rebuilt} RENAME TO "{table}"')
     for statement in extras:
         conn.execute(statement)
     if seq is not None:  # keep ids of deleted rows from ever coming back
-        conn.execute("DELETE FROM sqlite_sequence WHERE name = 'predictions'")
-        conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('predictions', ?)", (seq[0],))
+        conn.execute("DELETE FROM sqlite_sequence WHERE name = ?", (table,))
+        conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (table, seq[0]))
 
 
 # Ordered; migration i (1-based) brings the schema from version i-1 to i. Append only.
