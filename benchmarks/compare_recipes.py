@@ -89,7 +89,8 @@ def screen_test_part(name: str, model: Path, data: list[str], out: Path, python:
     for i, smp in enumerate(ds.samples):  # links, not copies: the source images stay put
         link = folder / f"{i:05d}_{smp.path.name}"
         link.symlink_to(smp.path.resolve())
-        truth[link.name] = spec.labels[smp.target]
+        # the workspace records the file a link leads to, so the truth is keyed by that
+        truth[str(smp.path.resolve())] = spec.labels[smp.target]
     cmd = [python, "-m", "engine", "screen", str(folder), "--model", str(model)]
     cmd += ["--workspace", str(ws), "--quiet"]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -99,7 +100,7 @@ def screen_test_part(name: str, model: Path, data: list[str], out: Path, python:
     by_class: dict[str, dict[str, int]] = {}
     with Workspace.open(ws, create=False) as w:
         for r in w.latest_predictions():
-            t = truth.get(Path(r["path"]).name, "?")
+            t = truth.get(str(Path(r["path"]).resolve()), "?")
             counts[r["triage"]] = counts.get(r["triage"], 0) + 1
             cls = by_class.setdefault(t, {})
             cls[r["triage"]] = cls.get(r["triage"], 0) + 1
