@@ -29,7 +29,7 @@ import os
 import re
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -258,6 +258,16 @@ def _read_all(path: str | os.PathLike[str], max_bytes: int | None, progress) -> 
         )
     parts: list[bytes] = []
     total = 0
+    for chunk in _chunks(path, fd, progress):
+        parts.append(chunk)
+        total += len(chunk)
+        if max_bytes is not None and total > max_bytes:
+            raise UnreadableFile(path, "file grew past the size limit while being read")
+    return b"".join(parts)
+
+
+def _chunks(path: str | os.PathLike[str], fd: int, progress) -> Iterator[bytes]:  # noqa: ANN001
+    """The open file ``fd`` in blocks, each reported to ``progress``; closed at the end."""
     with os.fdopen(fd, "rb", buffering=0) as handle:
         while True:
             try:
@@ -265,13 +275,9 @@ def _read_all(path: str | os.PathLike[str], max_bytes: int | None, progress) -> 
             except OSError as e:
                 raise UnreadableFile(path, _os_error_reason(path, e)) from None
             if not chunk:
-                break
-            parts.append(chunk)
-            total += len(chunk)
+                return
             progress(len(chunk))
-            if max_bytes is not None and total > max_bytes:
-                raise UnreadableFile(path, "file grew past the size limit while being read")
-    return b"".join(parts)
+            yield chunk
 
 
 def read_file(
@@ -290,17 +296,9 @@ def _hash(path: str | os.PathLike[str], progress) -> tuple[str, int]:  # noqa: A
     progress(1)
     digest = hashlib.sha256()
     size = 0
-    with os.fdopen(fd, "rb", buffering=0) as handle:
-        while True:
-            try:
-                chunk = handle.read(CHUNK)
-            except OSError as e:
-                raise UnreadableFile(path, _os_error_reason(path, e)) from None
-            if not chunk:
-                break
-            digest.update(chunk)
-            size += len(chunk)
-            progress(len(chunk))
+    for chunk in _chunks(path, fd, progress):
+        digest.update(chunk)
+        size += len(chunk)
     return digest.hexdigest(), size
 
 
