@@ -66,6 +66,9 @@ from engine.quality import (  # noqa: E402
     DEFAULT_OCT_THRESHOLDS,
     DEFAULT_THRESHOLDS,
     FOCUS_FEATURES,
+    MODEL_FILE,
+    LearnedCheck,
+    QualityModel,
     QualityThresholds,
     assess_oct_quality,
     assess_quality,
@@ -261,7 +264,9 @@ FUNDUS_DEGRADATIONS: dict[str, tuple[Degrade | None, bool, str]] = {
     "haze 70 %": (haze(0.7), True, "haze"),
     "eyelid over 30 %": (eyelid(0.3), False, "dark_part"),
     "eyelid over 45 %": (eyelid(0.45), True, "dark_part"),
+    "bright eyelid over 20 %": (eyelid(0.2, bright=True), False, "bright_part"),
     "bright eyelid over 35 %": (eyelid(0.35, bright=True), True, "bright_part"),
+    "bright eyelid over 50 %": (eyelid(0.5, bright=True), True, "bright_part"),
     "eyelashes": (eyelashes, False, "dark_part"),
     "shadow over a third": (shadow(0.33), False, "dark_part"),
     "shadow over half": (shadow(0.5), True, "dark_part"),
@@ -432,23 +437,23 @@ def collect(
     return rows
 
 
-def judge(rows: list[dict], modality: str, thresholds=None) -> None:  # noqa: ANN001
+def judge(rows: list[dict], modality: str, model: QualityModel | None = None) -> None:
     """Run the gate on every row (adds ``result``)."""
     for r in rows:
         if modality == "fundus":
             fov = FOV(*r["fov"]) if r["fov"] else None
             r["result"] = assess_quality(
-                r["crop"], fov, thresholds or DEFAULT_THRESHOLDS, r["visible"]
+                r["crop"], fov, DEFAULT_THRESHOLDS, r["visible"], model=model
             )
         else:
-            r["result"] = assess_oct_quality(r["crop"], thresholds or DEFAULT_OCT_THRESHOLDS)
+            r["result"] = assess_oct_quality(r["crop"], DEFAULT_OCT_THRESHOLDS)
 
 
 # ------------------------------------------------------------------------------ fitting
 
 
-def fit(rows: list[dict]) -> QualityThresholds:
-    """Fit the focus model and the thresholds on calibration rows; print what was chosen.
+def fit_focus(rows: list[dict], model: QualityModel) -> QualityThresholds:
+    """Fit the focus model and the haze threshold on calibration rows; print them.
 
     Real photographs that other checks already reject (too dark, no FOV, ...) and the
     cataract set (much of it hazy beyond grading) are left out of the "sharp" class;
@@ -465,7 +470,7 @@ def fit(rows: list[dict]) -> QualityThresholds:
         return np.array([[math.log(max(r["m"][k], 1e-3)) for k in FOCUS_FEATURES] for r in rs])
 
     base = replace(DEFAULT_THRESHOLDS, max_blur_score=1e9, min_contrast=0.0)
-    judge(rows, "fundus", base)
+    judge(rows, "fundus", model, base)
     sharp = [
         r
         for r in rows
@@ -500,6 +505,181 @@ def fit(rows: list[dict]) -> QualityThresholds:
     print(f"max_soft_score (5th percentile of blur sigma 3 px): {chosen.max_soft_score}")
     print(f"min_contrast (0.5th percentile of sharp): {chosen.min_contrast}")
     return chosen
+
+
+# Learned checks: the measures each one reads (with the transform applied before
+# standardising) and the degraded copies it learns to flag. Gradable = the real
+# photographs (and their re-encoded copies) outside the cataract set, most of which is
+# hazy beyond grading (reported, never taught as gradable).
+NOT_ALL_GRADABLE = {"eye-diseases-4/cataract"}
+CHECKS: dict[str, dict] = {
+    "dark": {
+        "features": (
+            ("mean_brightness", "log"),
+            ("median_brightness", "log"),
+            ("upper_brightness", "log"),
+            ("max_level", "log"),
+            ("spread", "log"),
+            ("edge_level", "log"),
+            ("c1", "log"),
+            ("c2", "log"),
+            ("r01", "log"),
+            ("dark_fraction", "sqrt"),
+            ("dark_part", "sqrt"),
+            ("floor", "sqrt"),
+        ),
+        # x0.2 (and x0.35) copies that really are dark; x0.2 of a bright photograph can
+        # still be an ordinary exposure
+        "max_real_loss": 2.0,
+        "positive": lambda r: (
+            (r["variant"] == "exposure x0.2" and r["m"]["mean_brightness"] < 30)
+            or (r["variant"] == "exposure x0.35" and r["m"]["mean_brightness"] < 20)
+        ),
+    },
+    "bright_part": {
+        "features": (
+            ("cap_high", "log"),
+            ("cap_low", "sqrt"),
+            ("cap_texture", "log"),
+            ("cap_flat", "sqrt"),
+            ("cap_colour", "sqrt"),
+            ("top_range", "log"),
+            ("bright_part", "sqrt"),
+            ("saturation", "log"),
+            ("red_green", "log"),
+            ("blue_green", "log"),
+            ("median_brightness", "log"),
+            ("spread", "log"),
+        ),
+        # the caps tell a lid from the retina only in part: this check may cost at most
+        # 1 % of the gradable photographs
+        "max_real_loss": 1.0,
+        "positive": lambda r: (
+            r["variant"] in ("bright eyelid over 35 %", "bright eyelid over 50 %")
+        ),
+    },
+}
+FLAG_GOAL = 96.0  # % of its strong copies a learned check aims to flag
+
+
+def measure(rows: list[dict]) -> None:
+    """Add each row's gate measures (``m``) and whether the model is consulted at all
+    (``ruled``: no field of view, or one too small or cut off)."""
+    empty = QualityModel(checks={})
+    for r in rows:
+        if "ruled" in r:
+            continue
+        fov = FOV(*r["fov"]) if r["fov"] else None
+        res = assess_quality(r["crop"], fov, DEFAULT_THRESHOLDS, r["visible"], model=empty)
+        r["m"] = res.measures
+        r["ruled"] = bool(
+            {"black", "no_fov", "fov_incomplete", "small_fov", "partial_fov"} & set(res.problems)
+        ) or (not res.measures["fov_found"])
+
+
+def _gradable(r: dict) -> bool:
+    return (
+        r["variant"] in ("real", "control (resized, re-encoded)")
+        and not r["ruled"]
+        and r["set"] not in NOT_ALL_GRADABLE
+    )
+
+
+def _fold(r: dict) -> int:
+    key = "fold" + group_of(r["set"], Path(r["file"]))
+    return hashlib.sha256(key.encode()).digest()[0] % 2
+
+
+def fit_check(rows: list[dict], problem: str) -> tuple[LearnedCheck, dict]:
+    """Fit one learned check on calibration rows and choose its limit (out of fold)."""
+    from sklearn.linear_model import LogisticRegression
+
+    spec = CHECKS[problem]
+    names = tuple(f for f, _ in spec["features"])
+    transforms = tuple(t for _, t in spec["features"])
+    unit = LearnedCheck(
+        problem,
+        names,
+        transforms,
+        (0.0,) * len(names),
+        (1.0,) * len(names),
+        (1.0,) * len(names),
+        0.0,
+        0.0,
+    )
+    x = np.array([unit.contributions(r["m"]) for r in rows])  # transformed measures
+    mu, sd = x.mean(axis=0), x.std(axis=0) + 1e-6
+    z = (x - mu) / sd
+    ok = np.array([_gradable(r) for r in rows])
+    pos = np.array([(not r["ruled"]) and bool(spec["positive"](r)) for r in rows])
+    folds = np.array([_fold(r) for r in rows])
+
+    def fit(mask: np.ndarray) -> LogisticRegression:
+        lr = LogisticRegression(C=1.0, max_iter=5000, class_weight="balanced")
+        return lr.fit(z[mask], pos[mask])
+
+    oof = np.zeros(len(rows))
+    for k in (0, 1):
+        oof[folds == k] = fit((folds != k) & (ok | pos)).decision_function(z[folds == k])
+    limit = max(
+        float(np.percentile(oof[pos], 100 - FLAG_GOAL)),
+        float(np.percentile(oof[ok], 100 - spec["max_real_loss"])),
+    )
+    for goal in (90, 93, 96, 98):
+        at = float(np.percentile(oof[pos], 100 - goal))
+        print(
+            f"  {problem}: flag {goal} % of its copies -> gradable passed {np.mean(oof[ok] <= at):.3f}"
+        )
+    for loss in (1, 2, 3, 5):
+        at = float(np.percentile(oof[ok], 100 - loss))
+        print(
+            f"  {problem}: reject {loss} % of gradable -> copies flagged {np.mean(oof[pos] > at):.3f}"
+        )
+    OUT = ROOT / "benchmarks" / "out"
+    OUT.mkdir(parents=True, exist_ok=True)
+    np.savez(OUT / f"oof-{problem}.npz", oof=oof, ok=ok, pos=pos)
+    final = fit(ok | pos)
+    check = LearnedCheck(
+        problem=problem,
+        features=names,
+        transforms=transforms,
+        mean=tuple(float(v) for v in mu),
+        scale=tuple(float(v) for v in sd),
+        weights=tuple(float(v) for v in final.coef_[0]),
+        bias=float(final.intercept_[0]),
+        limit=round(limit, 4),
+    )
+    stats = {
+        "gradable_rows": int(ok.sum()),
+        "flagged_rows": int(pos.sum()),
+        "out_of_fold_gradable_passed": round(float(np.mean(oof[ok] <= limit)), 4),
+        "out_of_fold_flagged": round(float(np.mean(oof[pos] > limit)), 4),
+    }
+    print(f"{problem}: limit {limit:.3f}, {stats}")
+    return check, stats
+
+
+def fit_model(rows: list[dict]) -> QualityModel:
+    """Fit every learned check on calibration rows (see ``CHECKS``).
+
+    Each check's limit is chosen on out-of-fold log-odds (two folds by patient group
+    inside the calibration part): it flags ``FLAG_GOAL`` % of the strong copies it learned
+    from, but never rejects more than its ``max_real_loss`` % of the gradable photographs.
+    """
+    measure(rows)
+    checks, stats = {}, {}
+    for problem in CHECKS:
+        checks[problem], stats[problem] = fit_check(rows, problem)
+    return QualityModel(
+        checks=checks,
+        info={
+            "fitted_by": "benchmarks/calibrate_quality.py --fit (calibration part only)",
+            "kind": "logistic regression per check",
+            "operating_point": f"flag {FLAG_GOAL:g} % of the strong copies, reject at most "
+            "max_real_loss % of gradable photographs (dark 2, bright_part 1; out of fold)",
+            "calibration": stats,
+        },
+    )
 
 
 # ----------------------------------------------------------------------------- report
@@ -580,7 +760,10 @@ def main() -> int:
     parser.add_argument("--oct", type=int, default=150, help="OCT scans sampled (0: none)")
     parser.add_argument("--input-size", type=int, default=224, help="model input size decoded for")
     parser.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / "out" / "quality-cache")
-    parser.add_argument("--fit", action="store_true", help="fit the focus model and thresholds")
+    parser.add_argument("--fit", action="store_true", help="fit the learned checks (calibration)")
+    parser.add_argument(
+        "--fit-focus", action="store_true", help="with --fit: refit the focus model"
+    )
     parser.add_argument("--markdown", type=Path, help="write the result tables here")
     args = parser.parse_args()
     if not DATA.is_dir():
@@ -592,10 +775,22 @@ def main() -> int:
     rows = collect(
         "fundus", FUNDUS_SETS, FUNDUS_DEGRADATIONS, args.part, args.per_set, args.input_size, cache
     )
-    thresholds = fit(rows) if args.fit else DEFAULT_THRESHOLDS
-    judge(rows, "fundus", thresholds)
+    model = None
+    if args.fit:
+        if args.part != "calibration":
+            print("--fit needs --part calibration (the held-out part is never fitted on)")
+            return 2
+        model = fit_model(rows)
+        if args.fit_focus:
+            print("focus model (copy these into engine/quality.py QualityThresholds):")
+            fit_focus(rows, model)
+        tmp = MODEL_FILE.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(model.to_dict(), indent=1) + "\n")
+        tmp.replace(MODEL_FILE)
+        print(f"wrote {MODEL_FILE.relative_to(ROOT)}")
+    judge(rows, "fundus", model)
     other = collect("fundus", OTHER_SETS, {}, args.part, args.per_set, args.input_size, cache)
-    judge(other, "fundus", thresholds)
+    judge(other, "fundus", model)
     shown, skip = [], False
     for a in sys.argv[1:]:  # --cache names a local folder: not part of the recipe
         if not skip and not a.startswith("--cache"):

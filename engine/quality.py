@@ -11,7 +11,9 @@ Colour fundus photographs (:func:`assess_quality`) are judged on a copy whose fi
 - geometry: a FOV must be found (a black or blank picture, or a picture with content but
   no fundus field of view, is rejected), it must cover enough of the picture, and enough
   of it must lie inside the picture (a photograph that shows half the retina is rejected);
-- exposure: mean luminance, the share of dark cells and of clipped (saturated) cells;
+- exposure: clipped (saturated) cells and an overall washed-out field are rules;
+  underexposure is a learned check (below), since a dim photograph with a sharp disc
+  and vessels is gradable and a dark one without them is not;
 - focus: a small logistic model over six scale ratios of the green channel's strongest
   edges (the fine edges lose most when an image is defocused; contrast and exposure scale
   all scales alike). It is fitted by ``benchmarks/calibrate_quality.py`` on real
@@ -22,22 +24,33 @@ Colour fundus photographs (:func:`assess_quality`) are judged on a copy whose fi
   very hazy photograph is often reported as both hazy and blurred: the data cannot tell
   a dense cataract from a defocused hazy photograph;
 - obstruction: the share of the FOV much darker than the rest (an eyelid, eyelashes, the
-  shadow of a small pupil) or much brighter (a lid or lash reflection, a glare spot).
+  shadow of a small pupil) or much brighter (a lid or lash reflection, a glare spot), and
+  a learned check for a lid or reflection over a cap of the field: bright, flat and of
+  another colour than the retina it covers.
+
+The learned checks (:class:`QualityModel`, one logistic model per defect, stored as
+plain JSON in ``quality_model.json``) are fitted on the calibration part of the real sets
+(real photographs = gradable) against degraded copies of them; each names the measure
+that drove its call (``QualityResult.drivers``).
 
 OCT B-scans (:func:`assess_oct_quality`) get their own checks: signal strength (the
 retina's brightness above the background), retina cut off at the top edge or folded back
 into the picture (the mirror artefact of a retina crossing the zero-delay line), retina
 cut off at the bottom edge, and columns with no signal.
 
-The thresholds and the focus model's weights come from ``benchmarks/calibrate_quality.py``
+The thresholds, the focus model's weights and the learned checks come from
+``benchmarks/calibrate_quality.py``
 (calibration part of every real set; its held-out figures are in
 ``benchmarks/quality_heldout.md``).
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,8 +63,11 @@ __all__ = [
     "DEFAULT_OCT_THRESHOLDS",
     "DEFAULT_THRESHOLDS",
     "FOCUS_FEATURES",
+    "MODEL_FILE",
     "NOT_FUNDUS_REASON",
     "OctThresholds",
+    "LearnedCheck",
+    "QualityModel",
     "QualityResult",
     "QualityThresholds",
     "REASONS",
@@ -60,6 +76,7 @@ __all__ = [
     "assess_quality",
     "focus_score",
     "fundus_measures",
+    "load_model",
     "oct_measures",
 ]
 
@@ -98,16 +115,16 @@ class QualityThresholds:
     ``focus_weights`` are the focus model's intercept and weights over the logs of
     ``FOCUS_FEATURES`` (see :func:`focus_score`). A photograph whose score is above
     ``max_blur_score`` is ungradable (out of focus); one between ``max_soft_score`` and
-    that is gradable but slightly soft, which triage never auto-clears.
+    that is gradable but slightly soft, which triage never auto-clears. Underexposure and
+    bright obstructions are the learned checks' call (:class:`QualityModel`);
+    ``learned_offset`` moves all their limits (positive: more lenient).
     """
 
     min_fov_coverage: float = 0.2
     min_fov_visible: float = 0.7
-    min_mean_brightness: float = 18.0
-    dim_mean_brightness: float = 35.0  # below this, the edges must stand out enough:
-    min_dim_edge: float = 1.4  # slope (grey levels per px) of the strongest edges
+    min_mean_brightness: float = 18.0  # when no field of view is found
+    hard_min_brightness: float = 10.0  # too dark whatever the learned check says
     max_mean_brightness: float = 215.0
-    max_dark_fraction: float = 0.5
     max_clipped_fraction: float = 0.25
     max_blur_score: float = 1.391
     max_soft_score: float = -0.147
@@ -117,6 +134,7 @@ class QualityThresholds:
     max_bright_part: float = 0.25
     min_red_green: float = 1.1
     focus_weights: tuple[float, ...] = (32.616, -28.029, -6.325, -4.038, -4.108)
+    learned_offset: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -145,6 +163,7 @@ class QualityResult:
     cautions: list[str] = field(default_factory=list)  # gradable, but not for auto-clearing
     modality: str = "fundus"
     measures: dict[str, float] = field(default_factory=dict)
+    drivers: dict[str, str] = field(default_factory=dict)  # learned problem -> main measure
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (for the store and reports); measures at the top level."""
@@ -210,12 +229,20 @@ def _erode(mask: np.ndarray, steps: int) -> np.ndarray:
     return mask
 
 
-def _ellipse(shape: tuple[int, int], fov: FOV, scale: float, shrink: float) -> np.ndarray:
-    """Cells (of ``scale`` analysis px) whose centres lie inside the shrunk FOV."""
+def _cell_coords(
+    shape: tuple[int, int], fov: FOV, scale: float, shrink: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cell centres (of ``scale`` analysis px) relative to the shrunk FOV (1 = its rim)."""
     h, w = shape
     rx, ry = fov.radii
     ys = ((np.arange(h, dtype=np.float32) + 0.5) * scale - fov.cy) / (ry * shrink)
     xs = ((np.arange(w, dtype=np.float32) + 0.5) * scale - fov.cx) / (rx * shrink)
+    return xs, ys
+
+
+def _ellipse(shape: tuple[int, int], fov: FOV, scale: float, shrink: float) -> np.ndarray:
+    """Cells (of ``scale`` analysis px) whose centres lie inside the shrunk FOV."""
+    xs, ys = _cell_coords(shape, fov, scale, shrink)
     return xs[None, :] ** 2 + ys[:, None] ** 2 <= 1.0
 
 
@@ -258,25 +285,76 @@ def fundus_measures(
     cells = np.asarray(pil.reduce(4), np.float32)
     red, grn, blue = cells[..., 0], cells[..., 1], cells[..., 2]
     lum2 = 0.299 * red + 0.587 * grn + 0.114 * blue
-    inside = _ellipse(lum2.shape, fov, 4.0, _INNER) if fov.found else np.ones(lum2.shape, bool)
-    if not inside.any():
+    xs, ys = _cell_coords(lum2.shape, fov, 4.0, _INNER)
+    inside = xs[None, :] ** 2 + ys[:, None] ** 2 <= 1.0
+    if not fov.found or not inside.any():
         inside = np.ones(lum2.shape, bool)
     lum_in = lum2[inside]
     mean = float(lum_in.mean())
     # the upper quartile is robust to a dark half of the field, unlike the median
-    median, upper = (float(v) for v in np.percentile(lum_in, [50, 75]))
+    p5, median, upper, p95 = (float(v) for v in np.percentile(lum_in, [5, 50, 75, 95]))
     m["max_level"] = float(lum2.max())
     m["spread"] = float(lum_in.std())
     lit = inside & (lum2 > 20)
     if not lit.any():
         lit = inside
-    m["red_green"] = float(red[lit].mean() / (grn[lit].mean() + 1.0))
+    g_lit = float(grn[lit].mean()) + 1.0
+    m["red_green"] = float(red[lit].mean() / g_lit)
+    m["blue_green"] = float((blue[lit].mean() + 1.0) / g_lit)
     m["mean_brightness"] = mean
+    m["median_brightness"] = median
+    m["upper_brightness"] = upper
     m["dark_fraction"] = float((lum_in < 15).mean())
     m["clipped_fraction"] = float((grn[inside] >= 250).mean())
     low, high = max(0.3 * upper, 12.0), min(2.0 * median, 240.0)
     m["dark_part"] = float((lum_in < low).mean())
     m["bright_part"] = float((lum_in > high).mean())
+    # a veil (media opacity, a dirty lens) lifts the darkest parts towards the median and
+    # washes out the colour; defocus does neither
+    m["floor"] = p5 / (median + 1.0)
+    m["top_range"] = p95 / (median + 1.0)
+    r_l, g_l, b_l = red[lit], grn[lit], blue[lit]
+    cmax = np.maximum(np.maximum(r_l, g_l), b_l)
+    cmin = np.minimum(np.minimum(r_l, g_l), b_l)
+    m["saturation"] = float(((cmax - cmin) / (cmax + 1.0)).mean())
+    # an eyelid, lashes or a reflection cover a cap of the field from one side: the
+    # brightest and the darkest of the four caps (outer 45 % of each half) against the
+    # median, and how much structure the brightest cap still shows. The caps are bands
+    # of rows or columns (the cell coordinates grow monotonically).
+    top, bottom = int(np.searchsorted(ys, -0.45)), int(np.searchsorted(ys, 0.45, "right"))
+    left, right = int(np.searchsorted(xs, -0.45)), int(np.searchsorted(xs, 0.45, "right"))
+    full = slice(None)
+    caps = (
+        (slice(0, top), full),
+        (slice(bottom, None), full),
+        (full, slice(0, left)),
+        (full, slice(right, None)),
+    )
+    cap_means = []
+    for cap in caps:
+        sel = inside[cap]
+        cap_means.append(float(lum2[cap][sel].mean()) if sel.sum() >= 4 else median)
+    m["cap_high"] = max(cap_means) / (median + 1.0)
+    m["cap_low"] = min(cap_means) / (median + 1.0)
+    cap = caps[int(np.argmax(cap_means))]
+    cap_in = inside[cap]
+    # a lid or a reflection is flat and of another colour than the retina it covers
+    near = (np.abs(ys) < 0.45, np.abs(xs) < 0.45)
+    cy0, cy1 = int(near[0].argmax()), len(ys) - int(near[0][::-1].argmax())
+    cx0, cx1 = int(near[1].argmax()), len(xs) - int(near[1][::-1].argmax())
+    mid = (slice(cy0, cy1), slice(cx0, cx1))
+    centre = inside[mid] & (xs[None, cx0:cx1] ** 2 + ys[cy0:cy1, None] ** 2 < 0.2)
+    if cap_in.sum() >= 4 and centre.sum() >= 4:
+        q25, q50, q75 = np.percentile(lum2[cap][cap_in], [25, 50, 75])
+        m["cap_flat"] = float((q75 - q25) / (q50 + 1.0))
+        diff = 0.0
+        for ch in (red, blue):
+            t_cap = float((ch[cap][cap_in] / (grn[cap][cap_in] + 1.0)).mean())
+            t_mid = float((ch[mid][centre] / (grn[mid][centre] + 1.0)).mean())
+            diff += abs(math.log(t_cap + 0.05) - math.log(t_mid + 0.05))
+        m["cap_colour"] = diff
+    else:
+        m["cap_flat"], m["cap_colour"] = 0.5, 0.0
 
     # focus and contrast on the green channel's strongest edges: gradients at three scales
     # (analysis px, 2 px, 4 px), each the strongest response within a 4 px cell. Sums of
@@ -289,6 +367,11 @@ def fundus_measures(
     h = min(e2.shape[0], lum2.shape[0])
     w = min(e2.shape[1], lum2.shape[1])
     e2 = e2[:h, :w]
+    in_hw = inside[:h, :w]
+    all_edges = float(e2[in_hw].mean()) if in_hw.any() else 0.0
+    cap_sel = in_hw[cap]
+    cap_edges = float(e2[cap][cap_sel].mean()) if cap_sel.any() else all_edges
+    m["cap_texture"] = (cap_edges + 0.05) / (all_edges + 0.05)
     darkest = np.minimum(np.minimum(red[:h, :w], grn[:h, :w]), blue[:h, :w])
     valid = inside[:h, :w] & (lum2[:h, :w] > max(8.0, 0.3 * median)) & (darkest < 235)
     valid = _erode(valid, 3)  # away from the rim and from dark patches
@@ -322,21 +405,151 @@ def focus_score(m: dict[str, float], weights: tuple[float, ...]) -> float:
     return z
 
 
+# ---------------------------------------------------------------- the learned checks
+
+MODEL_FILE = Path(__file__).with_name("quality_model.json")
+_TRANSFORMS = {
+    "log": lambda v: math.log(max(v, 1e-3)),
+    "sqrt": lambda v: math.sqrt(max(v, 0.0)),
+}
+
+
+@dataclass(frozen=True)
+class LearnedCheck:
+    """One learned check: logistic log-odds of a defect over transformed, standardised
+    measures; the defect is reported when the log-odds exceed ``limit``."""
+
+    problem: str
+    features: tuple[str, ...]
+    transforms: tuple[str, ...]
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    weights: tuple[float, ...]
+    bias: float
+    limit: float
+
+    def contributions(self, m: dict[str, float]) -> list[float]:
+        """Each measure's share of the log-odds (weight times standardised value)."""
+        out = []
+        for f, t, mu, sd, w in zip(
+            self.features, self.transforms, self.mean, self.scale, self.weights, strict=True
+        ):
+            out.append(w * (_TRANSFORMS[t](m.get(f, 0.0)) - mu) / sd)
+        return out
+
+    def score(self, m: dict[str, float]) -> float:
+        """Log-odds that the photograph has this check's defect."""
+        return self.bias + sum(self.contributions(m))
+
+    def driver(self, m: dict[str, float]) -> str:
+        """The measure that pushed the log-odds up the most (the reason behind a flag)."""
+        c = self.contributions(m)
+        return self.features[max(range(len(c)), key=c.__getitem__)]
+
+
+@dataclass(frozen=True)
+class QualityModel:
+    """The learned checks of the fundus gate, read from JSON next to this module.
+
+    Fitted by ``benchmarks/calibrate_quality.py --fit`` on the calibration part of the real
+    sets (real photographs = gradable) against degraded copies of them; each check's
+    ``limit`` is its operating point, chosen on that part only. No pickle: plain numbers.
+    """
+
+    checks: dict[str, LearnedCheck]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> QualityModel:
+        """The model from its JSON form; a malformed one is refused with ValueError."""
+        checks = {}
+        try:
+            for problem, c in d["checks"].items():
+                check = LearnedCheck(
+                    problem=problem,
+                    features=tuple(c["features"]),
+                    transforms=tuple(c["transforms"]),
+                    mean=tuple(float(v) for v in c["mean"]),
+                    scale=tuple(float(v) for v in c["scale"]),
+                    weights=tuple(float(v) for v in c["weights"]),
+                    bias=float(c["bias"]),
+                    limit=float(c["limit"]),
+                )
+                n = len(check.features)
+                sizes = {len(check.transforms), len(check.mean), len(check.scale)}
+                if (
+                    problem not in REASONS
+                    or sizes | {len(check.weights)} != {n}
+                    or not set(check.transforms) <= set(_TRANSFORMS)
+                    or min(check.scale, default=0.0) <= 0
+                ):
+                    raise ValueError(problem)
+                checks[problem] = check
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"quality model: malformed check ({e})") from None
+        return cls(checks=checks, info=dict(d.get("info", {})))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form (numbers rounded to 6 significant digits)."""
+
+        def r(values: tuple[float, ...]) -> list[float]:
+            return [float(f"{v:.6g}") for v in values]
+
+        return {
+            "checks": {
+                p: {
+                    "features": list(c.features),
+                    "transforms": list(c.transforms),
+                    "mean": r(c.mean),
+                    "scale": r(c.scale),
+                    "weights": r(c.weights),
+                    "bias": float(f"{c.bias:.6g}"),
+                    "limit": float(f"{c.limit:.6g}"),
+                }
+                for p, c in self.checks.items()
+            },
+            "info": self.info,
+        }
+
+
+@functools.cache
+def load_model(path: Path = MODEL_FILE) -> QualityModel:
+    """The quality model shipped with the package (read once)."""
+    return QualityModel.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
 def assess_quality(
     img: np.ndarray,
     fov: FOV | None = None,
     thresholds: QualityThresholds = DEFAULT_THRESHOLDS,
     visible: float | None = None,
+    model: QualityModel | None = None,
 ) -> QualityResult:
     """Judge whether a colour fundus photograph is gradable (see the module docstring).
 
     ``img`` is uint8 HxWx3 (or HxW); ``fov`` its field of view in the same pixels (found
     with ``find_fov`` when None); ``visible`` the share of the FOV inside the original
-    picture when ``img`` is a crop of it.
+    picture when ``img`` is a crop of it; ``model`` the learned checks (the shipped ones
+    when None).
     """
     _check_image(img, "assess_quality")
     m = fundus_measures(img, fov, visible)
     t = thresholds
+    learned = (model or load_model()).checks
+    drivers: dict[str, str] = {}
+
+    def fires(problem: str) -> bool:
+        check = learned.get(problem)
+        if check is None:
+            return False
+        score = check.score(m)
+        m[problem + "_score"] = score
+        limit = check.limit + t.learned_offset
+        if score > limit:
+            drivers[problem] = check.driver(m)
+            return True
+        return False
+
     problems: list[str] = []
     if m["max_level"] < 20 or (not m["fov_found"] and m["spread"] < 3):
         problems.append("black")
@@ -360,14 +573,10 @@ def assess_quality(
             problems.append("small_fov")
         if m["fov_visible"] < t.min_fov_visible:
             problems.append("partial_fov")
-        # a dim or mostly dark photograph is still gradable when its edges stand out
-        # (a darkly pigmented fundus with a sharp disc and vessels)
-        faint = m["edge_level"] < t.min_dim_edge
-        if (
-            m["mean_brightness"] < t.min_mean_brightness
-            or (m["dark_fraction"] > t.max_dark_fraction and faint)
-            or (m["mean_brightness"] < t.dim_mean_brightness and faint)
-        ):
+        # underexposure is the learned check's call (a dim photograph with a sharp disc
+        # and vessels is gradable), above a hard floor
+        dark = fires("dark")
+        if m["mean_brightness"] < t.hard_min_brightness or dark:
             problems.append("dark")
         if (
             m["mean_brightness"] > t.max_mean_brightness
@@ -390,7 +599,10 @@ def assess_quality(
         if not exposure_bad:
             if m["dark_part"] > t.max_dark_part:
                 problems.append("dark_part")
-            if m["bright_part"] > t.max_bright_part:
+            # a lid, lashes or a reflection covering part of the field: the learned check
+            # (flat, differently coloured, bright cap), or plainly too bright a share
+            bright_part = fires("bright_part")
+            if m["bright_part"] > t.max_bright_part or bright_part:
                 problems.append("bright_part")
     cautions: list[str] = []
     if not problems and m.get("blur_score", -1e9) > t.max_soft_score:
@@ -402,6 +614,7 @@ def assess_quality(
         cautions=cautions,
         modality="fundus",
         measures=m,
+        drivers={p: d for p, d in drivers.items() if p in problems},
     )
 
 

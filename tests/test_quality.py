@@ -20,12 +20,13 @@ from benchmarks.calibrate_quality import (
     shadow,
 )
 from engine.quality import (
-    DEFAULT_THRESHOLDS,
-    FOCUS_FEATURES,
+    MODEL_FILE,
     SOFT_FOCUS,
+    QualityModel,
     QualityThresholds,
     assess_oct_quality,
     assess_quality,
+    load_model,
 )
 from engine.synth import render_fundus, render_oct
 
@@ -112,6 +113,12 @@ def test_dark_eyelid_or_shadow_over_the_field_is_flagged(fundus, degrade):
     assert {"dark_part", "fov_incomplete", "partial_fov"} & set(result.problems), result.reasons
 
 
+def test_bright_eyelid_over_the_field_is_flagged(fundus):
+    result = _judge(eyelid(0.5, bright=True)(fundus, _rng()))
+    assert not result.ok, result.measures
+    assert {"bright_part", "fov_incomplete", "partial_fov"} & set(result.problems), result.reasons
+
+
 @pytest.mark.parametrize("value", [0, 3, 128], ids=["black", "nearly-black", "uniform-grey"])
 def test_black_or_blank_picture_is_flagged_as_such(value):
     result = assess_quality(np.full((300, 300, 3), value, np.uint8))
@@ -128,13 +135,19 @@ def test_grey_oct_scan_has_no_fundus_field_of_view(oct_scan):
 def test_thresholds_are_applied_as_given(fundus):
     strict = QualityThresholds(max_blur_score=-1e6)
     assert "blur" in assess_quality(np.asarray(fundus), thresholds=strict).problems
+    # the learned checks' limits move with the offset: far below them, they fire and
+    # name the measure behind the call
+    harsh = QualityThresholds(learned_offset=-1e6)
+    result = assess_quality(np.asarray(fundus), thresholds=harsh)
+    assert "dark" in result.problems, result.reasons
+    assert result.drivers["dark"] in load_model().checks["dark"].features
 
 
 def test_result_serialises_to_a_plain_dict(fundus):
     d = _judge(fundus).to_dict()
     assert d["ok"] is True and d["reasons"] == [] and d["modality"] == "fundus"
     assert {"blur_score", "mean_brightness", "c2", "fov_visible"} <= set(d)
-    words = {"ok", "reasons", "problems", "cautions", "modality"}
+    words = {"ok", "reasons", "problems", "cautions", "modality", "drivers"}
     assert all(isinstance(v, float) for k, v in d.items() if k not in words)
 
 
@@ -145,10 +158,31 @@ def test_bad_input_gets_a_clear_error():
         assess_oct_quality(np.zeros((4, 64), np.uint8))
 
 
-def test_focus_model_has_a_weight_per_measure_and_a_soft_band_below_the_blur_limit():
-    t = DEFAULT_THRESHOLDS
-    assert len(t.focus_weights) == 1 + len(FOCUS_FEATURES)
-    assert t.max_soft_score < t.max_blur_score
+def test_shipped_model_has_the_learned_checks_and_scores_a_photograph(fundus):
+    model = load_model()
+    assert MODEL_FILE.suffix == ".json" and {"dark", "bright_part"} <= set(model.checks)
+    m = _judge(fundus).measures
+    for problem, check in model.checks.items():
+        assert m[problem + "_score"] <= check.limit  # a sharp, well exposed photograph
+
+
+def test_model_round_trips_through_its_json_form(fundus):
+    model = load_model()
+    again = QualityModel.from_dict(model.to_dict())
+    m = _judge(fundus).measures
+    for problem, check in model.checks.items():
+        assert abs(check.score(m) - again.checks[problem].score(m)) < 1e-3
+
+
+def test_malformed_model_is_refused():
+    d = load_model().to_dict()
+    d["checks"]["no such defect"] = d["checks"].pop("dark")
+    with pytest.raises(ValueError, match="quality model"):
+        QualityModel.from_dict(d)
+    d = load_model().to_dict()
+    d["checks"]["dark"]["weights"] = d["checks"]["dark"]["weights"][:-1]
+    with pytest.raises(ValueError, match="quality model"):
+        QualityModel.from_dict(d)
 
 
 def test_slightly_soft_photograph_passes_with_a_caution(fundus):
