@@ -391,6 +391,7 @@ def evaluate_arrays(
     amp: bool,
 ) -> dict[str, Any]:
     from .calibration import sigmoid, softmax
+    from .findings import positive_label
     from .metrics import evaluate_predictions
 
     logits, _ = predict_arrays(net, spec, arrays, device, amp)
@@ -401,7 +402,7 @@ def evaluate_arrays(
         if spec.task == "multilabel"
         else softmax(logits, spec.temperature)
     )
-    return evaluate_predictions(y, probs, spec.task, spec.labels)
+    return evaluate_predictions(y, probs, spec.task, spec.labels, positive=positive_label(spec))
 
 
 def _metrics_line(name: str, m: dict[str, Any]) -> str:

@@ -73,13 +73,14 @@ def measure(
 
     from ..calibration import softmax
     from ..clearing import clearing_block
+    from ..findings import positive_label
     from ..metrics import evaluate_predictions
     from ..triage import review_workload, triage_states
 
     if len(y) == 0:
         return {"n": 0, "accuracy": None, "balanced_accuracy": None, "review_workload": None}
     probs = softmax(logits, spec.temperature)
-    m = evaluate_predictions(y, probs, spec.task, spec.labels)
+    m = evaluate_predictions(y, probs, spec.task, spec.labels, positive=positive_label(spec))
     blocked = clearing_block([spec], policy)
     states = triage_states(spec, probs, _scores(spec, extra, feats), quality, policy, blocked)
     m["review_workload"] = review_workload(states)
