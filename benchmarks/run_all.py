@@ -20,6 +20,7 @@ SUITES = [
     "bench_improve",
     "bench_volume",
     "bench_slice_switch",
+    "bench_enhance",
     "bench_ray",
 ]
 
