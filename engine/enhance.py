@@ -231,7 +231,7 @@ def clahe(grey: np.ndarray, grid: int = CLAHE_GRID, clip_limit: float = CLAHE_CL
     level = np.arange(256)
     counts += ((level % step == 0) & (level // step < residual)).astype(np.int64)
     cdf = np.cumsum(counts, axis=2)
-    maps = cdf * (255.0 / area)  # (ty, tx, 256)
+    maps = np.rint(cdf * (255.0 / area))  # (ty, tx, 256): one whole grey level per input level
     maps = np.clip(maps, 0.0, 255.0).astype(np.float32)
 
     # one extra column so that the right-hand neighbour is always the next column (its

@@ -97,7 +97,7 @@ def test_clahe_matches_a_reference_implementation_up_to_rounding():
     grey = grey.astype(np.uint8)
     reference = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(grey)
     diff = np.abs(clahe(grey).astype(int) - reference)
-    assert diff.max() <= 2 and diff.mean() < 0.05  # float against fixed-point rounding
+    assert diff.max() <= 1  # one grey level of rounding at most
 
 
 def test_tone_after_prepare_is_the_same_as_apply():
