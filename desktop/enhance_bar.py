@@ -24,13 +24,14 @@ from engine.enhance import Enhancement, prepare, tone
 
 from .viewer import ImageViewer
 
-# keys (printed on the bar and listed in the shortcut sheet); Shift + the key steps down
+# keys (printed on the bar and listed in the shortcut sheet); for the three sliders,
+# Shift + the key steps down. None is a key a scheme's lesion presets use.
 ENHANCE_KEYS = {
-    "brightness": "B",
-    "contrast": "C",
-    "gamma": "E",
-    "green": "R",
-    "clahe": "H",
+    "brightness": "L",  # light
+    "contrast": "W",  # window
+    "gamma": "Y",
+    "green": "Shift+R",  # red-free
+    "clahe": "Shift+E",  # equalise
     "reset": "X",
 }
 STEPS = {"brightness": 10, "contrast": 10, "gamma": 0.1}
@@ -229,7 +230,7 @@ class EnhanceBar(QWidget):
             key = ENHANCE_KEYS[control]
             button = QToolButton()
             button.setObjectName(f"enhance_{control}")
-            button.setText(f"{key}  {text}")
+            button.setText(f"{key.replace('Shift+', '⇧')}  {text}")
             button.setToolTip(f"{tip} (key {key})")
             button.setCheckable(control != "reset")
             button.setFocusPolicy(Qt.FocusPolicy.NoFocus)

@@ -1,0 +1,209 @@
+"""The grading panel: the workspace's scheme questions, each option with its key.
+
+Shown in the review panel area. One block per question (ICDR grade, maculopathy, image
+quality ...): its title, the AI's answer in the grader's terms (hidden in blind mode) and
+one button per option with its hotkey printed on it; a multi-choice question's buttons
+toggle. A chooser on top switches the workspace's scheme (a preset, or a JSON file).
+The page binds the keys and saves answers; this module only shows them.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QComboBox,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
+
+from engine.schemes import PRESETS, Scheme, normalise_key
+
+from .evidence import WARN
+
+LOAD_FROM_FILE = "file"
+PRESET_NAMES = {
+    "model": "The model's labels",
+    "icdr": "ICDR: DR grade, maculopathy, quality",
+    "referable": "Referable / non-referable",
+    "dme": "DME present / absent",
+    "glaucoma": "Glaucoma suspect",
+}
+
+
+class GradingPanel(QWidget):
+    """Scheme chooser and one block of option buttons per question.
+
+    Signals: ``answer_clicked(question, value)`` when an option button is clicked;
+    ``scheme_chosen(name)`` with a preset name or ``"file"`` for "Load from file…".
+    """
+
+    answer_clicked = Signal(str, str)
+    scheme_chosen = Signal(str)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("gradingPanel")
+        self.heading = QLabel("<b>Grading</b>")
+        self.heading.setObjectName("gradingHeading")
+        self.chooser = QComboBox()
+        self.chooser.setObjectName("schemeChooser")
+        self.chooser.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        self.chooser.setToolTip("The workspace's grading scheme (kept for every reader)")
+        for name in PRESETS:
+            self.chooser.addItem(PRESET_NAMES.get(name, name), name)
+        self.chooser.addItem("Load from file…", LOAD_FROM_FILE)
+        self.chooser.activated.connect(self._on_chosen)
+        top = QHBoxLayout()
+        top.setContentsMargins(0, 0, 0, 0)
+        top.addWidget(self.heading)
+        top.addWidget(self.chooser, 1)
+        self.body = QWidget()
+        self.body_layout = QVBoxLayout(self.body)
+        self.body_layout.setContentsMargins(0, 0, 0, 0)
+        self.body_layout.setSpacing(2)
+        self.note = QLabel()
+        self.note.setObjectName("gradingNote")
+        self.note.setWordWrap(True)
+        self.note.setStyleSheet("color: palette(placeholder-text); font-size: 9pt;")
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(8, 4, 8, 4)
+        layout.setSpacing(3)
+        layout.addLayout(top)
+        layout.addWidget(self.body)
+        layout.addWidget(self.note)
+        self._scheme: Scheme | None = None
+        self.buttons: dict[tuple[str, str], QPushButton] = {}
+        self.ai_labels: dict[str, QLabel] = {}
+        self.titles: dict[str, QLabel] = {}
+
+    # ------------------------------------------------------------------ scheme
+
+    def scheme(self) -> Scheme | None:
+        return self._scheme
+
+    def set_scheme(
+        self, scheme: Scheme, unbound: dict[str, str] | None = None, shared: bool = False
+    ) -> None:
+        """Build one block per question. ``unbound``: hotkey → why it is not bound (a key
+        the page already uses); ``shared``: the questions are the review's own labels
+        (the "model" scheme), answered with the review buttons above, so none are shown."""
+        self._scheme = scheme
+        unbound = unbound or {}
+        index = self.chooser.findData(scheme.name)
+        self.chooser.blockSignals(True)
+        if index < 0:
+            self.chooser.insertItem(
+                self.chooser.count() - 1, f"{scheme.name} (custom)", scheme.name
+            )
+            index = self.chooser.findData(scheme.name)
+        self.chooser.setCurrentIndex(index)
+        self.chooser.blockSignals(False)
+        while self.body_layout.count():
+            item = self.body_layout.takeAt(0)
+            widget = item.widget() if item is not None else None
+            if widget is not None:
+                widget.deleteLater()
+        self.buttons.clear()
+        self.ai_labels.clear()
+        self.titles.clear()
+        if shared or not scheme.questions:
+            self.note.setText(
+                "Your review above is the answer in this scheme; choose a scheme to grade "
+                "in other terms (ICDR, referable …)."
+                if scheme.questions
+                else "This scheme asks no questions (only lesions are marked)."
+            )
+            self.body.hide()
+            return
+        self.body.show()
+        notes = []
+        for q in scheme.questions:
+            block = QWidget()
+            grid = QGridLayout(block)
+            grid.setContentsMargins(0, 4, 0, 0)
+            grid.setSpacing(3)
+            kind = " (any that apply)" if q.kind == "multi" else ""
+            title = QLabel(f"<b>{q.title}</b>{kind}")
+            title.setWordWrap(True)
+            self.titles[q.key] = title
+            ai = QLabel()
+            ai.setObjectName(f"ai_{q.key}")
+            ai.setWordWrap(True)
+            self.ai_labels[q.key] = ai
+            grid.addWidget(title, 0, 0, 1, 2)
+            grid.addWidget(ai, 1, 0, 1, 2)
+            columns = 2 if max((len(o.label) for o in q.options), default=0) <= 14 else 1
+            for i, o in enumerate(q.options):
+                key = normalise_key(o.hotkey) if o.hotkey else ""
+                if key in unbound:
+                    notes.append(f"{key} ({o.label}): {unbound[key]}")
+                    key = ""
+                button = QPushButton(f"{key}  {o.label}" if key else o.label)
+                button.setObjectName(f"grade_{q.key}_{o.value}")
+                button.setCheckable(True)
+                button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+                button.setMinimumHeight(24)
+                button.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+                button.setToolTip(
+                    f"{q.title}: {o.label}"
+                    + (f" (key {key})" if key else "")
+                    + (" — toggles" if q.kind == "multi" else "")
+                )
+                button.clicked.connect(
+                    lambda _=False, qk=q.key, v=o.value: self.answer_clicked.emit(qk, v)
+                )
+                self.buttons[(q.key, o.value)] = button
+                grid.addWidget(button, 2 + i // columns, i % columns)
+            self.body_layout.addWidget(block)
+        self.note.setText(
+            (f"{WARN} Keys not bound (already used): " + "; ".join(notes)) if notes else ""
+        )
+
+    # ------------------------------------------------------------------ answers
+
+    def show_answers(
+        self, answers: dict[str, list[str]], ai: dict[str, str | None], hidden: bool
+    ) -> None:
+        """Tick the grader's answers; say the AI's answer per question (or that it is
+        hidden in blind mode)."""
+        if self._scheme is None:
+            return
+        for (question, value), button in self.buttons.items():
+            chosen = value in answers.get(question, [])
+            button.setChecked(chosen)
+            text = button.text().removesuffix("  ✓")
+            button.setText(f"{text}  ✓" if chosen else text)
+        for q in self._scheme.questions:
+            label = self.ai_labels.get(q.key)
+            if label is None:
+                continue
+            if hidden:
+                label.setText("AI: hidden (blind mode) until you commit")
+                label.setStyleSheet("color: palette(placeholder-text);")
+                continue
+            value = ai.get(q.key)
+            option = q.option(value) if value else None
+            if option is None:
+                label.setText("AI: no answer in these terms")
+                label.setStyleSheet("color: palette(placeholder-text);")
+            else:
+                label.setText(f"AI: {option.label}")
+                label.setStyleSheet("")
+
+    def clear_answers(self) -> None:
+        """No image: nothing ticked, no AI answer."""
+        for button in self.buttons.values():
+            button.setChecked(False)
+            button.setText(button.text().removesuffix("  ✓"))
+        for label in self.ai_labels.values():
+            label.setText("")
+
+    def _on_chosen(self, index: int) -> None:
+        name = self.chooser.itemData(index)
+        if name is not None:
+            self.scheme_chosen.emit(str(name))
