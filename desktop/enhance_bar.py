@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PySide6.QtCore import QObject, Qt, QThreadPool, Signal
 from PySide6.QtGui import QImage
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QSlider, QToolButton, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QSizePolicy, QSlider, QToolButton, QWidget
 from superqt.utils import FunctionWorker
 
 from engine.enhance import Enhancement, prepare, tone
@@ -98,6 +98,8 @@ class DisplayEnhancer(QObject):
         if e == self._e:
             return
         self._e = e
+        words = e.describe()
+        self._viewer.set_badge(f"⚠ Enhanced view: {words} · X: original" if words else "")
         self.changed.emit(e)
         self._update()
 
@@ -195,9 +197,6 @@ class EnhanceBar(QWidget):
         layout = QHBoxLayout(self)
         layout.setContentsMargins(6, 2, 6, 2)
         layout.setSpacing(4)
-        caption = QLabel("View:")
-        caption.setToolTip("Display enhancement: changes only what is shown, never the file")
-        layout.addWidget(caption)
         self.sliders: dict[str, QSlider] = {}
         for control, text, low, high in (
             ("brightness", "Bright", -100, 100),
@@ -213,7 +212,7 @@ class EnhanceBar(QWidget):
             slider.setValue(100 if control == "gamma" else 0)
             slider.setSingleStep(10)
             slider.setPageStep(20)
-            slider.setMinimumWidth(50)
+            slider.setMinimumWidth(36)
             slider.setMaximumWidth(110)
             slider.setFocusPolicy(Qt.FocusPolicy.NoFocus)
             slider.setToolTip(label.toolTip())
@@ -242,6 +241,9 @@ class EnhanceBar(QWidget):
             layout.addWidget(button)
         self.state = QLabel()
         self.state.setObjectName("enhanceState")
+        # the words may be long: they never widen the window (the tooltip and the badge
+        # on the image carry them whole)
+        self.state.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         layout.addWidget(self.state, 2)
         enhancer.changed.connect(self.show_state)
         enhancer.failed.connect(self._on_failed)

@@ -9,7 +9,8 @@ The page binds the keys and saves answers; this module only shows them.
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtGui import QResizeEvent
 from PySide6.QtWidgets import (
     QComboBox,
     QGridLayout,
@@ -35,6 +36,34 @@ PRESET_NAMES = {
 }
 
 
+class AnswerButton(QPushButton):
+    """An option button that never widens the panel: a long label is cut with an ellipsis
+    to the width it gets (the whole label is in the tooltip)."""
+
+    def __init__(self, text: str, parent: QWidget | None = None) -> None:
+        super().__init__(text, parent)
+        self._full = text
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+
+    def full_text(self) -> str:
+        return self._full
+
+    def set_full_text(self, text: str) -> None:
+        self._full = text
+        self._elide()
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt override
+        return QSize(60, super().minimumSizeHint().height())
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 - Qt override
+        super().resizeEvent(event)
+        self._elide()
+
+    def _elide(self) -> None:
+        room = max(20, self.width() - 16)
+        self.setText(self.fontMetrics().elidedText(self._full, Qt.TextElideMode.ElideRight, room))
+
+
 class GradingPanel(QWidget):
     """Scheme chooser and one block of option buttons per question.
 
@@ -54,6 +83,10 @@ class GradingPanel(QWidget):
         self.chooser.setObjectName("schemeChooser")
         self.chooser.setFocusPolicy(Qt.FocusPolicy.NoFocus)
         self.chooser.setToolTip("The workspace's grading scheme (kept for every reader)")
+        self.chooser.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
+        self.chooser.setMinimumContentsLength(14)
         for name in PRESETS:
             self.chooser.addItem(PRESET_NAMES.get(name, name), name)
         self.chooser.addItem("Load from file…", LOAD_FROM_FILE)
@@ -77,7 +110,7 @@ class GradingPanel(QWidget):
         layout.addWidget(self.body)
         layout.addWidget(self.note)
         self._scheme: Scheme | None = None
-        self.buttons: dict[tuple[str, str], QPushButton] = {}
+        self.buttons: dict[tuple[str, str], AnswerButton] = {}
         self.ai_labels: dict[str, QLabel] = {}
         self.titles: dict[str, QLabel] = {}
 
@@ -129,6 +162,7 @@ class GradingPanel(QWidget):
             grid.setSpacing(3)
             kind = " (any that apply)" if q.kind == "multi" else ""
             title = QLabel(f"<b>{q.title}</b>{kind}")
+            title.setMinimumWidth(60)
             title.setWordWrap(True)
             self.titles[q.key] = title
             ai = QLabel()
@@ -143,12 +177,11 @@ class GradingPanel(QWidget):
                 if key in unbound:
                     notes.append(f"{key} ({o.label}): {unbound[key]}")
                     key = ""
-                button = QPushButton(f"{key}  {o.label}" if key else o.label)
+                button = AnswerButton(f"{key}  {o.label}" if key else o.label)
                 button.setObjectName(f"grade_{q.key}_{o.value}")
                 button.setCheckable(True)
                 button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
                 button.setMinimumHeight(24)
-                button.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
                 button.setToolTip(
                     f"{q.title}: {o.label}"
                     + (f" (key {key})" if key else "")
@@ -158,7 +191,7 @@ class GradingPanel(QWidget):
                     lambda _=False, qk=q.key, v=o.value: self.answer_clicked.emit(qk, v)
                 )
                 self.buttons[(q.key, o.value)] = button
-                grid.addWidget(button, 2 + i // columns, i % columns)
+                grid.addWidget(button, 2 + i // columns, i % columns, 1, 3 - columns)
             self.body_layout.addWidget(block)
         self.note.setText(
             (f"{WARN} Keys not bound (already used): " + "; ".join(notes)) if notes else ""
@@ -176,8 +209,8 @@ class GradingPanel(QWidget):
         for (question, value), button in self.buttons.items():
             chosen = value in answers.get(question, [])
             button.setChecked(chosen)
-            text = button.text().removesuffix("  ✓")
-            button.setText(f"{text}  ✓" if chosen else text)
+            text = button.full_text().removeprefix("✓ ")
+            button.set_full_text(f"✓ {text}" if chosen else text)
         for q in self._scheme.questions:
             label = self.ai_labels.get(q.key)
             if label is None:
@@ -199,7 +232,7 @@ class GradingPanel(QWidget):
         """No image: nothing ticked, no AI answer."""
         for button in self.buttons.values():
             button.setChecked(False)
-            button.setText(button.text().removesuffix("  ✓"))
+            button.set_full_text(button.full_text().removeprefix("✓ "))
         for label in self.ai_labels.values():
             label.setText("")
 

@@ -36,13 +36,12 @@ from PySide6.QtWidgets import (
     QGridLayout,
     QHBoxLayout,
     QLabel,
-    QPushButton,
-    QSizePolicy,
     QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
+from .grading_panel import AnswerButton
 from .viewer import ImageViewer
 
 PEN_WIDTH = 2.0  # screen pixels, whatever the zoom
@@ -634,15 +633,13 @@ class MarksPanel(QWidget):
         top = QHBoxLayout()
         top.setContentsMargins(0, 0, 0, 0)
         top.setSpacing(4)
-        top.addWidget(self.heading)
-        top.addStretch(1)
-        top.addWidget(self.mode_button)
-        top.addWidget(self.visible_button)
+        top.addWidget(self.mode_button, 1)
+        top.addWidget(self.visible_button, 1)
         self.types = QWidget()
         self.types_grid = QGridLayout(self.types)
         self.types_grid.setContentsMargins(0, 0, 0, 0)
         self.types_grid.setSpacing(3)
-        self.type_buttons: dict[str, QPushButton] = {}
+        self.type_buttons: dict[str, AnswerButton] = {}
         self.count_label = QLabel()
         self.count_label.setObjectName("marksCount")
         self.count_label.setWordWrap(True)
@@ -653,6 +650,7 @@ class MarksPanel(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(8, 4, 8, 4)
         layout.setSpacing(3)
+        layout.addWidget(self.heading)
         layout.addLayout(top)
         layout.addWidget(self.types)
         layout.addWidget(self.count_label)
@@ -671,12 +669,11 @@ class MarksPanel(QWidget):
         self.type_buttons.clear()
         for i, t in enumerate(lesions):
             key = t.hotkey or ""
-            button = QPushButton(f"{key}  {t.label}" if key else t.label)
+            button = AnswerButton(f"{key}  {t.label}" if key else t.label)
             button.setObjectName(f"lesion_{t.key}")
             button.setCheckable(True)
             button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
             button.setMinimumHeight(22)
-            button.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
             button.setStyleSheet(f"QPushButton {{ border-left: 6px solid {t.colour}; }}")
             button.setToolTip(f"Mark {t.label}" + (f" (key {key} in marking mode)" if key else ""))
             button.clicked.connect(lambda _=False, k=t.key: self._choose(k))

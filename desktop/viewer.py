@@ -137,8 +137,26 @@ class ImageViewer(QGraphicsView):
         self._message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self._message.setStyleSheet("color: #e8e8e8; font-size: 11pt; padding: 24px;")
         self._message.hide()
+        # what the reader must know about the pixels on screen (e.g. an enhanced view)
+        self._badge = QLabel(self.viewport())
+        self._badge.setObjectName("viewerBadge")
+        self._badge.setStyleSheet(
+            "background: rgba(20, 20, 20, 200); color: #ffb347; font-weight: bold;"
+            " padding: 3px 8px; border-radius: 3px;"
+        )
+        self._badge.hide()
 
     # ------------------------------------------------------------------ content
+
+    def set_badge(self, text: str) -> None:
+        """A short line in the top-left corner of the view (empty: none)."""
+        self._badge.setText(text)
+        self._badge.adjustSize()
+        self._badge.move(8, 8)
+        self._badge.setVisible(bool(text))
+
+    def badge(self) -> str:
+        return self._badge.text() if not self._badge.isHidden() else ""
 
     def set_image(self, image: QImage, keep_view: bool = False) -> None:
         """Show ``image`` (fit to the window); clears the overlay and any message.
@@ -154,6 +172,7 @@ class ImageViewer(QGraphicsView):
         self._twin.setPixmap(pixmap)
         self._overlay.setPixmap(QPixmap())
         self._message.hide()
+        self._badge.setVisible(bool(self._badge.text()))
         self._base.setVisible(True)
         self._layout_items()
         if not same or self._fit_mode:
@@ -269,6 +288,7 @@ class ImageViewer(QGraphicsView):
             self._layout_items()
             return
         self._message.setText(text)
+        self._badge.hide()  # it speaks of an image, and none is shown
         self._base.setVisible(False)
         self._twin.setVisible(False)
         self._overlay.setVisible(False)
@@ -354,6 +374,12 @@ class ImageViewer(QGraphicsView):
         if delta:
             self._zoom(ZOOM_STEP ** (delta / 120.0), under_mouse=True)
         event.accept()
+
+    def scrollContentsBy(self, dx: int, dy: int) -> None:  # noqa: N802 - Qt override
+        """Panning scrolls the viewport's child widgets too: the badge stays in its corner."""
+        super().scrollContentsBy(dx, dy)
+        self._badge.move(8, 8)
+        self._message.setGeometry(self.viewport().rect())
 
     def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 - Qt override
         super().resizeEvent(event)
