@@ -241,8 +241,7 @@ class EnhanceBar(QWidget):
             layout.addWidget(button)
         self.state = QLabel()
         self.state.setObjectName("enhanceState")
-        # the words may be long: they never widen the window (the tooltip and the badge
-        # on the image carry them whole)
+        # shown when there is room; the badge on the image always says the state in full
         self.state.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         layout.addWidget(self.state, 2)
         enhancer.changed.connect(self.show_state)
@@ -255,7 +254,8 @@ class EnhanceBar(QWidget):
         self._enhancer.set_enhancement(current.with_(**{control: new}))
 
     def _on_failed(self, reason: str) -> None:
-        self.state.setText(f"⚠ Enhancement failed, original shown: {reason}")
+        self.state.setText("⚠ Enhancement failed")
+        self.state.setToolTip(f"The original is shown: {reason}")
         self.state.setStyleSheet(ENHANCED_STYLE)
 
     def show_state(self, e: Enhancement) -> None:
@@ -269,7 +269,7 @@ class EnhanceBar(QWidget):
             self.buttons[control].setChecked(bool(getattr(e, control)))
         words = e.describe()
         if words:
-            self.state.setText(f"⚠ Enhanced: {words}")
+            self.state.setText("⚠ Enhanced")  # the badge on the image says how
             self.state.setStyleSheet(ENHANCED_STYLE)
             self.state.setToolTip(
                 f"The view is enhanced ({words}); the file is unchanged. "

@@ -88,8 +88,9 @@ def test_keys_change_the_view_and_original_restores_it_without_touching_the_file
     settle(qtbot, page)
     assert page.enhancer.enhancement() == Enhancement(contrast=20, green=True)
     assert shown(page).astype(float).std() > red_free.astype(float).std()
-    state = page.enhance_bar.state.text()
-    assert "Enhanced" in state and "contrast +20" in state and "red-free" in state
+    assert page.enhance_bar.state.text() == "⚠ Enhanced"
+    badge = page.viewer.badge()  # on the image itself: the view is not the original
+    assert "Enhanced view" in badge and "contrast +20" in badge and "red-free" in badge
     assert page.enhance_bar.sliders["contrast"].value() == 20
 
     key(qtbot, page, Qt.Key.Key_X)  # the original again
@@ -97,6 +98,7 @@ def test_keys_change_the_view_and_original_restores_it_without_touching_the_file
     assert np.array_equal(shown(page), original)
     assert not page.viewer.is_enhanced()
     assert page.enhance_bar.state.text() == "Original pixels"
+    assert page.viewer.badge() == ""
     assert photo.read_bytes() == before_bytes  # the source file is never written
 
 
@@ -123,4 +125,4 @@ def test_brightness_and_gamma_keys_step_up_and_down(qtbot, page):
     key(qtbot, page, Qt.Key.Key_Y, Qt.KeyboardModifier.ShiftModifier)
     settle(qtbot, page)
     assert page.enhancer.enhancement() == Enhancement(gamma=1.1)
-    assert "gamma 1.10" in page.enhance_bar.state.text()
+    assert "gamma 1.10" in page.viewer.badge()
