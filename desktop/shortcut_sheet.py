@@ -15,11 +15,7 @@ SHEET: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     (
         "Review an image",
         (
-            (
-                "1 … 9",
-                "label the image (multi-label: tick or untick a label); with a grading "
-                "scheme (ICDR …), the keys printed on its answers answer its questions",
-            ),
+            ("1 … 9", "label the image; with a grading scheme: the answers keyed 1 … 9"),
             ("Enter", "confirm the AI answer (multi-label: save the ticked labels)"),
             ("U", "ungradable"),
             ("N", "write a note (saved with the image; Enter when done)"),
@@ -115,7 +111,8 @@ class ShortcutSheet(QDialog):
         layout.addWidget(close, 0, Qt.AlignmentFlag.AlignRight)
         for key in ("F1", "?"):
             QShortcut(QKeySequence(key), self, activated=self.close)
-        self.resize(980, 560)
+        hint = self.sizeHint()
+        self.resize(max(980, hint.width()), max(600, hint.height()))
 
     def texts(self) -> str:
         """Everything the sheet says, as plain text (for tests and screen readers)."""
