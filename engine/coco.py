@@ -414,11 +414,112 @@ def _signature(image_id: Any, slice_index: Any, lesion: str, kind: str, points: 
     return (int(image_id), slice_index, lesion, kind, pts)
 
 
+# --------------------------------------------------------------------------- marks as ground truth
+
+
+@dataclass
+class MarkedImage:
+    """One image (or one 0-based B-scan of a volume) with its graders' marks: the ground
+    truth of ``explain-eval --marks``. ``width``/``height`` are the marks' pixel frame."""
+
+    path: Path
+    slice_index: int | None
+    width: int
+    height: int
+    marks: list[Mark]
+
+    @property
+    def name(self) -> str:
+        where = "" if self.slice_index is None else f" slice {self.slice_index + 1}"
+        return f"{self.path.name}{where}"
+
+
+def marked_images(source: str | os.PathLike[str]) -> tuple[list[MarkedImage], list[str]]:
+    """The images with at least one live mark, from a workspace folder or a COCO file,
+    and the problems met (annotations refused, images whose file cannot be found).
+
+    A COCO image's file is looked for under ``info.image_root``, then beside the COCO
+    file; a workspace's images are where it recorded them.
+    """
+    from .store import Workspace, is_workspace
+
+    source = Path(source).expanduser()
+    problems: list[str] = []
+    out: list[MarkedImage] = []
+    if is_workspace(source):
+        with Workspace.open(source, create=False) as ws:
+            images = {im["id"]: im for im in ws.images()}
+            grouped: dict[tuple[int, int | None], list[Mark]] = {}
+            for m in ws.all_marks():
+                grouped.setdefault((int(m.image_id or 0), m.slice_index), []).append(m)
+        for (image_id, slice_index), marks in sorted(
+            grouped.items(), key=lambda kv: (kv[0][0], -1 if kv[0][1] is None else kv[0][1])
+        ):
+            im = images[image_id]
+            if not im.get("width") or not im.get("height"):
+                problems.append(f"{Path(im['path']).name}: its size is not recorded; skipped")
+                continue
+            out.append(
+                MarkedImage(
+                    Path(im["path"]), slice_index, int(im["width"]), int(im["height"]), marks
+                )
+            )
+        return out, problems
+    doc = _read_coco(source)
+    roots = [Path(r) for r in [(doc.get("info") or {}).get("image_root")] if isinstance(r, str)]
+    roots.append(source.parent)
+    categories = {
+        c["id"]: str(c.get("name", c["id"]))
+        for c in doc.get("categories", [])
+        if isinstance(c, dict) and "id" in c
+    }
+    by_image: dict[Any, list[dict]] = {}
+    for ann in doc.get("annotations", []):
+        if isinstance(ann, dict):
+            by_image.setdefault(ann.get("image_id"), []).append(ann)
+    for entry in doc["images"]:
+        if not isinstance(entry, dict) or entry.get("id") not in by_image:
+            continue
+        name = str(entry.get("file_name", ""))
+        path = next((r / name for r in roots if (r / name).exists()), None)
+        if path is None:
+            problems.append(f"{name}: file not found under the image root or beside the COCO file")
+            continue
+        width, height = entry.get("width"), entry.get("height")
+        if not isinstance(width, int) or not isinstance(height, int) or width <= 0 or height <= 0:
+            problems.append(f"{name}: no width/height in the COCO file; skipped")
+            continue
+        slice_index = entry.get("slice_index")
+        marks = []
+        for ann in by_image[entry["id"]]:
+            try:
+                kind, raw = _geometry(ann)
+                points = check_geometry(kind, raw, width, height)
+            except MarkError as exc:
+                problems.append(f"annotation {ann.get('id')} on {name}: {exc}")
+                continue
+            lesion = categories.get(ann.get("category_id"), str(ann.get("category_id")))
+            marks.append(Mark(str(ann.get("id")), lesion, kind, points, "", "", slice_index))
+        if marks:
+            out.append(
+                MarkedImage(
+                    path,
+                    slice_index if isinstance(slice_index, int) else None,
+                    width,
+                    height,
+                    marks,
+                )
+            )
+    return out, problems
+
+
 __all__ = [
     "CocoError",
     "ImportReport",
+    "MarkedImage",
     "coco_document",
     "export_coco",
     "export_masks",
     "import_coco",
+    "marked_images",
 ]
