@@ -14,6 +14,7 @@ sys.path.insert(0, str(ROOT))
 SUITES = [
     "bench_screen",
     "bench_engines",
+    "bench_versus",
     "bench_uncertainty",
     "bench_attribution",
     "bench_gui",

@@ -252,11 +252,10 @@ def find_fov(img: np.ndarray, threshold: int | None = None) -> FOV:
     if not (0 <= cx <= ws and 0 <= cy <= hs):
         return _not_found((h, w))
     ellipse = _ellipse_grid((hs, ws), cx, cy, rx, ry)
-    filled = np.zeros_like(mask)  # the bright region with dark patches inside filled
-    for j, a, b in zip(rows, left, right, strict=True):
-        filled[j, a : b + 1] = True
-    for i, a, b in zip(cols, top, bottom, strict=True):
-        filled[a : b + 1, i] = True
+    filled = np.zeros_like(mask)  # the bright region with dark patches inside filled:
+    x, y = np.arange(ws), np.arange(hs)  # each row from its left to its right extent, and
+    filled[rows] = (x >= left[:, None]) & (x <= right[:, None])  # each column top to bottom
+    filled[:, cols] |= (y[:, None] >= top) & (y[:, None] <= bottom)
     union = np.logical_or(ellipse, filled).sum()
     iou = np.logical_and(ellipse, filled).sum() / max(union, 1)
     if iou < _MIN_IOU or ellipse.all():
