@@ -450,6 +450,23 @@ def scheme_disease(scheme: Scheme, answers: Mapping[str, Sequence[str]]) -> bool
     return False if said else None
 
 
+def answer_words(scheme: Scheme, answers: Mapping[str, Sequence[str]]) -> list[tuple[str, str]]:
+    """``(question title, chosen option labels)`` in the scheme's order, for the report and
+    any other place that shows a grader's answers in words; unanswered questions are left
+    out and a value the scheme no longer has is shown as stored."""
+    rows = []
+    for q in scheme.questions:
+        values = answers.get(q.key) or []
+        if values:
+            words = [(q.option(v).label if q.option(v) else v) for v in values]
+            rows.append((q.title, "; ".join(words)))
+    known = {q.key for q in scheme.questions}
+    for key, values in answers.items():
+        if key not in known and values:
+            rows.append((key, "; ".join(values)))
+    return rows
+
+
 # --------------------------------------------------------------------------- presets
 
 # Okabe-Ito colours (distinguishable with colour-vision deficiency) plus white.

@@ -15,6 +15,7 @@ from engine.schemes import (
     Scheme,
     SchemeError,
     ai_answer,
+    answer_words,
     normalise_key,
     preset,
     scheme_disease,
@@ -233,3 +234,13 @@ def test_lesion_types_follow_the_images_modality():
     assert {"intraretinal_fluid", "subretinal_fluid", "ped"} <= oct_
     assert "drusen" in fundus and "drusen" in oct_
     assert "microaneurysm" not in oct_ and "ped" not in fundus
+
+
+def test_answer_words_follow_the_scheme_order_and_keep_unknown_values():
+    scheme = preset("icdr")
+    words = answer_words(scheme, {"maculopathy": ["M1"], "dr": ["R2"], "old": ["x"]})
+    assert words == [
+        ("Diabetic retinopathy (ICDR; R2 or worse is referable)", "R2 moderate NPDR (referable)"),
+        ("Maculopathy (M1 is referable)", "M1 maculopathy (referable)"),
+        ("old", "x"),
+    ]

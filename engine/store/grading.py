@@ -263,6 +263,17 @@ class Grading(StoreBase):
             reviewer,
         )[0]
 
+    def add_marks(self, rows: list[dict], reviewer: str, source: str | None = None) -> list[str]:
+        """Append several marks in one transaction (all or none); returns their uids.
+
+        Each row has ``image_id``, ``lesion``, ``kind``, ``points`` and optionally
+        ``slice_index``, and, for marks brought from elsewhere (a COCO import), the
+        ``uid``, ``reviewer`` and ``created_at`` they had there (an existing uid gets a new
+        one). ``reviewer`` is who adds them (the audit entry's actor, and the marks'
+        reviewer when a row names none); ``source`` is noted in the audit entry.
+        """
+        return self._add_marks(rows, reviewer, source)
+
     def _add_marks(self, rows: list[dict], reviewer: str, source: str | None = None) -> list[str]:
         """Append several marks in one transaction (all or none)."""
         from ..marks import MarkError, check_geometry
@@ -275,6 +286,13 @@ class Grading(StoreBase):
             for row in rows:
                 image_id = self._resolve_image(conn, int(row["image_id"]))
                 slice_index = self._check_slice_index(conn, image_id, row.get("slice_index"))
+                size = conn.execute(
+                    "SELECT kind, width, height FROM images WHERE id = ?", (image_id,)
+                ).fetchone()
+                if slice_index is None and size["kind"] == "volume":
+                    raise EntryError(
+                        f"a mark on OCT volume {image_id} needs its B-scan (slice_index)"
+                    )
                 lesion = row["lesion"]
                 if scheme.lesion(lesion) is None:
                     known = ", ".join(t.key for t in scheme.lesion_types) or "none"
@@ -282,14 +300,14 @@ class Grading(StoreBase):
                         f"the scheme {scheme.name!r} has no lesion type {lesion!r} (its "
                         f"lesion types: {known})"
                     )
-                size = conn.execute(
-                    "SELECT width, height FROM images WHERE id = ?", (image_id,)
-                ).fetchone()
                 try:
                     pts = check_geometry(row["kind"], row["points"], size["width"], size["height"])
                 except MarkError as exc:
                     raise EntryError(f"mark on image {image_id}: {exc}") from None
                 uid = row.get("uid") or uuid.uuid4().hex
+                taken = conn.execute("SELECT 1 FROM marks WHERE uid = ?", (uid,)).fetchone()
+                if taken or uid in uids:
+                    uid = uuid.uuid4().hex
                 conn.execute(
                     "INSERT INTO marks (uid, image_id, slice_index, scheme_id, lesion, kind,"
                     " points, reviewer, created_at, restores) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -301,9 +319,9 @@ class Grading(StoreBase):
                         lesion,
                         row["kind"],
                         json.dumps([[x, y] for x, y in pts]),
-                        row.get("reviewer") or reviewer,
-                        row.get("created_at") or stamp,
-                        row.get("restores"),
+                        check_reviewer(row.get("reviewer") or reviewer),
+                        str(row.get("created_at") or stamp),
+                        None,
                     ),
                 )
                 uids.append(uid)
