@@ -278,24 +278,20 @@ def _grading_lines(row: dict) -> list[tuple[str, str]]:
     answers = row.get("grading") or []
     if not answers:
         return []
-    return [("Grading", "; ".join(f"{title}: {words}" for title, words in answers))]
+    return [("Grading", " · ".join(f"{title}: {words}" for title, words in answers))]
 
 
 def _attach_grading(ws: Workspace, rows: list[dict]) -> None:
     """Give each row its grader's answers (``grading``: ``[(question, words)]``), the
     marks on the picture the report shows (``marks``; a volume's: on its key B-scan) and
     the scheme they belong to."""
+    from engine.schemes import answer_words
+
     scheme = ws.scheme()
     for row in rows:
         image_id = int(row["image_id"])
-        answers = ws.grades(image_id)
-        lines = []
-        for q in scheme.questions:
-            values = answers.get(q.key)
-            if not values:
-                continue
-            words = ", ".join(o.label if (o := q.option(v)) is not None else v for v in values)
-            lines.append((q.title.split(" (")[0], words))
+        answers = answer_words(scheme, ws.grades(image_id))
+        lines = [(title.split(" (")[0], words) for title, words in answers]
         row["grading"] = lines
         slice_index = None
         if row.get("kind") == "volume" and row.get("n_slices"):

@@ -49,7 +49,7 @@ def test_the_report_rows_carry_the_answers_and_the_marks(graded):
     row = next(r for r in rows if r["path"] == str(photo.resolve()) or "OD" in r["path"])
     lines = dict(report._review_lines(row, None))
     assert lines["Grading"] == (
-        "Diabetic retinopathy: R2 moderate NPDR (referable); Maculopathy: M1 maculopathy "
+        "Diabetic retinopathy: R2 moderate NPDR (referable) · Maculopathy: M1 maculopathy "
         "(referable)"
     )
     assert sorted(m.lesion for m in row["marks"]) == ["haemorrhage", "microaneurysm"]
