@@ -17,7 +17,17 @@ from typing import Any
 import numpy as np
 from PySide6.QtCore import QObject, Qt, QThreadPool, Signal
 from PySide6.QtGui import QImage
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QSizePolicy, QSlider, QToolButton, QWidget
+from PySide6.QtWidgets import (
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QMenu,
+    QSizePolicy,
+    QSlider,
+    QToolButton,
+    QWidget,
+    QWidgetAction,
+)
 from superqt.utils import FunctionWorker
 
 from engine.enhance import Enhancement, prepare, tone
@@ -197,14 +207,21 @@ class EnhanceBar(QWidget):
         layout = QHBoxLayout(self)
         layout.setContentsMargins(6, 2, 6, 2)
         layout.setSpacing(4)
+        # the three sliders sit in a small panel under "Adjust", so the bar stays one
+        # short row (their keys work without opening it)
         self.sliders: dict[str, QSlider] = {}
-        for control, text, low, high in (
-            ("brightness", "Bright", -100, 100),
-            ("contrast", "Contrast", -100, 100),
-            ("gamma", "Gamma", 30, 300),
+        panel = QWidget()
+        grid = QGridLayout(panel)
+        grid.setContentsMargins(8, 6, 8, 6)
+        for row, (control, text, low, high) in enumerate(
+            (
+                ("brightness", "Brightness", -100, 100),
+                ("contrast", "Contrast", -100, 100),
+                ("gamma", "Gamma", 30, 300),
+            )
         ):
             key = ENHANCE_KEYS[control]
-            label = QLabel(f"{key} {text}")
+            label = QLabel(f"{key}  {text}")
             label.setToolTip(f"{text} (key {key} up, Shift+{key} down)")
             slider = QSlider(Qt.Orientation.Horizontal)
             slider.setObjectName(f"enhance_{control}")
@@ -212,14 +229,30 @@ class EnhanceBar(QWidget):
             slider.setValue(100 if control == "gamma" else 0)
             slider.setSingleStep(10)
             slider.setPageStep(20)
-            slider.setMinimumWidth(36)
-            slider.setMaximumWidth(110)
+            slider.setMinimumWidth(160)
             slider.setFocusPolicy(Qt.FocusPolicy.NoFocus)
             slider.setToolTip(label.toolTip())
             slider.valueChanged.connect(lambda v, c=control: self._on_slider(c, v))
             self.sliders[control] = slider
-            layout.addWidget(label)
-            layout.addWidget(slider, 1)
+            grid.addWidget(label, row, 0)
+            grid.addWidget(slider, row, 1)
+        self.adjust_button = QToolButton()
+        self.adjust_button.setObjectName("enhanceAdjust")
+        self.adjust_button.setText("L W Y  Adjust")
+        self.adjust_button.setToolTip(
+            "Brightness (L), contrast (W) and gamma (Y); Shift + the key steps down"
+        )
+        self.adjust_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        self.adjust_button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        menu = QMenu(self.adjust_button)
+        action = QWidgetAction(menu)
+        action.setDefaultWidget(panel)
+        menu.addAction(action)
+        self.adjust_button.setMenu(menu)
+        caption = QLabel("View:")
+        caption.setToolTip("Display enhancement: changes only what is shown, never the file")
+        layout.addWidget(caption)
+        layout.addWidget(self.adjust_button)
         self.buttons: dict[str, QToolButton] = {}
         for control, text, tip in (
             ("green", "Red-free", "The green channel as grey, the red-free view"),

@@ -103,6 +103,7 @@ class GradingPanel(QWidget):
         self.note.setObjectName("gradingNote")
         self.note.setWordWrap(True)
         self.note.setStyleSheet("color: palette(placeholder-text); font-size: 9pt;")
+        self.note.hide()
         layout = QVBoxLayout(self)
         layout.setContentsMargins(8, 4, 8, 4)
         layout.setSpacing(3)
@@ -145,14 +146,18 @@ class GradingPanel(QWidget):
         self.ai_labels.clear()
         self.titles.clear()
         if shared or not scheme.questions:
-            self.note.setText(
-                "Your review above is the answer in this scheme; choose a scheme to grade "
-                "in other terms (ICDR, referable …)."
+            # one row: the chooser; what it means is in its tooltip
+            self.note.setText("")
+            self.note.hide()
+            self.chooser.setToolTip(
+                "The workspace's grading scheme. With the model's labels your review above is "
+                "the answer; choose a scheme (ICDR, referable …) to grade in other terms."
                 if scheme.questions
                 else "This scheme asks no questions (only lesions are marked)."
             )
             self.body.hide()
             return
+        self.chooser.setToolTip("The workspace's grading scheme (kept for every reader)")
         self.body.show()
         notes = []
         for q in scheme.questions:
@@ -196,6 +201,7 @@ class GradingPanel(QWidget):
         self.note.setText(
             (f"{WARN} Keys not bound (already used): " + "; ".join(notes)) if notes else ""
         )
+        self.note.setVisible(bool(notes))
 
     # ------------------------------------------------------------------ answers
 

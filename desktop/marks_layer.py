@@ -609,7 +609,6 @@ class MarksPanel(QWidget):
         super().__init__(parent)
         self.setObjectName("marksPanel")
         self._layer = layer
-        self.heading = QLabel("<b>Lesion marks</b>")
         self.mode_button = QToolButton()
         self.mode_button.setObjectName("markingMode")
         self.mode_button.setText("⇧M  Mark lesions")
@@ -650,7 +649,6 @@ class MarksPanel(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(8, 4, 8, 4)
         layout.setSpacing(3)
-        layout.addWidget(self.heading)
         layout.addLayout(top)
         layout.addWidget(self.types)
         layout.addWidget(self.count_label)
@@ -689,6 +687,8 @@ class MarksPanel(QWidget):
 
     def update_count(self) -> None:
         marks = self._layer.marks()
+        # outside marking mode the panel is one row (and the count, when there are marks)
+        self.count_label.setVisible(bool(marks) or self._layer.is_marking())
         if not marks:
             self.count_label.setText("No marks on this image yet.")
             return
@@ -705,6 +705,8 @@ class MarksPanel(QWidget):
         self.mode_button.blockSignals(False)
         self.mode_button.setStyleSheet("font-weight: bold;" if on else "")
         self.hint.setVisible(on)
+        self.types.setVisible(on)  # the lesion types matter only while marking
+        self.update_count()
 
     def _on_visible(self, visible: bool) -> None:
         self.visible_button.blockSignals(True)

@@ -1036,15 +1036,9 @@ class ReviewPage(QWidget):
         for key, (question, value) in answer_keys.items():
             if key in unbound:
                 continue
-            shortcut = QShortcut(QKeySequence(key), self)
-            shortcut.setContext(Qt.ShortcutContext.WindowShortcut)
-            shortcut.setAutoRepeat(False)
-            shortcut.activated.connect(
-                lambda s=shortcut, q=question, v=value: self._shortcuts._run(
-                    s, lambda: self.answer(q, v)
-                )
+            self._scheme_shortcuts += self._shortcuts.make(
+                [key], lambda q=question, v=value: self.answer(q, v)
             )
-            self._scheme_shortcuts.append(shortcut)
         self.grading.set_scheme(scheme, unbound, shared=shared)
         if self._labels:
             self._set_labels(self._labels)

@@ -126,3 +126,14 @@ def test_brightness_and_gamma_keys_step_up_and_down(qtbot, page):
     settle(qtbot, page)
     assert page.enhancer.enhancement() == Enhancement(gamma=1.1)
     assert "gamma 1.10" in page.viewer.badge()
+
+
+def test_the_sliders_under_adjust_set_the_same_enhancement(qtbot, page):
+    page.enhance_bar.sliders["gamma"].setValue(150)
+    page.enhance_bar.sliders["brightness"].setValue(-30)
+    settle(qtbot, page)
+    assert page.enhancer.enhancement() == Enhancement(brightness=-30, gamma=1.5)
+    assert page.viewer.is_enhanced()
+    page.enhance_bar.buttons["reset"].click()
+    settle(qtbot, page)
+    assert page.enhance_bar.sliders["gamma"].value() == 100 and not page.viewer.is_enhanced()
