@@ -333,6 +333,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     (lm,) = _load_models([args.model], args.device)
     spec = lm.spec
     ds = _load_data(args, label_order=None if spec.task == "multilabel" else list(spec.labels))
+    if args.part:
+        ds = _split_part(ds, spec, args.part)
     paths = [s.path for s in ds.samples]
     logits, errors, _ = predict_logits(
         lm, paths, args.batch_size, args.workers, TaskState(Progress("calibrating"))
@@ -342,7 +344,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     before = spec.temperature
     spec.temperature = float(fit_temperature(z, y, spec.task))
     warnings: list[str] = []
-    calibrate_spec_on(spec, z, y, args.alpha, print, warnings)
+    source = f"{args.part} images" if args.part else "calibration images"
+    calibrate_spec_on(spec, z, y, args.alpha, print, warnings, source=source)
     if spec.task != "multilabel":
         for name, t in (("before", before), ("after", spec.temperature)):
             p = softmax(z, t)
@@ -391,6 +394,7 @@ N_LEADING = 4  # columns before the per-label probabilities
 
 
 def cmd_screen(args: argparse.Namespace) -> int:
+    from .clearing import clearing_block
     from .cli_cluster import make_backend, start_backend
     from .engines import engine_cache_dir
     from .findings import finding_labels, negative_labels
@@ -448,6 +452,9 @@ def cmd_screen(args: argparse.Namespace) -> int:
         use_quality=not args.no_quality,
         review_findings=list(args.review_finding or []),
     )
+    blocked = clearing_block([m.spec for m in models], policy) if negative_labels(spec0) else None
+    if blocked:
+        err(f"note: {blocked}; confident 'no finding' answers go to review")
     settings = ScreenSettings(
         batch_size=args.batch_size,
         device=args.device,
@@ -813,6 +820,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(c)
     c.add_argument(
         "--alpha", type=float, default=0.1, help="conformal miss rate (0.1 = 90%% coverage)"
+    )
+    c.add_argument(
+        "--part",
+        choices=["validation", "test"],
+        help="only this part of the model's own split (same data options as training)",
     )
     c.add_argument("--batch-size", type=int, default=32)
     c.add_argument("--workers", type=int)

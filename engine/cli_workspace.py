@@ -105,9 +105,14 @@ def cmd_review(args: argparse.Namespace) -> int:
             report: dict = {}
             n = ws.import_reviews_csv(args.from_csv, default_reviewer=args.reviewer, report=report)
             repeated = report.get("duplicates") or 0
+            rows = (
+                "1 row already recorded was"
+                if repeated == 1
+                else f"{repeated} rows already recorded were"
+            )
             print(
-                f"recorded {n} reviews from {args.from_csv}"
-                + (f"; {repeated} rows already recorded were not added again" if repeated else "")
+                f"recorded {n} review{'' if n == 1 else 's'} from {args.from_csv}"
+                + (f"; {rows} not added again" if repeated else "")
             )
             return EXIT_OK
         if not args.image or not args.reviewer:

@@ -28,7 +28,7 @@ def evaluate_model_on(
     import numpy as np
 
     from .calibration import sigmoid, softmax
-    from .findings import finding_labels, negative_indices
+    from .findings import finding_labels, negative_indices, positive_label
     from .inference import predict_logits
     from .metrics import evaluate_predictions
     from .referral import referral_curve
@@ -53,8 +53,11 @@ def evaluate_model_on(
         owners = [s.volume or f"image:{i}" for i, s in enumerate(ds.samples)]
         owners = [o for o, good in zip(owners, ok, strict=True) if good]
         y, probs, raw = roll_up_arrays(owners, y, probs, raw, spec)
-    out = evaluate_predictions(y, probs, spec.task, spec.labels)
-    out["ece_uncalibrated"] = evaluate_predictions(y, raw, spec.task, spec.labels)["ece"]
+    pos = positive_label(spec)
+    out = evaluate_predictions(y, probs, spec.task, spec.labels, positive=pos)
+    out["ece_uncalibrated"] = evaluate_predictions(y, raw, spec.task, spec.labels, positive=pos)[
+        "ece"
+    ]
     if volumes:
         out["scored"] = "volumes (each by its most suspicious B-scan)"
         out["n_volumes"] = len(volumes)

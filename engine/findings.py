@@ -62,6 +62,15 @@ def findings_in(spec: ModelSpec, answer_labels: Iterable[str]) -> list[str]:
     return [lab for lab in answer_labels if lab and lab not in neg and lab in spec.labels]
 
 
+def positive_label(spec: ModelSpec) -> str | None:
+    """A binary model's finding class (what its sensitivity is about): the label that is not
+    "no finding"; None for other tasks, or when both or neither label is a finding."""
+    if spec.task != "binary":
+        return None
+    found = finding_labels(spec)
+    return found[0] if len(found) == 1 else None
+
+
 def negative_indices(spec: ModelSpec) -> list[int]:
     """Class indices of the "no finding" labels."""
     neg = set(negative_labels(spec))

@@ -488,9 +488,10 @@ def fit(
 def validation_metrics(logits: np.ndarray, y: np.ndarray, spec: ModelSpec) -> dict[str, Any]:
     """Uncalibrated task metrics of validation logits (for choosing the kept epoch)."""
     from .calibration import sigmoid, softmax
+    from .findings import positive_label
     from .metrics import evaluate_predictions
 
     if len(y) == 0:
         return {"n": 0}
     probs = sigmoid(logits) if spec.task == "multilabel" else softmax(logits, 1.0)
-    return evaluate_predictions(y, probs, spec.task, spec.labels)
+    return evaluate_predictions(y, probs, spec.task, spec.labels, positive=positive_label(spec))

@@ -319,8 +319,13 @@ def evaluate_predictions(
     labels: Sequence[str],
     y_pred: Any = None,
     thresholds: Any = None,
+    positive: str | None = None,
 ) -> dict:
     """Full evaluation report of a model's predictions, ready for JSON and the model file.
+
+    ``positive`` (binary): the finding class that the top-level ``sensitivity``,
+    ``specificity`` and ``auc`` are about (:func:`engine.findings.positive_label`); the
+    second label when not given.
 
     Single-label tasks report accuracy, balanced accuracy, per-class sensitivity,
     specificity, precision, F1 and support, AUC (binary: positive class; multiclass and
@@ -344,7 +349,7 @@ def evaluate_predictions(
     if task == "multilabel":
         report = _evaluate_multilabel(y_true, p, labels, y_pred, thresholds)
     else:
-        report = _evaluate_single_label(y_true, p, task, labels, y_pred, thresholds)
+        report = _evaluate_single_label(y_true, p, task, labels, y_pred, thresholds, positive)
     return to_jsonable(report)
 
 
@@ -355,8 +360,12 @@ def _evaluate_single_label(
     labels: list[str],
     y_pred: Any,
     thresholds: Any,
+    positive: str | None = None,
 ) -> dict:
     n_classes = p.shape[1]
+    if positive is not None and positive not in labels:
+        raise ValueError(f"positive class {positive!r} is not one of the labels")
+    pos = positive if positive is not None else labels[-1]
     if task == "binary" and n_classes != 2:
         raise ValueError(f"binary task needs 2 probability columns, got {n_classes}")
     if n_classes < 2:
@@ -392,7 +401,7 @@ def _evaluate_single_label(
         aucs.append(stats["auc"])
 
     if task == "binary":
-        auc = per_class[labels[1]]["auc"]
+        auc = per_class[pos]["auc"]
     else:
         auc = _nanmean(aucs)
     conf = p[np.arange(n), yp] if n else np.zeros(0)
@@ -409,8 +418,9 @@ def _evaluate_single_label(
         "f1_macro": _nanmean(f1s),
     }
     if task == "binary":
-        report["sensitivity"] = per_class[labels[1]]["sensitivity"]
-        report["specificity"] = per_class[labels[1]]["specificity"]
+        report["positive_label"] = pos
+        report["sensitivity"] = per_class[pos]["sensitivity"]
+        report["specificity"] = per_class[pos]["specificity"]
     if task == "ordinal":
         report["qwk"] = cohen_kappa(t, yp, n_classes, weights="quadratic")
         report["mean_absolute_error"] = float(np.mean(np.abs(t - yp))) if n else math.nan

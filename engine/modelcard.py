@@ -16,6 +16,22 @@ def _fmt(v: object) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+def clearing_words(spec: ModelSpec) -> str:
+    """Whether this model may auto-clear under the default policy, and the evidence."""
+    from .clearing import check_clearing
+    from .triage import TriagePolicy
+
+    c = check_clearing(spec, TriagePolicy())
+    if c.allowed:
+        src = (spec.clearing or {}).get("source", "held-out images")
+        return (
+            f"on at the default threshold: it cleared {c.cleared_with_finding} of "
+            f"{c.n_with_finding} {src} with a finding (at most {100 * (c.upper or 0):.0f} %, "
+            "95 % bound)"
+        )
+    return "off: " + c.reason.removeprefix("auto-clear is off for this model: ")
+
+
 def model_card_text(spec: ModelSpec, sha256: str = "") -> str:
     lines = []
     title = spec.name or spec.arch
@@ -33,6 +49,8 @@ def model_card_text(spec: ModelSpec, sha256: str = "") -> str:
     elif not spec.negative_labels:
         names += " (default rule)"
     lines.append("  no finding    " + names)
+    if negatives or spec.task == "multilabel":
+        lines.append("  auto-clear    " + clearing_words(spec))
     prep = spec.preprocessing
     steps = [
         n

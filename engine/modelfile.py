@@ -70,6 +70,9 @@ class ModelSpec:
     thresholds: dict[str, Any] = field(default_factory=dict)
     conformal: dict[str, Any] | None = None
     referral_curve: list[dict[str, Any]] | None = None
+    # calibrated probabilities and labels on held-out images: engine.clearing decides from
+    # them whether this model may auto-clear at all
+    clearing: dict[str, Any] | None = None
     ood: dict[str, Any] | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)

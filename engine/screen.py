@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .clearing import clearing_block
 from .images import Decoded
 from .inference import model_decoder
 from .modelfile import ModelSpec
@@ -186,6 +187,8 @@ class BatchScorer:
         self.cal = (
             ConformalCalibrator.from_dict(self.spec.conformal) if self.spec.conformal else None
         )
+        # whether these models may auto-clear at all, decided once per run
+        self.clear_blocked = clearing_block([m.spec for m in self.models], settings.policy)
 
     def __call__(
         self,
@@ -227,6 +230,7 @@ class BatchScorer:
                 None if norm_ent is None else float(norm_ent[j]),
                 settings,
                 describe_uncertainty,
+                self.clear_blocked,
             )
             for j, i in enumerate(indices)
         ]
@@ -275,6 +279,7 @@ def _result(
     norm_ent: float | None,
     settings: ScreenSettings,
     describe,  # noqa: ANN001
+    clear_blocked: str | None = None,
 ) -> ScreenResult:
     labels = spec.labels
     p = {lab: round(float(v), 6) for lab, v in zip(labels, probs, strict=True)}
@@ -292,6 +297,7 @@ def _result(
         quality=q,
         policy=settings.policy,
         ood_reason=ood_reason,
+        clear_blocked=clear_blocked,
     )
     label, display, confidence = answer.label, answer.display, answer.confidence
     ent = float(stats["entropy"][j])

@@ -338,9 +338,13 @@ def calibrate_spec_on(
     alpha: float,
     log: Log,
     warnings: list[str],
+    source: str = "validation images",
 ) -> None:
-    """Conformal threshold and referral curve from labelled logits (temperature already set)."""
-    from .calibration import softmax
+    """Conformal threshold, referral curve and the auto-clear evidence
+    (:mod:`engine.clearing`) from labelled logits (temperature already set); ``source``
+    names the images in words."""
+    from .calibration import sigmoid, softmax
+    from .clearing import clearing_record
     from .conformal import fit_conformal
     from .referral import referral_curve
     from .uncertainty_stats import entropy
@@ -348,8 +352,12 @@ def calibrate_spec_on(
     if spec.task == "multilabel" or len(y) == 0:
         spec.conformal = None
         spec.referral_curve = None
+        spec.clearing = (
+            clearing_record(spec, sigmoid(logits / spec.temperature), y, source) if len(y) else None
+        )
         return
     probs = softmax(logits, spec.temperature)
+    spec.clearing = clearing_record(spec, probs, y, source)
     try:
         cal = fit_conformal(probs, y, alpha=alpha)
     except ValueError:
@@ -368,6 +376,10 @@ def calibrate_spec_on(
             warnings.append(f"only {len(y)} calibration images: conformal sets are approximate")
     neg = negative_indices(spec)
     spec.referral_curve = referral_curve(y, probs, entropy(probs), spec.task, negative_index=neg)
+    if spec.clearing:
+        from .modelcard import clearing_words
+
+        log(f"auto-clear at the default threshold: {clearing_words(spec)}")
 
 
 def evaluate_arrays(
@@ -379,6 +391,7 @@ def evaluate_arrays(
     amp: bool,
 ) -> dict[str, Any]:
     from .calibration import sigmoid, softmax
+    from .findings import positive_label
     from .metrics import evaluate_predictions
 
     logits, _ = predict_arrays(net, spec, arrays, device, amp)
@@ -389,7 +402,7 @@ def evaluate_arrays(
         if spec.task == "multilabel"
         else softmax(logits, spec.temperature)
     )
-    return evaluate_predictions(y, probs, spec.task, spec.labels)
+    return evaluate_predictions(y, probs, spec.task, spec.labels, positive=positive_label(spec))
 
 
 def _metrics_line(name: str, m: dict[str, Any]) -> str:

@@ -98,6 +98,7 @@ def decide(
     finding_display: Sequence[str] | None = None,
     multilabel_uncertain: list[str] | None,
     policy: TriagePolicy,
+    clear_blocked: str | None = None,
 ) -> tuple[str, str]:
     """(state, reason). Order: error, ungradable, out-of-distribution, then the policy.
 
@@ -110,7 +111,9 @@ def decide(
     is ``out-of-distribution``, again naming both.
 
     ``findings`` are the answer's labels that are findings (none: a "no finding" answer);
-    ``finding_display`` their display names, in the same order.
+    ``finding_display`` their display names, in the same order. ``clear_blocked`` says why
+    this model may not auto-clear at all (:mod:`engine.clearing`): a confident "no finding"
+    then goes to ``needs-review`` with that reason.
     """
     if error:
         return "error", error
@@ -175,6 +178,8 @@ def decide(
     if found:
         caution = "".join(f"; {c}" for c in cautions)
         return "refer", f"confident finding: {', '.join(shown)} ({why}){caution}"
+    if clear_blocked:
+        return "needs-review", f"confident no finding ({why}), but {clear_blocked}"
     return "auto-cleared", f"confident no finding ({why})"
 
 
@@ -233,11 +238,13 @@ def triage_answer(
     quality: dict[str, Any] | None,
     policy: TriagePolicy,
     ood_reason: str | None = None,
+    clear_blocked: str | None = None,
 ) -> tuple[bool, str, str]:
     """(is out of distribution, state, reason) of one answered image under ``policy``.
 
     ``ood_reason`` marks the image unfamiliar whatever its score (e.g. a fundus photograph
-    given to an OCT model).
+    given to an OCT model); ``clear_blocked`` why the model may not auto-clear
+    (:func:`engine.clearing.clearing_block`).
     """
     ood_thr = spec.ood.get("threshold") if spec.ood else None
     is_ood = ood_score is not None and ood_thr is not None and ood_score > ood_thr
@@ -264,6 +271,7 @@ def triage_answer(
         finding_display=[spec.display(x) for x in found],
         multilabel_uncertain=answer.uncertain if spec.task == "multilabel" else None,
         policy=policy,
+        clear_blocked=clear_blocked,
     )
     return is_ood, state, reason
 
@@ -274,11 +282,13 @@ def triage_states(
     ood_scores: Sequence[float] | None,
     quality: Sequence[dict[str, Any] | None] | None,
     policy: TriagePolicy,
+    clear_blocked: str | None = None,
 ) -> list[str]:
     """The triage state screening would give each image (calibrated ``probs``, (N, C)).
 
     ``ood_scores`` come from the same model's OOD statistics (None: the model has none);
-    ``quality`` is each image's stored quality report (None: not assessed).
+    ``quality`` is each image's stored quality report (None: not assessed);
+    ``clear_blocked`` as for :func:`triage_answer`.
     """
     from .conformal import ConformalCalibrator, prediction_sets
 
@@ -297,6 +307,7 @@ def triage_states(
             ood_score=None if ood_scores is None else float(ood_scores[i]),
             quality=None if quality is None else quality[i],
             policy=policy,
+            clear_blocked=clear_blocked,
         )
         out.append(state)
     return out

@@ -488,6 +488,24 @@ def test_an_architecture_from_an_outside_source_is_refused_without_network(
         load_model(bad, device="cpu")
 
 
+def test_a_skip_imported_twice_is_recorded_once(capsys, tmp_path, screened_workspace):
+    ws, folder = screened_workspace
+    sheet = tmp_path / "skips.csv"
+    sheet.write_text(
+        "path,label,reviewer,action,note\na.png,,dr a,skip,come back later\n", encoding="utf-8"
+    )
+    code, out, err = run(capsys, "review", ws, "--from-csv", sheet)
+    assert code == 0, err
+    assert "recorded 1 review from" in out
+    code, out, err = run(capsys, "review", ws, "--from-csv", sheet)
+    assert code == 0, err
+    assert "recorded 0 reviews" in out and "1 row already recorded" in out
+    from engine.store import Workspace
+
+    with Workspace.open(ws, create=False) as w:
+        assert [r["action"] for r in w.reviews()] == ["skip"]
+
+
 def test_importing_the_same_review_csv_twice_adds_nothing_the_second_time(
     capsys, tmp_path, screened_workspace
 ):
@@ -509,7 +527,7 @@ def test_importing_the_same_review_csv_twice_adds_nothing_the_second_time(
         assert len(w.reviews()) == 3
     # a changed opinion is a new review, not a duplicate
     sheet.write_text("path,label,reviewer\na.png,glaucoma,dr a\n", encoding="utf-8")
-    assert "recorded 1 reviews" in run(capsys, "review", ws, "--from-csv", sheet)[1]
+    assert "recorded 1 review from" in run(capsys, "review", ws, "--from-csv", sheet)[1]
 
 
 # --------------------------------------------------------------------------- reasons

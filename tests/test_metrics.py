@@ -273,3 +273,28 @@ def test_bad_input_gets_a_clear_error(kwargs, message):
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         evaluate_predictions(**args)
+
+
+def test_binary_sensitivity_is_about_the_finding_class_whatever_its_position():
+    """Folder-named classes sort alphabetically: ["glaucoma", "normal"] puts the finding
+    first. Sensitivity must still be the share of glaucoma found."""
+    from sklearn.metrics import recall_score
+
+    from engine.findings import positive_label
+    from engine.modelfile import ModelSpec
+
+    spec = ModelSpec(arch="resnet10t", task="binary", labels=["glaucoma", "normal"])
+    spec.negative_labels = ["normal"]
+    assert positive_label(spec) == "glaucoma"
+    y = np.array([0] * 10 + [1] * 30)  # 10 glaucoma, 30 normal
+    pred = np.array([0] * 6 + [1] * 4 + [1] * 27 + [0] * 3)
+    probs = np.where(pred[:, None] == np.arange(2)[None, :], 0.9, 0.1)
+    m = evaluate_predictions(y, probs, "binary", spec.labels, positive=positive_label(spec))
+    assert m["positive_label"] == "glaucoma"
+    assert m["sensitivity"] == pytest.approx(recall_score(y == 0, pred == 0))  # 6 of 10
+    assert m["sensitivity"] == pytest.approx(0.6)
+    assert m["specificity"] == pytest.approx(0.9)  # 27 of 30 normal called normal
+    # without the model's word, the second label is taken as the finding
+    assert evaluate_predictions(y, probs, "binary", spec.labels)["sensitivity"] == pytest.approx(
+        0.9
+    )

@@ -72,14 +72,17 @@ def measure(
     from collections import Counter
 
     from ..calibration import softmax
+    from ..clearing import clearing_block
+    from ..findings import positive_label
     from ..metrics import evaluate_predictions
     from ..triage import review_workload, triage_states
 
     if len(y) == 0:
         return {"n": 0, "accuracy": None, "balanced_accuracy": None, "review_workload": None}
     probs = softmax(logits, spec.temperature)
-    m = evaluate_predictions(y, probs, spec.task, spec.labels)
-    states = triage_states(spec, probs, _scores(spec, extra, feats), quality, policy)
+    m = evaluate_predictions(y, probs, spec.task, spec.labels, positive=positive_label(spec))
+    blocked = clearing_block([spec], policy)
+    states = triage_states(spec, probs, _scores(spec, extra, feats), quality, policy, blocked)
     m["review_workload"] = review_workload(states)
     m["triage_counts"] = dict(Counter(states))
     return m
@@ -155,7 +158,9 @@ def recalibrate(
         val_logits, _ = predict_arrays(net, spec, arrays[va], device, True)
         spec.temperature = float(fit_temperature(val_logits, targets[va], spec.task))
         alpha = float((spec.conformal or {}).get("alpha", 0.1))
-        calibrate_spec_on(spec, val_logits, targets[va], alpha, log, warnings)
+        calibrate_spec_on(
+            spec, val_logits, targets[va], alpha, log, warnings, source="validation reviews"
+        )
         log(
             f"calibration refitted on {len(va)} validation reviews (temperature {spec.temperature:.3f})"
         )
@@ -167,6 +172,12 @@ def recalibrate(
             "needed to refit it"
         )
         notes["calibration"] = {"source": "parent", "images": len(va)}
+        # the parent's evidence of what it clears says nothing about the new weights
+        spec.clearing = None
+        warnings.append(
+            "auto-clear is off for the new model: too few validation reviews to check what "
+            "it would clear"
+        )
 
     parent_ood = ood_tensors(parent_extra)
     if strategy == "head" and spec.ood and parent_ood:

@@ -237,6 +237,8 @@ class Exchange(Grading, Writes):
             for image_id, reviewer, labels, action, note, slice_no in prepared:
                 if current[(image_id, reviewer)] == (labels, action, note, slice_no):
                     continue  # already this reviewer's current review: importing is idempotent
+                if action == "skip" and _has_skip(conn, image_id, reviewer, note):
+                    continue  # a skip sets no label, so it is never the current review
                 self._insert_review(
                     conn,
                     image_id,
@@ -302,3 +304,15 @@ def _csv_row(row: dict) -> dict:
         if out.get(field) is not None:
             out[field] = json.dumps(out[field], ensure_ascii=False)
     return out
+
+
+def _has_skip(conn: sqlite3.Connection, image_id: int, reviewer: str, note: str | None) -> bool:
+    """Whether this reviewer already has a standing (not undone) skip of the image with the
+    same note: re-importing the same sheet must not add it again."""
+    row = conn.execute(
+        "SELECT 1 FROM reviews r WHERE r.image_id = ? AND r.reviewer = ? AND r.action = 'skip'"
+        " AND r.note IS ? AND NOT EXISTS (SELECT 1 FROM reviews u WHERE u.undoes = r.id)"
+        " LIMIT 1",
+        (image_id, reviewer, note),
+    ).fetchone()
+    return row is not None

@@ -15,14 +15,29 @@ from desktop.worklist_model import COL_TRIAGE
 from engine.modelfile import load_model_file, save_model_file
 
 
-def sure_model(tiny_model: Path, out: Path, answer: str) -> Path:
-    """The tiny model with its head fixed to one confident answer (glaucoma or normal)."""
+def sure_model(tiny_model: Path, out: Path, answer: str, cleared_check: bool = True) -> Path:
+    """The tiny model with its head fixed to one confident answer (glaucoma or normal).
+
+    ``cleared_check``: give it a held-out record on which it cleared none of 40 images with
+    glaucoma (what a model needs before it may auto-clear, see engine.clearing); without
+    one, confident "normal" answers go to review.
+    """
     import torch
 
     spec, weights, extra = load_model_file(tiny_model)
     spec.labels = ["glaucoma", "normal"]
     spec.negative_label, spec.negative_labels = "normal", ["normal"]
     spec.name = f"always {answer}"
+    spec.conformal = None
+    spec.clearing = None
+    if cleared_check:
+        probs = [[0.99, 0.01]] * 40 + [[0.02, 0.98]] * 40
+        spec.clearing = {
+            "source": "validation images",
+            "n": 80,
+            "probs": probs,
+            "y": [0] * 40 + [1] * 40,
+        }
     weights["fc.weight"] = torch.zeros_like(weights["fc.weight"])
     weights["fc.bias"] = torch.tensor([8.0, -8.0] if answer == "glaucoma" else [-8.0, 8.0])
     save_model_file(out, spec, weights, extra)
@@ -100,6 +115,19 @@ def test_a_confident_no_finding_is_cleared(qtbot, tmp_path, synth_fundus, tiny_m
     assert not any(r["triage"] == "refer" for r in rows)
     w.worklist.set_quick_filter("auto-cleared")
     assert {text for text, _ in shown_rows(w)} == {"✓ Auto-cleared"}
+
+
+@pytest.mark.timeout(600)
+def test_a_model_without_a_clearing_check_clears_nothing(qtbot, tmp_path, synth_fundus, tiny_model):
+    model = sure_model(tiny_model, tmp_path / "n.safetensors", "normal", cleared_check=False)
+    w = screen_with(qtbot, tmp_path, synth_fundus, model)
+    rows = w.worklist.model.rows()
+    assert not any(r["triage"] == "auto-cleared" for r in rows)
+    confident = [r for r in rows if "confident no finding" in (r["triage_reason"] or "")]
+    assert confident, "the model's confident 'normal' answers are kept as such"
+    for r in confident:
+        assert r["triage"] == "needs-review"
+        assert "auto-clear is off for this model" in r["triage_reason"]
 
 
 def test_the_report_names_the_finding_of_a_referral():
