@@ -71,6 +71,23 @@ class ImportReport:
         return out
 
 
+def source_size(
+    path: str | os.PathLike[str], slice_index: int | None = None
+) -> tuple[int, int] | None:
+    """The full-resolution ``(width, height)`` of an image (or a volume's 0-based B-scan)
+    read from the file itself, for a workspace that never recorded it; ``None`` when the
+    file cannot be read."""
+    from .images import ImageError, open_image
+    from .volumes import slice_source
+
+    try:
+        source = path if slice_index is None else slice_source(path, slice_index)
+        _, size = open_image(source, longest=64)
+    except (ImageError, OSError):
+        return None
+    return int(size[0]), int(size[1])
+
+
 # --------------------------------------------------------------------------- export
 
 
@@ -127,12 +144,15 @@ def coco_document(ws: Workspace) -> dict[str, Any]:
         )
         for key in keys:
             item_ids[key] = len(coco_images) + 1
+            width, height = im.get("width"), im.get("height")
+            if (not width or not height) and key in by_item:
+                width, height = source_size(im["path"], key[1]) or (None, None)
             coco_images.append(
                 {
                     "id": item_ids[key],
                     "file_name": _relative(im["path"], root),
-                    "width": im.get("width"),
-                    "height": im.get("height"),
+                    "width": width,
+                    "height": height,
                     "sha256": im["sha256"],
                     "slice_index": key[1],
                     "eyetriage_id": im["id"],
@@ -230,7 +250,10 @@ def export_masks(ws: Workspace, folder: str | os.PathLike[str]) -> int:
         im = images[image_id]
         width, height = im.get("width"), im.get("height")
         if not width or not height:
-            continue  # size unknown: a mask would be guesswork
+            size = source_size(im["path"], slice_index)
+            if size is None:
+                continue  # size unknown and the file unreadable: a mask would be guesswork
+            width, height = size
         stem = Path(im["path"]).stem
         if stems[stem] > 1:
             stem = f"{stem}-{image_id}"
@@ -456,13 +479,15 @@ def marked_images(source: str | os.PathLike[str]) -> tuple[list[MarkedImage], li
             grouped.items(), key=lambda kv: (kv[0][0], -1 if kv[0][1] is None else kv[0][1])
         ):
             im = images[image_id]
-            if not im.get("width") or not im.get("height"):
-                problems.append(f"{Path(im['path']).name}: its size is not recorded; skipped")
+            size = (im.get("width"), im.get("height"))
+            if not size[0] or not size[1]:
+                size = source_size(im["path"], slice_index) or (None, None)
+            if not size[0] or not size[1]:
+                name = Path(im["path"]).name
+                problems.append(f"{name}: its size is unknown and the file unreadable")
                 continue
             out.append(
-                MarkedImage(
-                    Path(im["path"]), slice_index, int(im["width"]), int(im["height"]), marks
-                )
+                MarkedImage(Path(im["path"]), slice_index, int(size[0]), int(size[1]), marks)
             )
         return out, problems
     doc = _read_coco(source)

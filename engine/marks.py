@@ -208,7 +208,7 @@ def render_marks(
 
     out = image.convert("RGB").copy()
     w, h = out.size
-    lw = line_width or max(2, round(max(w, h) / 400))
+    lw = line_width or max(2, round(max(w, h) / 250))
     colours = {t.key: t.colour for t in scheme.lesion_types} if scheme is not None else {}
     layer = PILImage.new("RGBA", out.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.coco import CocoError, export_coco, export_masks, import_coco
+from engine.coco import CocoError, coco_document, export_coco, export_masks, import_coco
 from engine.schemes import preset
 from engine.store import Workspace
 
@@ -141,3 +141,22 @@ def test_masks_are_one_png_per_image_and_lesion_and_never_beside_the_sources(tmp
         assert everything[30, 12] == 255 and everything[30, 60] == 255
         with pytest.raises(CocoError, match="source images"):
             export_masks(ws, clinic)
+
+
+def test_an_image_stored_without_its_size_takes_it_from_the_file(tmp_path):
+    from engine.coco import marked_images
+
+    photo = tmp_path / "clinic" / "old.png"
+    photo.parent.mkdir()
+    Image.new("RGB", (40, 30), (90, 20, 10)).save(photo)
+    with Workspace.open(tmp_path / "w") as ws:
+        ws.set_scheme(preset("icdr"), "lead")
+        image = ws.add_image(photo, sha("old"), 10)
+        ws.add_mark(image, "drusen", "box", [(5, 5), (15, 10)], "ana")
+        assert export_masks(ws, tmp_path / "masks") == 2
+        doc = coco_document(ws)
+    mask = np.asarray(Image.open(tmp_path / "masks" / "old__drusen.png"))
+    assert mask.shape == (30, 40) and mask[7, 10] == 255
+    assert (doc["images"][0]["width"], doc["images"][0]["height"]) == (40, 30)
+    (marked,), problems = marked_images(tmp_path / "w")
+    assert (marked.width, marked.height) == (40, 30) and not problems

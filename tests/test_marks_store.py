@@ -340,3 +340,23 @@ def test_render_marks_draws_in_the_lesion_colour_and_leaves_the_input_alone():
     yellow = np.array([0xF0, 0xE4, 0x42])
     assert (np.abs(pixels - yellow).sum(axis=1) < 10).sum() > 200
     assert out.getpixel((70, 70)) == (40, 40, 40)  # the inside is not painted over
+
+
+def test_image_sizes_bound_marks_and_screening_records_them(tmp_path, synth_fundus, tiny_model):
+    from engine.cli import main
+
+    with Workspace.open(tmp_path / "w") as ws:
+        image = ws.add_image(Path("/clinic/x.png"), sha("x"), 10)  # size unknown
+        ws.set_scheme(preset("icdr"), "lead")
+        ws.add_mark(image, "drusen", "point", [(500, 500)], "ana")  # cannot be bounded yet
+        ws.set_image_sizes({image: (300, 200)})
+        with pytest.raises(EntryError, match="outside the 300×200 px image"):
+            ws.add_mark(image, "drusen", "point", [(500, 500)], "ana")
+        with pytest.raises(StoreError, match="not a picture's size"):
+            ws.set_image_sizes({image: (0, 200)})
+    folder = tmp_path / "screened"
+    argv = ["screen", str(synth_fundus / "normal"), "--model", str(tiny_model)]
+    assert main([*argv, "--workspace", str(folder), "--quiet", "--no-quality"]) == 0
+    with Workspace.open(folder) as ws:
+        sizes = {(im["width"], im["height"]) for im in ws.images()}
+    assert sizes == {(128, 128)}

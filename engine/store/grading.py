@@ -417,6 +417,27 @@ class Grading(StoreBase):
             "deleted": None if tomb is None else dict(tomb),
         }
 
+    def set_image_sizes(self, sizes: dict[int, tuple[int, int]]) -> None:
+        """Record the full-resolution ``(width, height)`` of images (for a volume: of its
+        B-scans), the pixel frame marks are checked against; one transaction. Screening
+        records them; the viewer may too, for an image stored without its size."""
+        clean = []
+        for image_id, (width, height) in sizes.items():
+            if isinstance(width, bool) or isinstance(height, bool):
+                raise StoreError(f"image {image_id}: size must be whole numbers")
+            w, h = int(width), int(height)
+            if w <= 0 or h <= 0:
+                raise StoreError(f"image {image_id}: size {w}×{h} is not a picture's size")
+            clean.append((w, h, int(image_id), w, h))
+        if not clean:
+            return
+        with self._write() as conn:
+            conn.executemany(
+                "UPDATE images SET width = ?, height = ? WHERE id = ?"
+                " AND (width IS NOT ? OR height IS NOT ?)",
+                clean,
+            )
+
     # ------------------------------------------------------------------ helpers
 
     def _live_mark(self, conn: sqlite3.Connection, uid: str) -> sqlite3.Row:
