@@ -446,6 +446,13 @@ class MarksLayer(QObject):
     def _commit(self, kind: str, points: Sequence[QPointF]) -> bool:
         if not self._can_write():
             return False
+        if self._full_size is None:
+            self.message.emit(
+                "The full size of this image is not known, so a mark cannot be placed in "
+                "its pixels; screen the image first. Nothing was saved.",
+                True,
+            )
+            return False
         if self._lesion is None:
             self.message.emit("This scheme has no lesion types to mark.", True)
             return False

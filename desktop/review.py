@@ -1085,6 +1085,29 @@ class ReviewPage(QWidget):
             self._facts[image_id] = cached
         return cached or {}
 
+    def _find_full_size(
+        self, image_id: int, path: str, display: tuple[int, int]
+    ) -> tuple[int, int] | None:
+        """The full-resolution size of an image stored without one (an older workspace),
+        recorded in the workspace once found: the display copy when it was not reduced,
+        else the photograph's header (oriented as shown); ``None`` if neither says."""
+        from engine.store import StoreError
+
+        from .image_loader import DISPLAY_LONGEST
+
+        size: tuple[int, int] | None = None
+        if max(display) < DISPLAY_LONGEST:
+            size = display  # only copies larger than DISPLAY_LONGEST are reduced
+        elif self._current is not None and self._current.get("kind") != "volume":
+            size = header_size(path)
+        if size is not None and self._ws is not None:
+            try:
+                self._ws.set_image_sizes({image_id: size})
+            except StoreError:
+                pass  # a read-only workspace: the size still serves this session
+            self._facts.setdefault(image_id, {}).update(width=size[0], height=size[1])
+        return size
+
     def _update_marks(self) -> None:
         """Marks of the image (B-scan) on screen, in its full-resolution pixels."""
         if self._current is None or not self.viewer.has_image():
@@ -1095,12 +1118,16 @@ class ReviewPage(QWidget):
         record = self._current
         shown = self.viewer.source_image()
         display = (shown.width(), shown.height())
-        facts = self._image_facts(int(record["image_id"]))
+        image_id = int(record["image_id"])
+        facts = self._image_facts(image_id)
         width, height = facts.get("width"), facts.get("height")
-        # the size the image was screened at (the B-scan's, for a volume); without it the
-        # display copy counts as full size (it is reduced only past 2048 px)
-        full = (int(width), int(height)) if width and height else display
-        self.marks.show_image(int(record["image_id"]), self._slice, full, display)
+        full: tuple[int, int] | None = None
+        if width and height:  # recorded by screening (a volume: its B-scans' size)
+            full = (int(width), int(height))
+        else:
+            full = self._find_full_size(image_id, record["path"], display)
+        # without a full size the marks cannot be placed: the layer refuses to save them
+        self.marks.show_image(image_id, self._slice, full, display)
         self.marks_panel.update_count()
 
     # ------------------------------------------------------------------ overlays
@@ -1190,6 +1217,20 @@ class ReviewPage(QWidget):
         if self._ws is not None:
             self._ws.close()
             self._ws = None
+
+
+def header_size(path: str) -> tuple[int, int] | None:
+    """A photograph's (width, height) as shown (EXIF orientation applied), from its header
+    only; ``None`` for a file Pillow cannot read (DICOM, a missing file)."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as image:
+            width, height = image.size
+            orientation = image.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - any failure means "not known"
+        return None
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
 def _cannot_show(path: str, error: str) -> str:

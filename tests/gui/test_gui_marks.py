@@ -310,3 +310,40 @@ def test_marks_on_an_oct_volume_belong_to_their_slice(qtbot, tmp_path):
         qtbot.waitUntil(lambda: len(page.marks.marks()) == 1, timeout=WAIT_MS)
     finally:
         page.shutdown()
+
+
+def test_an_image_stored_without_its_size_gets_it_from_the_file(qtbot, tmp_path):
+    """An older workspace has no full-resolution sizes: the header gives it (the display
+    copy is reduced), it is recorded, and the marks still land in full-resolution pixels."""
+    from engine.store import Workspace
+
+    photo = tmp_path / "big.jpg"
+    Image.fromarray(np.full((FULL_H, FULL_W, 3), 60, np.uint8)).save(photo)
+    data = photo.read_bytes()
+    folder = tmp_path / "ws"
+    with Workspace.open(folder) as ws:
+        image_id = ws.add_image(photo, hashlib.sha256(data).hexdigest(), len(data))
+    assert _rows(folder, "SELECT width FROM images")[0]["width"] is None
+    page = ReviewPage()
+    qtbot.addWidget(page)
+    page.resize(1000, 700)
+    page.set_workspace(folder, None)
+    page.set_reviewer("ana")
+    page.set_queue([image_id])
+    page.show()
+    qtbot.waitExposed(page)
+    try:
+        page.show_image(image_id)
+        qtbot.waitUntil(page.viewer.has_image, timeout=WAIT_MS)
+        stored = _rows(folder, "SELECT width, height FROM images")[0]
+        assert (stored["width"], stored["height"]) == (FULL_W, FULL_H)
+        assert page.marks.scale() == pytest.approx(FULL_W / 2048)
+        page.marks.set_marking(True)
+        qtbot.mouseClick(
+            page.viewer.viewport(), Qt.MouseButton.LeftButton, pos=at(page, 2500, 1500)
+        )
+        (mark,) = live_marks(folder)
+        tolerance = 1.5 * FULL_W / 2048 / page.viewer.scale_factor()
+        assert np.allclose(mark["points"][0], [2500, 1500], atol=tolerance)
+    finally:
+        page.shutdown()
