@@ -69,6 +69,17 @@ RESERVED_KEYS: dict[str, str] = {
     "?": "keyboard shortcut sheet",
     "F1": "keyboard shortcut sheet",
     "F5": "screen the images",
+    "L": "brighter view",
+    "Shift+L": "darker view",
+    "W": "more contrast",
+    "Shift+W": "less contrast",
+    "Y": "gamma up",
+    "Shift+Y": "gamma down",
+    "Shift+R": "red-free view",
+    "Shift+E": "CLAHE view",
+    "X": "original view",
+    "Shift+M": "marking mode",
+    "Shift+H": "show or hide the marks",
 }
 
 _NAMED_KEYS = {

@@ -123,7 +123,7 @@ def test_a_scheme_from_a_file_with_a_multi_choice_question_that_toggles(
                 "options": [
                     {"value": "ma", "label": "Microaneurysms", "hotkey": "Q", "disease": True},
                     {"value": "ex", "label": "Exudates", "hotkey": "T", "disease": True},
-                    {"value": "none", "label": "None", "hotkey": "X"},
+                    {"value": "none", "label": "None", "hotkey": "B"},
                 ],
             }
         ],
@@ -132,13 +132,19 @@ def test_a_scheme_from_a_file_with_a_multi_choice_question_that_toggles(
         ],
     }
     path = tmp_path / "scheme.json"
-    path.write_text(json.dumps(scheme))
     monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (str(path), ""))
+    # X is the view's "original" key: a scheme that takes it is refused, saying so
+    scheme["questions"][0]["options"][2]["hotkey"] = "X"
+    path.write_text(json.dumps(scheme))
+    page.choose_scheme("file")
+    assert page.scheme().name == "model"
+    prompt = page.panel.prompt_label.text()
+    assert "scheme.json" in prompt and "X" in prompt and "original view" in prompt
+    scheme["questions"][0]["options"][2]["hotkey"] = "B"
+    path.write_text(json.dumps(scheme))
     page.choose_scheme("file")
     assert page.scheme().name == "lesions_seen"
-    # X is the view's "original" key: the scheme's X is not bound, and the panel says so
-    assert "X" in page.grading.note.text()
-    assert page.grading.buttons[("seen", "none")].full_text() == "None"
+    assert page.grading.buttons[("seen", "none")].full_text() == "B  None"
 
     key(qtbot, page, Qt.Key.Key_Q)
     key(qtbot, page, Qt.Key.Key_T)
