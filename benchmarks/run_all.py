@@ -21,6 +21,7 @@ SUITES = [
     "bench_improve",
     "bench_volume",
     "bench_slice_switch",
+    "bench_enhance",
     "bench_ray",
 ]
 

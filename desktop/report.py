@@ -3,7 +3,9 @@
 The PDF is drawn with ``QPainter`` on a ``QPdfWriter`` (A4, 300 dpi) and needs no window,
 so it works offscreen and from a worker thread (a ``QGuiApplication`` must exist). Each
 page holds :data:`IMAGES_PER_PAGE` images of the patient with, per image, the photograph,
-the Grad-CAM overlay, the AI result in words and the reviewer's decision; every page ends
+the Grad-CAM overlay, the AI result in words and the reviewer's decision with the grader's
+answers in the workspace's scheme (the lesion marks drawn on the photograph, with a
+legend); every page ends
 with the not-a-medical-device note and its page number. A file that cannot be read or an
 overlay that cannot be computed becomes a box that says why, never a crash.
 
@@ -244,7 +246,10 @@ def _ai_lines(row: dict, spec: ModelSpec | None) -> list[tuple[str, str]]:
 def _review_lines(row: dict, spec: ModelSpec | None) -> list[tuple[str, str]]:
     review = row.get("review")
     if not review:
-        return [("Decision", "not reviewed yet: the AI result has not been checked by a clinician")]
+        return [
+            ("Decision", "not reviewed yet: the AI result has not been checked by a clinician"),
+            *_grading_lines(row),
+        ]
 
     def show(label: str) -> str:
         return spec.display(label) if spec is not None else label.replace("_", " ")
@@ -262,9 +267,37 @@ def _review_lines(row: dict, spec: ModelSpec | None) -> list[tuple[str, str]]:
     ]
     if review.get("slice"):
         lines.append(("Slice", f"read at B-scan {review['slice']}"))
+    lines += _grading_lines(row)
     if review.get("note"):
         lines.append(("Note", str(review["note"])))
     return lines
+
+
+def _grading_lines(row: dict) -> list[tuple[str, str]]:
+    """The grader's answers in the workspace's scheme, one labelled line."""
+    answers = row.get("grading") or []
+    if not answers:
+        return []
+    return [("Grading", " · ".join(f"{title}: {words}" for title, words in answers))]
+
+
+def _attach_grading(ws: Workspace, rows: list[dict]) -> None:
+    """Give each row its grader's answers (``grading``: ``[(question, words)]``), the
+    marks on the picture the report shows (``marks``; a volume's: on its key B-scan) and
+    the scheme they belong to."""
+    from engine.schemes import answer_words
+
+    scheme = ws.scheme()
+    for row in rows:
+        image_id = int(row["image_id"])
+        answers = answer_words(scheme, ws.grades(image_id))
+        lines = [(title.split(" (")[0], words) for title, words in answers]
+        row["grading"] = lines
+        slice_index = None
+        if row.get("kind") == "volume" and row.get("n_slices"):
+            slice_index = int(row.get("key_slice") or 1) - 1
+        row["marks"] = ws.marks(image_id, slice_index)
+        row["scheme"] = scheme
 
 
 def picture_source(row: dict) -> tuple[object, str]:
@@ -519,14 +552,21 @@ def _draw_block(
     gap = 6.0
     original = None
     caption = "Photograph"
+    marks = row.get("marks") or []
     try:
         source, caption = picture_source(row)
         original = load_display_image(source, longest=DISPLAY_LONGEST)
-        d.picture(x, y, _PICTURE, pil_to_qimage(original))
+        shown = _with_marks(source, marks, row.get("scheme")) if marks else original
+        d.picture(x, y, _PICTURE, pil_to_qimage(shown))
     except Exception as exc:  # noqa: BLE001 - an unreadable file must not stop the report
         reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
         d.placeholder(x, y, _PICTURE, "Image not available", f"{reason}: {row['path']}")
-    d.text(x, y + _PICTURE + 0.5, _PICTURE, 5, caption, size=8, color="#444444")
+    if marks and original is not None:
+        count = f"{len(marks)} lesion mark{'s' if len(marks) != 1 else ''}"
+        d.text(x, y + _PICTURE + 0.5, _PICTURE, 5, f"{caption} · {count}", size=8, color="#444444")
+        _draw_legend(d, x, y + _PICTURE + 4.5, _PICTURE + gap + _PICTURE, marks, row.get("scheme"))
+    else:
+        d.text(x, y + _PICTURE + 0.5, _PICTURE, 5, caption, size=8, color="#444444")
     ox = x + _PICTURE + gap
     if overlay is not None:
         if original is None:
@@ -556,6 +596,42 @@ def _draw_block(
     cx = x + column_w + gap
     d.text(cx, text_y, column_w, 6, "Reviewer decision", size=10, bold=True)
     d.labelled(cx, text_y + 5.5, column_w, text_h - 5.5, _review_lines(row, spec))
+
+
+def _with_marks(source: object, marks: list, scheme: object) -> Image.Image:
+    """The picture at full resolution with the grader's marks drawn on it (the marks are
+    in full-resolution pixels), reduced for the page afterwards."""
+    from engine.images import load_display_image
+    from engine.marks import render_marks
+
+    full = load_display_image(source)  # type: ignore[arg-type]
+    drawn = render_marks(full, marks, scheme)  # type: ignore[arg-type]
+    drawn.thumbnail((DISPLAY_LONGEST, DISPLAY_LONGEST))
+    return drawn
+
+
+def _draw_legend(d: _Painter, x: float, y: float, w: float, marks: list, scheme: object) -> None:
+    """Colour swatch, lesion name and count for each lesion type marked (one row; words
+    as well as colour)."""
+    from engine.marks import legend
+
+    if scheme is None:
+        return
+    entries = legend(scheme, marks)  # type: ignore[arg-type]
+    cx = x
+    font = d.font(7.5)
+    metrics = QFontMetricsF(font, d.p.device())
+    for label, colour, count in entries:
+        words = f"{label} {count}"
+        width = metrics.horizontalAdvance(words) / d.scale + 5.0
+        if cx + width > x + w:
+            d.text(cx, y, 8, 4, "…", size=7.5, color="#444444")
+            break
+        d.p.setPen(QPen(QColor("#333333"), 1))
+        d.p.setBrush(QColor(colour))
+        d.p.drawRect(d.r(cx, y + 0.6, 2.4, 2.4))
+        d.text(cx + 3.0, y, width - 3.0, 4, words, size=7.5, color="#444444")
+        cx += width
 
 
 def _draw_probabilities(
@@ -665,6 +741,7 @@ def write_patient_report(
         rows = _patient_rows(ws, patient)
         if not rows:
             raise ValueError(f"patient {patient!r} has no screened images in this workspace")
+        _attach_grading(ws, rows)
         info = _model_info(ws, spec, model_path)
         overlay = _Overlay(*_load_model(ws, model_path)) if with_overlays else None
     return _render(Path(out_pdf), patient, rows, info, overlay)
@@ -689,6 +766,7 @@ def write_all_patient_reports(
     out_dir.mkdir(parents=True, exist_ok=True)
     with _open_ws(Path(ws_folder)) as ws:
         all_rows = ws.latest_predictions()
+        _attach_grading(ws, all_rows)
         info = _model_info(ws, spec, model_path)
         overlay = _Overlay(*_load_model(ws, model_path)) if with_overlays else None
     patients = sorted({r["patient"] for r in all_rows if r["patient"]})

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QEvent, QObject, Qt, Signal
-from PySide6.QtGui import QKeyEvent
+from PySide6.QtGui import QKeyEvent, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QApplication,
     QFrame,
@@ -35,8 +35,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from .enhance_bar import ENHANCE_KEYS, DisplayEnhancer, EnhanceBar
 from .evidence import WARN, EvidencePanel, label_names
+from .grading_panel import LOAD_FROM_FILE, GradingPanel
 from .image_loader import PRIORITY_CURRENT, ImageLoader, ModelHolder
+from .marks_layer import MARK_KEYS, Lesion, MarksLayer, MarksPanel
 from .review_panel import MAX_LABEL_KEYS, ReviewPanel, ago
 from .shortcuts import TEXT_FIELDS, Binding, PageShortcuts
 from .slices import SliceBar
@@ -44,6 +47,7 @@ from .viewer import OVERLAY_NAMES, ImageViewer, OverlayBar
 
 if TYPE_CHECKING:
     from engine.modelfile import ModelSpec
+    from engine.schemes import Scheme
     from engine.store import Workspace
 
 PREFETCH = 2  # images of the queue decoded (and explained) ahead of the reader
@@ -84,11 +88,19 @@ class ReviewPage(QWidget):
         self.loader.overlay_ready.connect(self._on_overlay_ready)
         self.loader.overlay_failed.connect(lambda image_id, *_: self._on_overlay_changed(image_id))
 
+        self._scheme: Scheme | None = None
+        self._scheme_shortcuts: list[QShortcut] = []
+        self._facts: dict[int, dict[str, Any]] = {}  # image rows (size, modality) by id
         self.viewer = ImageViewer()
         self.slice_bar = SliceBar()
         self.bar = OverlayBar()
+        self.enhancer = DisplayEnhancer(self.viewer, self)
+        self.enhance_bar = EnhanceBar(self.enhancer)
+        self.marks = MarksLayer(self.viewer, self)
+        self.marks_panel = MarksPanel(self.marks)
         self.evidence = EvidencePanel()
         self.panel = ReviewPanel()
+        self.grading = GradingPanel()
         self._build_layout()
         self._connect()
         self._install_shortcuts()
@@ -104,6 +116,7 @@ class ReviewPage(QWidget):
         centre_layout.setSpacing(0)
         centre_layout.addWidget(self.viewer, 1)
         centre_layout.addWidget(self.slice_bar)
+        centre_layout.addWidget(self.enhance_bar)
         centre_layout.addWidget(self.bar)
         right = QWidget()
         right_layout = QVBoxLayout(right)
@@ -115,6 +128,12 @@ class ReviewPage(QWidget):
         line.setFrameShadow(QFrame.Shadow.Sunken)
         right_layout.addWidget(line)
         right_layout.addWidget(self.panel)
+        for part in (self.grading, self.marks_panel):
+            rule = QFrame()
+            rule.setFrameShape(QFrame.Shape.HLine)
+            rule.setFrameShadow(QFrame.Shadow.Sunken)
+            right_layout.addWidget(rule)
+            right_layout.addWidget(part)
         right_layout.addStretch(1)
         scroll = QScrollArea()
         scroll.setObjectName("evidenceScroll")
@@ -152,6 +171,10 @@ class ReviewPage(QWidget):
         self.panel.next_unreviewed_button.clicked.connect(self.next_unreviewed)
         self.panel.note_edit.returnPressed.connect(self._note_done)
         self.panel.note_edit.textEdited.connect(self._note_edited)
+        self.grading.answer_clicked.connect(self.answer)
+        self.grading.scheme_chosen.connect(self.choose_scheme)
+        self.viewer.image_changed.connect(self._update_marks)
+        self.marks.message.connect(lambda text, warn: self.panel.set_prompt(text, warning=warn))
 
     def _install_shortcuts(self) -> None:
         """Window-wide keys, active while this page is visible (a text field keeps its keys)."""
@@ -174,6 +197,19 @@ class ReviewPage(QWidget):
             ([Qt.Key.Key_Equal], self.viewer.actual_size),  # Ctrl+1 switches the main tabs
             ([Qt.Key.Key_Plus, "Ctrl+="], self.viewer.zoom_in),
             ([Qt.Key.Key_Minus], self.viewer.zoom_out),
+            # display enhancement (the file is never changed); Shift steps down
+            ([ENHANCE_KEYS["brightness"]], lambda: self.enhancer.step("brightness", +1)),
+            ([f"Shift+{ENHANCE_KEYS['brightness']}"], lambda: self.enhancer.step("brightness", -1)),
+            ([ENHANCE_KEYS["contrast"]], lambda: self.enhancer.step("contrast", +1)),
+            ([f"Shift+{ENHANCE_KEYS['contrast']}"], lambda: self.enhancer.step("contrast", -1)),
+            ([ENHANCE_KEYS["gamma"]], lambda: self.enhancer.step("gamma", +1)),
+            ([f"Shift+{ENHANCE_KEYS['gamma']}"], lambda: self.enhancer.step("gamma", -1)),
+            ([ENHANCE_KEYS["green"]], lambda: self.enhancer.toggle("green")),
+            ([ENHANCE_KEYS["clahe"]], lambda: self.enhancer.toggle("clahe")),
+            ([ENHANCE_KEYS["reset"]], self.enhancer.reset),
+            # lesion marks
+            ([MARK_KEYS["mode"]], lambda: self.marks.set_marking(not self.marks.is_marking())),
+            ([MARK_KEYS["visible"]], self.marks.toggle_visible),
         ]
         for i in range(MAX_LABEL_KEYS):
             bindings.append(([getattr(Qt.Key, f"Key_{i + 1}")], lambda i=i: self.press_label(i)))
@@ -186,6 +222,24 @@ class ReviewPage(QWidget):
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt override
         kind = event.type()
+        if (
+            kind in (QEvent.Type.ShortcutOverride, QEvent.Type.KeyPress)
+            and isinstance(event, QKeyEvent)
+            and self.marks.is_marking()
+            and not self._closed
+            and self.isVisible()
+            and isinstance(watched, QWidget)
+            and watched.window() is self.window()
+            and watched is (QApplication.focusWidget() or self.window())
+            and not isinstance(watched, TEXT_FIELDS)
+        ):
+            action = self._marking_key(event)
+            if action is not None:
+                if kind == QEvent.Type.ShortcutOverride:
+                    event.accept()  # the key comes back as a key press, not as a shortcut
+                else:
+                    action()
+                return True
         if (
             kind in (QEvent.Type.KeyPress, QEvent.Type.KeyRelease)
             and isinstance(event, QKeyEvent)
@@ -201,6 +255,37 @@ class ReviewPage(QWidget):
                 self.viewer.hold_original(kind == QEvent.Type.KeyPress)
             return True
         return super().eventFilter(watched, event)
+
+    def _marking_key(self, event: QKeyEvent) -> Any:
+        """What a key does in marking mode (``None``: what it does elsewhere)."""
+        key = event.key()
+        if key == Qt.Key.Key_Escape:
+            return self._escape_marking
+        if key in (Qt.Key.Key_Delete, Qt.Key.Key_Backspace):
+            return self.marks.delete_selected
+        if (
+            event.modifiers()
+            & ~Qt.KeyboardModifier.ShiftModifier
+            & ~Qt.KeyboardModifier.KeypadModifier
+        ):
+            return None
+        text = QKeySequence(event.keyCombination()).toString()
+        try:
+            from engine.schemes import normalise_key
+
+            name = normalise_key(text)
+        except ValueError:
+            return None
+        lesion = self.marks.lesion_for_key(name)
+        if lesion is None:
+            return None
+        return lambda: self.marks.set_lesion(lesion)
+
+    def _escape_marking(self) -> None:
+        """Esc: drop the shape being drawn, else leave marking mode."""
+        if not self.marks.cancel_shape():
+            self.marks.set_marking(False)
+            self.panel.set_prompt("Marking mode off; the review keys are back.")
 
     # ------------------------------------------------------------------ public API
 
@@ -233,10 +318,13 @@ class ReviewPage(QWidget):
         self.panel.set_current("")
         if self._spec is not None:
             self._set_labels(list(self._spec.labels))
+        self.marks.set_store(self._ws, self._reviewer)
+        self._apply_scheme(self._ws.scheme())
 
     def set_reviewer(self, name: str) -> None:
         """Whose decisions are saved; nothing is saved while it is empty."""
         self._reviewer = (name or "").strip()
+        self.marks.set_reviewer(self._reviewer)
         self._update_mode_line()
         if self._reviewer and self.panel.prompt_label.property("warning"):
             self.panel.set_prompt("")
@@ -288,6 +376,7 @@ class ReviewPage(QWidget):
     def clear_image(self, message: str) -> None:
         """Show no image (and accept no decision) with ``message`` in the viewer."""
         self._current = None
+        self.grading.clear_answers()
         self._end_hold = None
         self.viewer.clear()
         self.viewer.set_message(message)
@@ -331,6 +420,7 @@ class ReviewPage(QWidget):
         if app is not None:
             app.removeEventFilter(self)
         self.loader.shutdown()
+        self.enhancer.shutdown()
         self._drop_workspace()
 
     # ------------------------------------------------------------------ navigation
@@ -411,7 +501,18 @@ class ReviewPage(QWidget):
         self._save([label], "confirm" if label == ai and not blind else "correct")
 
     def confirm_ai(self) -> None:
-        """Enter: save the AI label (multi-label: the ticked labels)."""
+        """Enter: save the AI label (multi-label: the ticked labels); in marking mode
+        Enter closes the polygon being drawn and never saves a review."""
+        if self.marks.is_marking():
+            if self.marks.drawing() == "polygon":
+                self.marks.close_polygon()
+            else:
+                self.panel.set_prompt(
+                    "Marking mode: Enter closes a polygon. Shift+M leaves marking mode "
+                    "to confirm the AI answer.",
+                    warning=True,
+                )
+            return
         if self._current is None or self._held_at_end():
             return
         image_id = self._current["image_id"]
@@ -502,7 +603,11 @@ class ReviewPage(QWidget):
         )
 
     def undo(self) -> None:
-        """Z: undo your last decision (a new "undo" review) and go back to that image."""
+        """Z: undo your last decision (a new "undo" review) and go back to that image; in
+        marking mode, undo the last mark added or deleted."""
+        if self.marks.is_marking():
+            self.marks.undo()
+            return
         if not self._require_reviewer() or self._ws is None:
             return
         from engine.store import StoreError
@@ -705,6 +810,7 @@ class ReviewPage(QWidget):
             self.slice_bar.set_blind(hidden)
         review = record.get("review")
         self._show_review_state(review, pred, hidden)
+        self._show_grades(image_id, pred, hidden)
         self._update_overlay()
 
     def _show_review_state(self, review: dict | None, pred: dict | None, hidden: bool) -> None:
@@ -765,10 +871,23 @@ class ReviewPage(QWidget):
     def _set_labels(self, labels: list[str]) -> None:
         self._labels = labels
         multilabel = self._spec is not None and self._spec.task == "multilabel"
-        self.panel.set_labels(labels, label_names(self._spec, labels), multilabel)
+        graded = self._scheme is not None and self._scheme.name != "model"
+        digits_free = not graded or not any(
+            o.hotkey and o.hotkey.isdigit() for q in self._scheme.questions for o in q.options
+        )
+        self.panel.set_labels(labels, label_names(self._spec, labels), multilabel, digits_free)
         keys = "1" if len(labels) == 1 else f"1–{min(len(labels), MAX_LABEL_KEYS)}"
-        self.panel.heading.setText(f"<b>Your review</b> · keys {keys} label the image")
-        self.evidence.set_label_keys(keys)
+        if digits_free:
+            self.panel.heading.setText(f"<b>Your review</b> · keys {keys} label the image")
+            self.evidence.set_label_keys(keys)
+        else:
+            self.panel.heading.setText(
+                "<b>Your review</b> · click a label (the digit keys answer the grading below)"
+            )
+            self.evidence.hidden_label.setText(
+                "Hidden in blind mode: commit your review first (click a label, or U); the "
+                "AI answer and overlay appear after you commit."
+            )
 
     def _update_progress(self) -> None:
         done, total = self.progress()
@@ -792,6 +911,224 @@ class ReviewPage(QWidget):
             f"Auto-advance {'on' if self._auto_advance else 'off'}, blind mode "
             f"{'on' if self._blind else 'off'} (Settings, Ctrl+,)"
         )
+
+    # ------------------------------------------------------------------ grading and marks
+
+    def scheme(self) -> Scheme | None:
+        """The workspace's grading scheme as the page uses it."""
+        return self._scheme
+
+    def answer(self, question: str, value: str) -> None:
+        """A scheme answer key (or button): save ``value`` as the answer to ``question``
+        (a multi-choice question toggles it) for the image, or the whole volume."""
+        if self._current is None or self._ws is None or self._scheme is None:
+            return
+        if not self._require_reviewer():
+            return
+        q = self._scheme.question(question)
+        if q is None or q.option(value) is None:
+            return
+        from engine.store import StoreError
+
+        image_id = int(self._current["image_id"])
+        current = self._ws.grades(image_id).get(question, [])
+        if q.kind == "multi":
+            values = [v for v in current if v != value] if value in current else [*current, value]
+        else:
+            values = [value]
+        try:
+            self._ws.record_grade(image_id, question, values, self._reviewer)
+        except (StoreError, ValueError) as exc:
+            self.panel.set_prompt(f"Answer not saved: {exc}", warning=True)
+            return
+        option = q.option(value)
+        assert option is not None
+        chosen = "removed" if q.kind == "multi" and value in current else "saved"
+        self.panel.set_prompt(f"{q.title.split(' (')[0]}: {option.label} {chosen}.")
+        self._refresh(image_id)
+
+    def choose_scheme(self, name: str) -> None:
+        """Make a preset (or, for ``"file"``, a JSON file the reader picks) the workspace's
+        grading scheme; kept in the workspace with the reader's name."""
+        if self._ws is None:
+            return
+        if not self._require_reviewer():
+            self._apply_scheme(self._scheme or self._ws.scheme())  # chooser back as it was
+            return
+        from engine.schemes import SchemeError, preset
+
+        try:
+            if name == LOAD_FROM_FILE:
+                from PySide6.QtWidgets import QFileDialog
+
+                path, _ = QFileDialog.getOpenFileName(
+                    self, "Load a grading scheme", "", "Grading scheme (*.json)"
+                )
+                if not path:
+                    self._apply_scheme(self._scheme or self._ws.scheme())
+                    return
+                scheme = self.load_scheme_file(Path(path))
+            else:
+                labels = list(self._spec.labels) if self._spec is not None else list(self._labels)
+                scheme = preset(name, labels, spec=self._spec)
+            self._ws.set_scheme(scheme, self._reviewer)
+        except (SchemeError, OSError, ValueError) as exc:
+            self.panel.set_prompt(f"Scheme not changed: {exc}", warning=True)
+            self._apply_scheme(self._scheme or self._ws.scheme())
+            return
+        self._apply_scheme(self._ws.scheme())
+        self.panel.set_prompt(f"Grading scheme is now {scheme.name!r}.")
+        if self._current is not None:
+            self._refresh(int(self._current["image_id"]))
+
+    @staticmethod
+    def load_scheme_file(path: Path) -> Scheme:
+        """A validated scheme from a JSON file; the error names the file and the reason."""
+        from engine.schemes import Scheme, SchemeError
+
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SchemeError(f"{path.name}: cannot be read ({exc})") from None
+        try:
+            return Scheme.from_json(text).validate()
+        except SchemeError as exc:
+            raise SchemeError(f"{path.name}: {exc}") from None
+
+    def _page_keys(self) -> dict[str, str]:
+        """The page's own keys (normalised) → what they do: scheme keys may not take them."""
+        from engine.schemes import SchemeError, normalise_key
+
+        out: dict[str, str] = {}
+        for shortcut in self._shortcuts.shortcuts:
+            text = shortcut.key().toString()
+            try:
+                out[normalise_key(text)] = "a review-page key"
+            except SchemeError:
+                continue
+        return out
+
+    def _apply_scheme(self, scheme: Scheme) -> None:
+        """Show the scheme's questions and lesion types and bind their keys."""
+        from engine.schemes import normalise_key
+
+        self._scheme = scheme
+        for shortcut in self._scheme_shortcuts:
+            shortcut.setEnabled(False)
+            shortcut.setParent(None)
+            shortcut.deleteLater()
+        self._scheme_shortcuts = []
+        shared = scheme.name == "model"
+        answer_keys: dict[str, tuple[str, str]] = {}
+        if not shared:
+            for q in scheme.questions:
+                for o in q.options:
+                    if o.hotkey:
+                        answer_keys[normalise_key(o.hotkey)] = (q.key, o.value)
+        # digits given to the scheme's answers no longer label the review
+        digits = {k for k in answer_keys if k.isdigit()}
+        for shortcut in self._shortcuts.shortcuts:
+            text = shortcut.key().toString()
+            if text.isdigit():
+                shortcut.setEnabled(text not in digits)
+        taken = {k: v for k, v in self._page_keys().items() if k not in digits}
+        unbound = {k: f"already {v}" for k in answer_keys if k in taken for v in [taken[k]]}
+        for key, (question, value) in answer_keys.items():
+            if key in unbound:
+                continue
+            self._scheme_shortcuts += self._shortcuts.make(
+                [key], lambda q=question, v=value: self.answer(q, v)
+            )
+        self.grading.set_scheme(scheme, unbound, shared=shared)
+        if self._labels:
+            self._set_labels(self._labels)
+        self._apply_lesions()
+
+    def _apply_lesions(self) -> None:
+        """The lesion types offered for the current image's modality, and their keys."""
+        from engine.schemes import normalise_key
+
+        if self._scheme is None:
+            return
+        modality = None
+        if self._current is not None:
+            facts = self._image_facts(int(self._current["image_id"]))
+            modality = facts.get("modality")
+            if self._current.get("kind") == "volume":
+                modality = "oct"
+        lesions = [
+            Lesion(t.key, t.label, t.colour, normalise_key(t.hotkey) if t.hotkey else None)
+            for t in self._scheme.lesions_for(modality)
+        ]
+        if [t.key for t in lesions] != [t.key for t in self.marks.lesions()]:
+            self.marks.set_lesions(lesions)
+            self.marks_panel.set_lesions(lesions)
+
+    def _show_grades(self, image_id: int, pred: dict | None, hidden: bool) -> None:
+        """The grader's answers and the AI's answers in the scheme's terms."""
+        if self._ws is None or self._scheme is None:
+            return
+        from engine.schemes import ai_answer
+
+        answers = self._ws.grades(image_id)
+        probs = (pred or {}).get("probabilities") or {}
+        ai = {}
+        if pred is not None and not pred.get("error") and probs:
+            ai = {q.key: ai_answer(self._scheme, q, probs) for q in self._scheme.questions}
+        self.grading.show_answers(answers, ai, hidden=hidden)
+
+    def _image_facts(self, image_id: int) -> dict[str, Any]:
+        """The image's stored row (full-resolution size, modality); cached per image."""
+        cached = self._facts.get(image_id)
+        if cached is None and self._ws is not None:
+            cached = self._ws.image(image_id) or {}
+            self._facts[image_id] = cached
+        return cached or {}
+
+    def _find_full_size(
+        self, image_id: int, path: str, display: tuple[int, int]
+    ) -> tuple[int, int] | None:
+        """The full-resolution size of an image stored without one (an older workspace),
+        recorded in the workspace once found: the display copy when it was not reduced,
+        else the photograph's header (oriented as shown); ``None`` if neither says."""
+        from engine.store import StoreError
+
+        from .image_loader import DISPLAY_LONGEST
+
+        size: tuple[int, int] | None = None
+        if max(display) < DISPLAY_LONGEST:
+            size = display  # only copies larger than DISPLAY_LONGEST are reduced
+        elif self._current is not None and self._current.get("kind") != "volume":
+            size = header_size(path)
+        if size is not None and self._ws is not None:
+            try:
+                self._ws.set_image_sizes({image_id: size})
+            except StoreError:
+                pass  # a read-only workspace: the size still serves this session
+            self._facts.setdefault(image_id, {}).update(width=size[0], height=size[1])
+        return size
+
+    def _update_marks(self) -> None:
+        """Marks of the image (B-scan) on screen, in its full-resolution pixels."""
+        if self._current is None or not self.viewer.has_image():
+            self.marks.show_image(None, None, None, None)
+            self.marks_panel.update_count()
+            return
+        self._apply_lesions()
+        record = self._current
+        shown = self.viewer.source_image()
+        display = (shown.width(), shown.height())
+        image_id = int(record["image_id"])
+        facts = self._image_facts(image_id)
+        width, height = facts.get("width"), facts.get("height")
+        full: tuple[int, int] | None = None
+        if width and height:  # recorded by screening (a volume: its B-scans' size)
+            full = (int(width), int(height))
+        else:
+            full = self._find_full_size(image_id, record["path"], display)
+        # without a full size the marks cannot be placed: the layer refuses to save them
+        self.marks.show_image(image_id, self._slice, full, display)
+        self.marks_panel.update_count()
 
     # ------------------------------------------------------------------ overlays
 
@@ -873,11 +1210,27 @@ class ReviewPage(QWidget):
 
     def _drop_workspace(self) -> None:
         self.loader.clear()
+        self._facts.clear()
+        self.marks.set_store(None)
         self._revealed.clear()
         self._notes.clear()
         if self._ws is not None:
             self._ws.close()
             self._ws = None
+
+
+def header_size(path: str) -> tuple[int, int] | None:
+    """A photograph's (width, height) as shown (EXIF orientation applied), from its header
+    only; ``None`` for a file Pillow cannot read (DICOM, a missing file)."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as image:
+            width, height = image.size
+            orientation = image.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - any failure means "not known"
+        return None
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
 def _cannot_show(path: str, error: str) -> str:

@@ -116,30 +116,42 @@ class ReviewPanel(QWidget):
         layout.addWidget(self.mode_label)
         self._labels: list[str] = []
         self._multilabel = False
+        self._keys = True
         self.set_prompt("")
 
-    def set_labels(self, labels: list[str], names: list[str], multilabel: bool) -> bool:
-        """One button (or checkbox for a multi-label task) per label; returns True if rebuilt."""
+    def set_labels(
+        self, labels: list[str], names: list[str], multilabel: bool, keys: bool = True
+    ) -> bool:
+        """One button (or checkbox for a multi-label task) per label; returns True if rebuilt.
+
+        ``keys=False``: the digits belong to the grading scheme's answers, so the buttons
+        show none (they are still clicked)."""
         if (
             labels == self._labels
             and multilabel == self._multilabel
+            and keys == self._keys
             and (self.label_buttons or self.label_checks)
         ):
             return False
         self._labels = list(labels)
         self._multilabel = multilabel
+        self._keys = keys
         for widget in (*self.label_buttons, *self.label_checks):
             self.label_grid.removeWidget(widget)
             widget.deleteLater()
         self.label_buttons, self.label_checks = [], []
         columns = 2 if max((len(n) for n in names), default=0) <= 12 else 1
         for i, name in enumerate(names):
-            key = str(i + 1) if i < MAX_LABEL_KEYS else ""
+            key = str(i + 1) if i < MAX_LABEL_KEYS and keys else ""
             text = f"{key}  {name}" if key else name
             if multilabel:
                 widget: QWidget = QCheckBox(text)
                 widget.setFocusPolicy(Qt.FocusPolicy.NoFocus)
-                widget.setToolTip(f"Tick or untick {name} ({key}); Enter saves the ticked labels")
+                widget.setToolTip(
+                    f"Tick or untick {name}"
+                    + (f" ({key})" if key else "")
+                    + "; Enter saves the ticked labels"
+                )
                 self.label_checks.append(widget)  # type: ignore[arg-type]
             else:
                 widget = _key_button(

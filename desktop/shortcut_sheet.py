@@ -15,7 +15,7 @@ SHEET: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     (
         "Review an image",
         (
-            ("1 … 9", "label the image (multi-label: tick or untick a label)"),
+            ("1 … 9", "label the image; with a grading scheme: the answers keyed 1 … 9"),
             ("Enter", "confirm the AI answer (multi-label: save the ticked labels)"),
             ("U", "ungradable"),
             ("N", "write a note (saved with the image; Enter when done)"),
@@ -41,6 +41,26 @@ SHEET: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
             ("F  or  0", "fit the image to the viewer"),
             ("=", "actual size (one image pixel per screen pixel)"),
             ("+ / −", "zoom in / out (or the mouse wheel)"),
+            ("L / Shift+L", "brightness up / down (the view only; the file is never changed)"),
+            ("W / Shift+W", "contrast up / down"),
+            ("Y / Shift+Y", "gamma up / down (up lifts the dark tones)"),
+            ("Shift+R", "red-free view (the green channel as grey)"),
+            ("Shift+E", "CLAHE: local contrast equalisation"),
+            ("X", "original pixels (enhancement off)"),
+        ),
+    ),
+    (
+        "Mark lesions",
+        (
+            ("Shift+M", "marking mode on / off (Esc also leaves it)"),
+            ("A, H, E, C, V, D …", "in marking mode: the lesion type (keys on its buttons)"),
+            ("click / drag", "a point / a box"),
+            ("Shift+drag", "a freehand outline"),
+            ("Ctrl+click, Enter", "polygon corners; Enter or a double-click closes it"),
+            ("Esc", "cancel the shape being drawn"),
+            ("right-click, Delete", "select a mark, delete it"),
+            ("Z  or  Ctrl+Z", "in marking mode: undo the last mark added or deleted"),
+            ("Shift+H", "show / hide the marks layer (the overlay is separate)"),
         ),
     ),
     (
@@ -67,7 +87,7 @@ class ShortcutSheet(QDialog):
         grid = QGridLayout()
         grid.setHorizontalSpacing(18)
         grid.setVerticalSpacing(3)
-        for half, groups in enumerate((SHEET[:2], SHEET[2:])):
+        for half, groups in enumerate((SHEET[:3], SHEET[3:])):
             row = 0
             for title, entries in groups:
                 heading = QLabel(f"<b>{title}</b>")
@@ -91,7 +111,8 @@ class ShortcutSheet(QDialog):
         layout.addWidget(close, 0, Qt.AlignmentFlag.AlignRight)
         for key in ("F1", "?"):
             QShortcut(QKeySequence(key), self, activated=self.close)
-        self.resize(860, 420)
+        hint = self.sizeHint()
+        self.resize(max(980, hint.width()), max(600, hint.height()))
 
     def texts(self) -> str:
         """Everything the sheet says, as plain text (for tests and screen readers)."""

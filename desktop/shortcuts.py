@@ -28,14 +28,23 @@ class PageShortcuts:
     """Window-wide shortcuts owned by ``page`` (active while it is visible)."""
 
     def __init__(self, page: QWidget, bindings: Sequence[Binding]) -> None:
+        self.page = page
         self.shortcuts: list[QShortcut] = []
         for keys, slot in bindings:
-            for key in keys:
-                shortcut = QShortcut(QKeySequence(key), page)
-                shortcut.setContext(Qt.ShortcutContext.WindowShortcut)
-                shortcut.setAutoRepeat(False)
-                shortcut.activated.connect(lambda s=shortcut, f=slot: self._run(s, f))
-                self.shortcuts.append(shortcut)
+            self.shortcuts += self.make(keys, slot)
+
+    def make(self, keys: Sequence[Any], slot: Callable[[], None]) -> list[QShortcut]:
+        """Shortcuts for ``keys`` with the same text-field rule, kept apart from
+        :attr:`shortcuts` (the page's fixed keys): for keys that come and go, such as a
+        grading scheme's; delete them with ``deleteLater`` when they go."""
+        made = []
+        for key in keys:
+            shortcut = QShortcut(QKeySequence(key), self.page)
+            shortcut.setContext(Qt.ShortcutContext.WindowShortcut)
+            shortcut.setAutoRepeat(False)
+            shortcut.activated.connect(lambda s=shortcut, f=slot: self._run(s, f))
+            made.append(shortcut)
+        return made
 
     def _run(self, shortcut: QShortcut, slot: Callable[[], None]) -> None:
         """Run ``slot``, unless a text field has the focus: then the key goes to the field.

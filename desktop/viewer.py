@@ -16,6 +16,7 @@ from PySide6.QtGui import (
     QKeyEvent,
     QLinearGradient,
     QPainter,
+    QPen,
     QPixmap,
     QResizeEvent,
     QTransform,
@@ -24,7 +25,9 @@ from PySide6.QtGui import (
 from PySide6.QtWidgets import (
     QButtonGroup,
     QFrame,
+    QGraphicsItem,
     QGraphicsPixmapItem,
+    QGraphicsRectItem,
     QGraphicsScene,
     QGraphicsView,
     QHBoxLayout,
@@ -88,6 +91,7 @@ class ImageViewer(QGraphicsView):
     zoom_changed = Signal(float)
     overlay_toggled = Signal(bool)
     slice_wheel = Signal(int)  # +1 next slice, -1 previous (Ctrl + wheel on a volume)
+    image_changed = Signal()  # a new image (or none) is shown: display copies must follow
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -102,11 +106,19 @@ class ImageViewer(QGraphicsView):
             item.setZValue(z)
             self._scene.addItem(item)
         self._twin.setVisible(False)
+        # drawn layers (lesion marks) above the overlay, shown only with the image
+        self._layers = QGraphicsRectItem()
+        self._layers.setPen(QPen(Qt.PenStyle.NoPen))
+        self._layers.setFlag(QGraphicsItem.GraphicsItemFlag.ItemHasNoContents, True)
+        self._layers.setZValue(10)
+        self._scene.addItem(self._layers)
         self._overlay.setOpacity(0.4)
         self._overlay_visible = True
         self._side_by_side = False
         self._fit_mode = True
         self._slice_wheel = False
+        self._source = QImage()  # the display copy as decoded; what is shown may be enhanced
+        self._enhanced = False
         self.setRenderHints(
             QPainter.RenderHint.SmoothPixmapTransform | QPainter.RenderHint.Antialiasing
         )
@@ -125,8 +137,26 @@ class ImageViewer(QGraphicsView):
         self._message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self._message.setStyleSheet("color: #e8e8e8; font-size: 11pt; padding: 24px;")
         self._message.hide()
+        # what the reader must know about the pixels on screen (e.g. an enhanced view)
+        self._badge = QLabel(self.viewport())
+        self._badge.setObjectName("viewerBadge")
+        self._badge.setStyleSheet(
+            "background: rgba(20, 20, 20, 200); color: #ffb347; font-weight: bold;"
+            " padding: 3px 8px; border-radius: 3px;"
+        )
+        self._badge.hide()
 
     # ------------------------------------------------------------------ content
+
+    def set_badge(self, text: str) -> None:
+        """A short line in the top-left corner of the view (empty: none)."""
+        self._badge.setText(text)
+        self._badge.adjustSize()
+        self._badge.move(8, 8)
+        self._badge.setVisible(bool(text))
+
+    def badge(self) -> str:
+        return self._badge.text() if not self._badge.isHidden() else ""
 
     def set_image(self, image: QImage, keep_view: bool = False) -> None:
         """Show ``image`` (fit to the window); clears the overlay and any message.
@@ -135,15 +165,39 @@ class ImageViewer(QGraphicsView):
         one shown (the next B-scan of a volume)."""
         old = self._base.pixmap()
         same = keep_view and not old.isNull() and old.size() == image.size()
+        self._source = image
+        self._enhanced = False
         pixmap = QPixmap.fromImage(image)
         self._base.setPixmap(pixmap)
         self._twin.setPixmap(pixmap)
         self._overlay.setPixmap(QPixmap())
         self._message.hide()
+        self._badge.setVisible(bool(self._badge.text()))
         self._base.setVisible(True)
         self._layout_items()
         if not same or self._fit_mode:
             self.fit()
+        self.image_changed.emit()
+
+    def source_image(self) -> QImage:
+        """The display copy as decoded (never enhanced); null when no image is shown."""
+        return self._source
+
+    def show_display(self, image: QImage | None) -> None:
+        """Show ``image`` (an enhanced rendering of :meth:`source_image`, same size) in
+        place of the source, or the source again for ``None``. Zoom and position stay."""
+        if self._source.isNull():
+            return
+        if image is not None and image.size() != self._source.size():
+            raise ValueError("an enhanced view must have the size of the image it renders")
+        pixmap = QPixmap.fromImage(self._source if image is None else image)
+        self._base.setPixmap(pixmap)
+        self._twin.setPixmap(pixmap)
+        self._enhanced = image is not None
+
+    def is_enhanced(self) -> bool:
+        """True when the image on screen is an enhanced rendering, not the source pixels."""
+        return self._enhanced
 
     def set_slice_wheel(self, on: bool) -> None:
         """Ctrl + wheel steps through slices (a volume) instead of zooming."""
@@ -151,10 +205,13 @@ class ImageViewer(QGraphicsView):
 
     def clear(self) -> None:
         """Remove the image and overlay."""
+        self._source = QImage()
+        self._enhanced = False
         self._base.setPixmap(QPixmap())
         self._twin.setPixmap(QPixmap())
         self._overlay.setPixmap(QPixmap())
         self._layout_items()
+        self.image_changed.emit()
 
     def has_image(self) -> bool:
         return not self._base.pixmap().isNull() and self._base.isVisible()
@@ -184,6 +241,11 @@ class ImageViewer(QGraphicsView):
 
     def image_item(self) -> QGraphicsPixmapItem:
         return self._base
+
+    def layer_root(self) -> QGraphicsItem:
+        """The parent of drawn layers: above the overlay, over the (left) image, shown
+        only while the image is."""
+        return self._layers
 
     def set_overlay_opacity(self, opacity: float) -> None:
         """Overlay opacity in [0, 1]."""
@@ -226,9 +288,11 @@ class ImageViewer(QGraphicsView):
             self._layout_items()
             return
         self._message.setText(text)
+        self._badge.hide()  # it speaks of an image, and none is shown
         self._base.setVisible(False)
         self._twin.setVisible(False)
         self._overlay.setVisible(False)
+        self._layers.setVisible(False)
         self._message.setGeometry(self.viewport().rect())
         self._message.show()
 
@@ -245,6 +309,7 @@ class ImageViewer(QGraphicsView):
         self._twin.setVisible(shown and self._side_by_side)
         self._overlay.setPos(twin_x, 0)
         self._overlay.setVisible(shown and self._overlay_visible and self.has_overlay())
+        self._layers.setVisible(shown)
         if base.isNull():
             self._scene.setSceneRect(QRectF(0, 0, 1, 1))
         else:
@@ -309,6 +374,12 @@ class ImageViewer(QGraphicsView):
         if delta:
             self._zoom(ZOOM_STEP ** (delta / 120.0), under_mouse=True)
         event.accept()
+
+    def scrollContentsBy(self, dx: int, dy: int) -> None:  # noqa: N802 - Qt override
+        """Panning scrolls the viewport's child widgets too: the badge stays in its corner."""
+        super().scrollContentsBy(dx, dy)
+        self._badge.move(8, 8)
+        self._message.setGeometry(self.viewport().rect())
 
     def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 - Qt override
         super().resizeEvent(event)

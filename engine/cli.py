@@ -6,7 +6,7 @@ second.
 
 Why one module of about 710 lines: it is the parser (every command's options in one
 place, as ``eyetriage --help`` lists them) and the thin commands that call the engine;
-workspace, improve, explain and cluster commands already live in ``cli_*`` modules.
+workspace, grading, improve, explain and cluster commands already live in ``cli_*`` modules.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from .cli_common import (
     print_json,
 )
 from .cli_explain import add_explain_commands
+from .cli_grading import add_grading_commands
 from .cli_improve import add_improve_commands
 from .cli_workspace import add_workspace_commands
 from .safefiles import path_text
@@ -904,6 +905,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     add_workspace_commands(sub)
+    add_grading_commands(sub)
     add_explain_commands(sub)
     add_improve_commands(sub)
     return p

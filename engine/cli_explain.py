@@ -44,8 +44,22 @@ def add_explain_commands(sub: Any) -> None:
         "explain-eval", help="faithfulness of attribution on images with finding masks"
     )
     v.add_argument("model")
-    v.add_argument("data", help="synthetic set (class folders + _masks/ + labels.csv)")
-    v.add_argument("--method", choices=["gradcam", "ig", "occlusion"], default="gradcam")
+    v.add_argument("data", nargs="?", help="synthetic set (class folders + _masks/ + labels.csv)")
+    v.add_argument(
+        "--marks",
+        metavar="WORKSPACE_OR_COCO",
+        help="measure against graders' lesion marks (a workspace folder or a COCO file) "
+        "instead of a synthetic set's masks",
+    )
+    v.add_argument("--lesion", help="with --marks: only marks of this lesion type")
+    v.add_argument(
+        "--target", help="with --marks: label to explain (default: the likeliest finding)"
+    )
+    v.add_argument(
+        "--method",
+        choices=["gradcam", "ig", "occlusion"],
+        help="default gradcam; with --marks, Grad-CAM and Integrated Gradients both",
+    )
     v.add_argument("--limit", type=int, default=200, help="at most this many images")
     v.add_argument("--steps", type=int, default=32, help="Integrated Gradients passes")
     v.add_argument("--noise-samples", type=int, help="IG noisy copies (0 = plain IG)")
@@ -178,15 +192,39 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def _mask_in_model_frame(mask_path: Path, box: tuple[float, ...], size: int) -> np.ndarray:
     """The finding mask cut and scaled exactly like the model's input square."""
-    import numpy as np
     from PIL import Image
 
     with Image.open(mask_path) as m:
-        mask = m.convert("L")
-        left, top, right, bottom = (round(v) for v in box)
-        canvas = Image.new("L", (right - left, bottom - top))
-        canvas.paste(mask, (-left, -top))
-        return np.asarray(canvas.resize((size, size), Image.NEAREST)) > 127
+        return _frame_mask(m.convert("L"), box, size)
+
+
+def _frame_mask(mask: Any, box: tuple[float, ...], size: int) -> np.ndarray:
+    """An "L" mask of the original image, cut to the model's crop box and scaled to its
+    input square (nearest neighbour): the one rule for synthetic masks and graders' marks."""
+    import numpy as np
+    from PIL import Image
+
+    left, top, right, bottom = (round(v) for v in box)
+    canvas = Image.new("L", (right - left, bottom - top))
+    canvas.paste(mask, (-left, -top))
+    return np.asarray(canvas.resize((size, size), Image.NEAREST)) > 127
+
+
+def _marks_in_model_frame(
+    marked: Any, original_size: tuple[int, int], box: tuple[float, ...], size: int, lesion: Any
+) -> np.ndarray:
+    """Graders' marks rasterised at their image's full resolution (:func:`engine.marks.rasterise`),
+    brought to the decoded original's size if the two differ, then cut and scaled like the
+    model's input (:func:`_frame_mask`)."""
+    from PIL import Image
+
+    from .marks import rasterise
+
+    full = rasterise(marked.marks, marked.width, marked.height, lesion=lesion)
+    mask = Image.fromarray(full.astype("uint8") * 255, mode="L")
+    if mask.size != tuple(original_size):
+        mask = mask.resize(tuple(original_size), Image.NEAREST)
+    return _frame_mask(mask, box, size)
 
 
 def _eval_variants(
@@ -249,6 +287,16 @@ def cmd_explain_eval(args: argparse.Namespace) -> int:
     from .images import decode_for_model
     from .models import load_model
 
+    if args.marks:
+        if args.compare:
+            print("eyetriage: --compare works on a synthetic set, not with --marks")
+            return 1
+        return _eval_on_marks(args)
+    if not args.data:
+        print("eyetriage: explain-eval needs a synthetic set (DATA) or --marks")
+        return 1
+    if args.method is None:
+        args.method = "gradcam"
     lm = load_model(args.model, device=args.device)
     spec = lm.spec
     root = Path(args.data)
@@ -349,4 +397,155 @@ def cmd_explain_eval(args: argparse.Namespace) -> int:
         f"mass in mask {out['mass_in_mask']:.3f}  deletion AUC {out['deletion_auc']:.3f}  "
         f"insertion AUC {out['insertion_auc']:.3f}"
     )
+    return 0
+
+
+def _likeliest_finding(lm: Any, x: Any) -> int:
+    """The class to explain on a marked image: the finding the model finds likeliest (its
+    predicted class when the model names no finding). Marks show lesions, so the map of
+    the lesion's class is the one that should point at them."""
+    import torch
+
+    from .findings import finding_labels
+
+    with torch.no_grad():
+        logits = lm.net(x).float()[0]
+    findings = [lm.spec.labels.index(lab) for lab in finding_labels(lm.spec)]
+    pool = findings or list(range(len(lm.spec.labels)))
+    return max(pool, key=lambda i: float(logits[i]))
+
+
+def _interval_of_mean(values: list[float], seed: int = 0, rounds: int = 2000) -> list[float]:
+    """A 95 % bootstrap percentile interval of a mean (seeded, so a rerun agrees)."""
+    import numpy as np
+
+    if not values:
+        return [0.0, 1.0]
+    arr = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = arr[rng.integers(0, len(arr), size=(rounds, len(arr)))].mean(axis=1)
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
+def _eval_on_marks(args: argparse.Namespace) -> int:
+    """``explain-eval --marks``: pointing game and mass-in-mask of each method against
+    graders' marks on the images that have them, with n and 95 % intervals (Wilson for the
+    pointing game's hit rate, bootstrap for the mean mass)."""
+    import numpy as np
+    import torch
+
+    from .coco import CocoError, marked_images
+    from .explain import DEFAULT_DISPLAY, RAW, Display, display_map, explain_file, retina_mask
+    from .faithfulness import mass_in_mask, pointing_game
+    from .images import ImageError, decode_for_model
+    from .metrics import proportion_interval
+    from .models import load_model
+    from .store import StoreError
+    from .volumes import slice_source
+
+    try:
+        marked, problems = marked_images(args.marks)
+    except (CocoError, StoreError) as exc:
+        print(f"eyetriage: {exc}")
+        return 1
+    if args.lesion:
+        marked = [m for m in marked if any(x.lesion == args.lesion for x in m.marks)]
+    marked = marked[: args.limit]
+    for p in problems:
+        print(f"skipped {p}", file=sys.stderr)
+    if not marked:
+        what = f" of lesion type {args.lesion!r}" if args.lesion else ""
+        print(f"eyetriage: {args.marks}: no image with a mark{what}")
+        return 1
+    lm = load_model(args.model, device=args.device)
+    spec = lm.spec
+    methods = [args.method] if args.method else ["gradcam", "ig"]
+    target_given = None
+    if args.target is not None:
+        if args.target not in spec.labels:
+            print(f"eyetriage: --target {args.target!r} is not one of {', '.join(spec.labels)}")
+            return 1
+        target_given = spec.labels.index(args.target)
+    per: dict[str, dict[str, list[float]]] = {m: {"pg": [], "mass": []} for m in methods}
+    areas: list[float] = []
+    targets: dict[str, int] = {}
+    images: list[str] = []
+    seconds = dict.fromkeys(methods, 0.0)
+    for i, item in enumerate(marked):
+        if not args.json:
+            print(f"  {i + 1}/{len(marked)} {item.name}", file=sys.stderr, flush=True)
+        try:
+            source = (
+                item.path if item.slice_index is None else slice_source(item.path, item.slice_index)
+            )
+            dec = decode_for_model(source, spec.input_size, spec.modality, spec.preprocessing)
+        except ImageError as exc:
+            print(f"skipped {exc}", file=sys.stderr)
+            continue
+        x = lm.normalise(torch.from_numpy(np.array(dec.array[None]))).float().contiguous()
+        target = target_given if target_given is not None else _likeliest_finding(lm, x)
+        retina = retina_mask(dec.array, spec.modality)
+        finding = None
+        for method in methods:
+            t0 = time.monotonic()
+            kw = _method_kwargs(argparse.Namespace(**{**vars(args), "method": method}))
+            raw = explain_file(lm, source, method, target=target, display=RAW, **kw)
+            seconds[method] += time.monotonic() - t0
+            if finding is None:
+                finding = _marks_in_model_frame(
+                    item, raw.original_size, raw.crop_box, spec.input_size, args.lesion
+                )
+                if not finding.any():
+                    break  # the marks fall outside the model's crop
+            amap = display_map(raw.amap, DEFAULT_DISPLAY.get(method, Display()), retina)
+            per[method]["pg"].append(float(pointing_game(amap, finding)))
+            per[method]["mass"].append(mass_in_mask(amap, finding))
+        if finding is None or not finding.any():
+            print(f"skipped {item.name}: its marks lie outside the model's view", file=sys.stderr)
+            continue
+        areas.append(float(finding.mean()))
+        images.append(item.name)
+        label = spec.labels[target]
+        targets[label] = targets.get(label, 0) + 1
+    n = len(areas)
+    results: dict[str, Any] = {}
+    for method in methods:
+        pg, mass = per[method]["pg"], per[method]["mass"]
+        hits = int(round(sum(pg)))
+        results[method] = {
+            "n": len(pg),
+            "pointing_game": hits / len(pg) if pg else None,
+            "pointing_game_ci95": list(proportion_interval(hits, len(pg))),
+            "mass_in_mask": float(np.mean(mass)) if mass else None,
+            "mass_in_mask_ci95": _interval_of_mean(mass),
+            "seconds_per_image": seconds[method] / max(1, n),
+        }
+    out: dict[str, Any] = {
+        "source": str(args.marks),
+        "lesion": args.lesion,
+        "n": n,
+        "methods": results,
+        # the share of the model's view the marks cover: what mass_in_mask is by chance
+        "mean_mask_area": float(np.mean(areas)) if areas else None,
+        "explained_labels": targets,
+        "images": images,
+        "model": {"name": spec.name, "arch": spec.arch, "sha256": lm.sha256},
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0 if n else 1
+    if not n:
+        print("eyetriage: no marked image could be measured")
+        return 1
+    print(
+        f"against graders' marks: n={n} images (mean marked area {out['mean_mask_area']:.3f} "
+        "of the model's view = mass by chance)"
+    )
+    for method, r in results.items():
+        lo, hi = r["pointing_game_ci95"]
+        mlo, mhi = r["mass_in_mask_ci95"]
+        print(
+            f"  {method:<8} pointing game {r['pointing_game']:.3f} (95% CI {lo:.3f}-{hi:.3f})  "
+            f"mass in mask {r['mass_in_mask']:.3f} (95% CI {mlo:.3f}-{mhi:.3f})"
+        )
     return 0

@@ -247,6 +247,14 @@ def iter_screen_into_workspace(
             for chunk in _with_refused(unreadable, chunks):
                 rows = [_row(r, id_by_path, lm.spec) for r in chunk]
                 pred_ids = ws.add_predictions(run_id, rows)
+                # the full-resolution size: the frame of graders' marks on the image
+                ws.set_image_sizes(
+                    {
+                        row["image_id"]: (r.width, r.height)
+                        for r, row in zip(chunk, rows, strict=True)
+                        if r.width and r.height and not r.error
+                    }
+                )
                 for r, pid in zip(chunk, pred_ids, strict=True):
                     counts[r.triage] = counts.get(r.triage, 0) + 1
                     r.prediction_id = pid  # type: ignore[attr-defined]

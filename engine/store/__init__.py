@@ -39,6 +39,7 @@ from .common import (
     sha256_file,
 )
 from .exchange import EXPORT_COLUMNS
+from .grading import EntryError
 from .queries import registered_model_path
 from .schema import SCHEMA_VERSION
 from .workspace import Workspace
@@ -46,6 +47,7 @@ from .workspace import Workspace
 __all__ = [
     "DB_NAME",
     "EXPORT_COLUMNS",
+    "EntryError",
     "REFERRED_STATES",
     "REVIEW_ACTIONS",
     "RUN_STATUSES",

@@ -29,6 +29,7 @@ from .common import (
 from .common import (
     number as to_number,
 )
+from .grading import Grading
 from .rules import active_hash, check_review_labels, current_reviews, latest_prediction_rows
 from .writes import Writes, check_slice
 
@@ -39,11 +40,20 @@ EXPORT_COLUMNS = (
     "key_slice",
     *("reviewed_label", "review_action", "reviewer", "reviewed_at"),
     *("model_hash", "settings_key", "predicted_at"),
+    "marks",
 )
+# Each question of the workspace's grading scheme adds a column ``grade_<question>`` after
+# these (the effective answer about the image as a whole; several values joined with ";").
+GRADE_PREFIX = "grade_"
 
 
-class Exchange(Writes):
+class Exchange(Grading, Writes):
     """Export of results and import of reviews."""
+
+    def export_columns(self) -> list[str]:
+        """The export's columns: :data:`EXPORT_COLUMNS`, then one ``grade_<question>`` per
+        question of the workspace's scheme."""
+        return [*EXPORT_COLUMNS, *(GRADE_PREFIX + q.key for q in self.scheme().questions)]
 
     def export_rows(self) -> list[dict]:
         """One row per image: its latest prediction (active model) and current review.
@@ -51,8 +61,13 @@ class Exchange(Writes):
         Columns are :data:`EXPORT_COLUMNS`; images never screened have empty prediction
         fields. A volume is one row (``kind`` volume, ``n_slices`` B-scans, ``key_slice``
         its most suspicious one, 1-based). ``conformal_set`` is a list, ``quality``/``probabilities`` are dicts and
-        ``reviewed_label`` joins multiple labels with ``;``.
+        ``reviewed_label`` joins multiple labels with ``;``. ``marks`` counts the image's
+        live lesion marks (all B-scans together) and each ``grade_<question>`` holds the
+        scheme's effective answer about the image (values joined with ``;``).
         """
+        questions = [q.key for q in self.scheme().questions]
+        grades = self.all_grades()
+        mark_counts = self.mark_counts()
         with self._read() as conn:
             latest = {
                 r["image_id"]: prediction_dict(r)
@@ -79,7 +94,11 @@ class Exchange(Writes):
                 review_action=None if review is None else review["action"],
                 reviewer=None if review is None else review["reviewer"],
                 reviewed_at=None if review is None else review["created_at"],
+                marks=mark_counts.get(image["id"], 0),
             )
+            answers = grades.get((image["id"], None), {})
+            for key in questions:
+                row[GRADE_PREFIX + key] = ";".join(answers[key]) if key in answers else None
             for field in BOOL_FIELDS:
                 if row[field] is not None:
                     row[field] = bool(row[field])
@@ -102,7 +121,7 @@ class Exchange(Writes):
         if not out.parent.is_dir():
             raise StoreError(f"export folder {out.parent} does not exist")
         rows = self.export_rows()
-        columns = list(EXPORT_COLUMNS)
+        columns = self.export_columns()
         if deidentify:
             rows = deidentify_rows(rows)
             columns = deidentified_columns(columns)

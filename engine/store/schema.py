@@ -253,11 +253,90 @@ def _widen_triage_check(conn: sqlite3.Connection, table: str) -> None:
         conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (table, seq[0]))
 
 
+_GRADING_V4 = """
+CREATE TABLE schemes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    definition TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    created_by TEXT NOT NULL CHECK (length(trim(created_by)) > 0)
+);
+CREATE TRIGGER schemes_no_update BEFORE UPDATE ON schemes
+BEGIN SELECT RAISE(ABORT, 'schemes are append-only: UPDATE is not allowed'); END;
+CREATE TRIGGER schemes_no_delete BEFORE DELETE ON schemes
+BEGIN SELECT RAISE(ABORT, 'schemes are append-only: DELETE is not allowed'); END;
+
+CREATE TABLE grades (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    image_id INTEGER NOT NULL REFERENCES images(id),
+    slice_index INTEGER CHECK (slice_index IS NULL OR slice_index >= 0),
+    scheme_id INTEGER REFERENCES schemes(id),
+    question TEXT NOT NULL,
+    answer TEXT NOT NULL DEFAULT '[]',
+    reviewer TEXT NOT NULL CHECK (length(trim(reviewer)) > 0),
+    created_at TEXT NOT NULL,
+    undoes INTEGER REFERENCES grades(id)
+);
+CREATE INDEX grades_image ON grades(image_id, slice_index, question);
+CREATE UNIQUE INDEX grades_undone_once ON grades(undoes) WHERE undoes IS NOT NULL;
+CREATE TRIGGER grades_no_update BEFORE UPDATE ON grades
+BEGIN SELECT RAISE(ABORT, 'grades are append-only: UPDATE is not allowed'); END;
+CREATE TRIGGER grades_no_delete BEFORE DELETE ON grades
+BEGIN SELECT RAISE(ABORT, 'grades are append-only: DELETE is not allowed'); END;
+
+CREATE TABLE marks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    uid TEXT NOT NULL UNIQUE,
+    image_id INTEGER NOT NULL REFERENCES images(id),
+    slice_index INTEGER CHECK (slice_index IS NULL OR slice_index >= 0),
+    scheme_id INTEGER REFERENCES schemes(id),
+    lesion TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('point', 'box', 'polygon', 'freehand')),
+    points TEXT NOT NULL,
+    reviewer TEXT NOT NULL CHECK (length(trim(reviewer)) > 0),
+    created_at TEXT NOT NULL,
+    restores TEXT REFERENCES marks(uid)
+);
+CREATE INDEX marks_image ON marks(image_id, slice_index);
+CREATE TRIGGER marks_no_update BEFORE UPDATE ON marks
+BEGIN SELECT RAISE(ABORT, 'marks are append-only: UPDATE is not allowed'); END;
+CREATE TRIGGER marks_no_delete BEFORE DELETE ON marks
+BEGIN SELECT RAISE(ABORT, 'marks are append-only: DELETE is not allowed'); END;
+
+CREATE TABLE mark_deletions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    mark_uid TEXT NOT NULL UNIQUE REFERENCES marks(uid),
+    reviewer TEXT NOT NULL CHECK (length(trim(reviewer)) > 0),
+    created_at TEXT NOT NULL
+);
+CREATE TRIGGER mark_deletions_no_update BEFORE UPDATE ON mark_deletions
+BEGIN SELECT RAISE(ABORT, 'mark deletions are append-only: UPDATE is not allowed'); END;
+CREATE TRIGGER mark_deletions_no_delete BEFORE DELETE ON mark_deletions
+BEGIN SELECT RAISE(ABORT, 'mark deletions are append-only: DELETE is not allowed'); END;
+"""
+
+
+def _migration_4_grading(conn: sqlite3.Connection) -> None:
+    """Grading schemes, graders' answers and lesion marks, all append-only.
+
+    ``schemes``: each change of a workspace's scheme is a new row (the newest is current).
+    ``grades``: one answer (a JSON list of option values) to one question about an image
+    or a volume's B-scan (``slice_index``, 0-based); the effective answer is the newest row
+    no later row ``undoes``. ``marks``: one drawn lesion (``points``: JSON ``[[x, y], ...]``
+    in full-resolution pixels), identified by ``uid``; ``mark_deletions`` holds a tombstone
+    per deleted mark, and undoing a deletion adds a copy of the mark under a new uid that
+    ``restores`` the old one.
+    """
+    for statement in _split_sql(_GRADING_V4):
+        conn.execute(statement)
+
+
 # Ordered; migration i (1-based) brings the schema from version i-1 to i. Append only.
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migration_1_initial,
     _migration_2_items,
     _migration_3_refer_state,
+    _migration_4_grading,
 )
 SCHEMA_VERSION: int = len(MIGRATIONS)
 
