@@ -1,6 +1,10 @@
 """GUI responsiveness: time from launch to window shown, and the longest event-loop stall
 while screening ~300 synthetic images (a 10 ms QTimer heartbeat records the largest gap).
 
+The window is started as the application starts it (with its background preload of torch
+and the screener); the stall that preload causes right after start-up is reported on its
+own (``startup_stall_ms``), and screening starts once it is done.
+
 Run: ``.venv/bin/python benchmarks/bench_gui.py`` (uses QT_QPA_PLATFORM=offscreen unless a
 display is set). Not a test: it prints and returns numbers.
 """
@@ -112,14 +116,6 @@ def max_stall_ms(n_images: int = 300) -> dict[str, float]:
         images, "fundus", n=n_images, seed=11, size=256, classes=("diabetic_retinopathy", "normal")
     )
     model = _tiny_model(tmp, images)
-    w = MainWindow(AppSettings(reviewer="bench"), data_dir=tmp / "userdata", preload=False)
-    w.resize(1366, 768)
-    w.show()
-    w.open_image_folder(images)
-    w.set_model(model)
-    w.ensure_pages()
-    w.filter_bar.set_current("all")
-
     gaps: list[float] = []
     clock = QElapsedTimer()
     clock.start()
@@ -134,6 +130,31 @@ def max_stall_ms(n_images: int = 300) -> dict[str, float]:
     heart.setInterval(10)
     heart.timeout.connect(beat)
     result: dict[str, float] = {}
+
+    # as the application starts: the window shows, then loads its heavy modules in the
+    # background (preload); the stall that causes is reported on its own
+    w = MainWindow(AppSettings(reviewer="bench"), data_dir=tmp / "userdata")
+    w.resize(1366, 768)
+    heart.start()
+    w.show()
+    t0 = time.monotonic()
+    from desktop.pages import PRELOADED
+
+    while not PRELOADED.is_set() and time.monotonic() - t0 < 60:
+        app.processEvents()
+        time.sleep(0.002)
+    end = time.monotonic() + 0.3
+    while time.monotonic() < end:
+        app.processEvents()
+        time.sleep(0.002)
+    result["startup_stall_ms"] = max(gaps) if gaps else float("nan")
+    heart.stop()
+    gaps.clear()
+    w.open_image_folder(images)
+    w.set_model(model)
+    w.ensure_pages()
+    w.filter_bar.set_current("all")
+    last[0] = clock.elapsed()
 
     def finished(summary: dict) -> None:
         result["screened"] = float(summary.get("screened", 0))
@@ -154,11 +175,19 @@ def max_stall_ms(n_images: int = 300) -> dict[str, float]:
 def run() -> dict:
     shown = window_shown_seconds()
     stall = max_stall_ms(300)
-    out = {"window_shown_s": round(shown, 3), "max_stall_ms": round(stall["max_stall_ms"], 1)}
+    out = {
+        "window_shown_s": round(shown, 3),
+        "max_stall_ms": round(stall["max_stall_ms"], 1),
+        "startup_stall_ms": round(stall.get("startup_stall_ms", float("nan")), 1),
+    }
     print(f"window shown after {shown:.2f} s (target ≤ 2 s)")
     print(
         f"longest event-loop stall while screening {int(stall.get('screened', 0))} images: "
-        f"{stall['max_stall_ms']:.0f} ms (target ≤ 100 ms); run took {stall.get('seconds', 0):.1f} s"
+        f"{stall['max_stall_ms']:.0f} ms (target ≤ 50 ms); run took {stall.get('seconds', 0):.1f} s"
+    )
+    print(
+        "longest stall while the window loads torch and the screener in the background after "
+        f"start-up: {out['startup_stall_ms']:.0f} ms"
     )
     return out
 

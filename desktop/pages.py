@@ -10,6 +10,7 @@ is called by name and nothing is swallowed.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -135,9 +136,29 @@ def make_dashboard_page(parent: QWidget) -> DashboardView:
     return page
 
 
+PRELOADED = threading.Event()  # set once preload_page_modules has run
+
+
 def preload_page_modules() -> None:
-    """Import what the pages need (in a worker), so opening a workspace does not wait."""
+    """Import what the pages and screening need (in a worker), so opening a workspace does
+    not wait and the first screening does not import torch, timm and the screener while the
+    window is busy showing results (loading those libraries holds the interpreter for about
+    half a second: better once, just after start-up, than in the middle of a run)."""
     import importlib
 
-    for name in ("desktop.review", "desktop.dashboard", "engine.overlay", "engine.models"):
+    for name in (
+        "desktop.review",
+        "desktop.dashboard",
+        "engine.overlay",
+        "engine.models",
+        "engine.screen",
+        "engine.workspace_screen",
+        "engine.backends",
+        "timm",  # the networks are built by timm (which pulls in torchvision)
+    ):
         importlib.import_module(name)
+    try:  # the CPU inference engine, when installed
+        importlib.import_module("onnxruntime")
+    except ImportError:
+        pass
+    PRELOADED.set()
