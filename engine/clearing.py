@@ -147,7 +147,7 @@ def check_clearing(spec: ModelSpec, policy: TriagePolicy) -> ClearingCheck:
         return ClearingCheck(
             False,
             f"auto-clear is off for this model: {seen}, so up to {100 * ub:.0f} % of "
-            f"diseased eyes could be cleared (95 % bound; auto-clear needs at most "
+            f"images with a finding could be cleared (95 % bound; auto-clear needs at most "
             f"{100 * MAX_CLEARED_WITH_FINDING:.0f} %)",
             **base,
         )
