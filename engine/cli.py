@@ -177,6 +177,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         name=args.name or "",
         strategy=args.strategy,
         negative_labels=list(args.negative_label or []),
+        display_names=_display_names(args.display_name),
         demo=args.demo,
         max_steps_per_epoch=args.max_steps_per_epoch,
         half=args.half,
@@ -264,6 +265,19 @@ def _modality_warning(model_modality: str, paths: Sequence[Path]) -> str | None:
     if text:
         err(f"WARNING: {text}")
     return text
+
+
+def _display_names(items: list[str] | None) -> dict[str, str]:
+    """``LABEL=WORDS`` pairs from ``--display-name``."""
+    names: dict[str, str] = {}
+    for item in items or []:
+        label, sep, words = item.partition("=")
+        if not sep or not label.strip() or not words.strip():
+            raise CliError(
+                f"--display-name {item!r}: write it as LABEL=WORDS, e.g. 1='DME present'"
+            )
+        names[label.strip()] = words.strip()
+    return names
 
 
 def _split_part(ds, spec, part: str):  # noqa: ANN001, ANN202
@@ -773,6 +787,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="a 'no finding' class (repeat for several); default: labels named normal, none,"
         " healthy, negative, 0, no_... (binary: else the first label)",
+    )
+    t.add_argument(
+        "--display-name",
+        action="append",
+        default=None,
+        metavar="LABEL=WORDS",
+        help="what a label is called on screen, e.g. 1='DME present' (repeat per label)",
     )
     t.add_argument("--name", help="a name for the model")
     t.add_argument("--device", default="auto")

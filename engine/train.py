@@ -66,6 +66,7 @@ class TrainConfig:
     demo: bool = False
     negative_label: str | None = None  # kept for callers that name one; see negative_labels
     negative_labels: list[str] = field(default_factory=list)  # the "no finding" classes
+    display_names: dict[str, str] = field(default_factory=dict)  # label -> words on screen
     half: bool = False  # store weights as float16 (half the file size)
     ema: bool = True  # let an average of the weights compete for the kept epoch
     allow_collapsed: bool = False  # save a model that predicts one class anyway
@@ -156,6 +157,12 @@ def train_model(
             f"({', '.join(ds.labels)})"
         )
     cfg.negative_labels = negatives or guess_negative_labels(ds.labels, ds.task)
+    unnamed = [k for k in cfg.display_names if k not in ds.labels]
+    if unnamed:
+        raise DatasetError(
+            f"display name for {', '.join(map(repr, unnamed))}: not a label of this data set "
+            f"({', '.join(ds.labels)})"
+        )
     train_idx, val_idx, test_idx = split or split_indices(ds, cfg.fractions, cfg.seed)
     if not train_idx or not val_idx:
         raise DatasetError(
@@ -185,6 +192,7 @@ def train_model(
         name=cfg.name or f"{cfg.arch}-{ds.task}",
         head_dropout=cfg.head_dropout,
         negative_labels=list(cfg.negative_labels),
+        display_names=dict(cfg.display_names),
         demo=cfg.demo,
     )
     log(

@@ -372,3 +372,24 @@ def test_the_model_card_says_which_labels_mean_no_finding():
     assert "no finding    normal (default rule)" in model_card_text(spec())
     card = model_card_text(spec(labels=["CNV", "DME"]))
     assert "no finding    none named or found by the default rule: nothing is auto-cleared" in card
+
+
+def test_cli_train_names_labels_for_the_screen(capsys, tmp_path, synth_fundus):
+    from engine.cli import main
+    from engine.modelfile import read_spec
+
+    from .conftest import TINY_ARCH
+
+    out = tmp_path / "m.safetensors"
+    base = ["train", str(synth_fundus), "--arch", TINY_ARCH, "--img-size", "64", "--epochs", "1"]
+    base += ["--batch-size", "16", "--out", str(out), "--quiet", "--allow-collapsed"]
+    named = ["--display-name", "diabetic_retinopathy=Diabetic retinopathy (any grade)"]
+    assert main([*base, *named]) == 0
+    spec = read_spec(out)
+    assert spec.display("diabetic_retinopathy") == "Diabetic retinopathy (any grade)"
+    assert spec.display("normal") == "normal"
+    capsys.readouterr()
+    assert main([*base, "--display-name", "healthy=Healthy eye"]) != 0
+    assert "'healthy': not a label" in capsys.readouterr().err
+    assert main([*base, "--display-name", "normal"]) != 0
+    assert "LABEL=WORDS" in capsys.readouterr().err
