@@ -56,6 +56,9 @@ PREFETCH = 2  # images of the queue decoded (and explained) ahead of the reader
 # --------------------------------------------------------------------------- the page
 
 
+_KEY_EVENTS = (QEvent.Type.ShortcutOverride, QEvent.Type.KeyPress, QEvent.Type.KeyRelease)
+
+
 class ReviewPage(QWidget):
     """Viewer + evidence + keyboard review of one image at a time, along a queue."""
 
@@ -221,19 +224,11 @@ class ReviewPage(QWidget):
             app.installEventFilter(self)
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt override
-        kind = event.type()
-        if (
-            kind in (QEvent.Type.ShortcutOverride, QEvent.Type.KeyPress)
-            and isinstance(event, QKeyEvent)
-            and self.marks.is_marking()
-            and not self._closed
-            and self.isVisible()
-            and isinstance(watched, QWidget)
-            and watched.window() is self.window()
-            and watched is (QApplication.focusWidget() or self.window())
-            and not isinstance(watched, TEXT_FIELDS)
-        ):
-            action = self._marking_key(event)
+        kind = event.type()  # every event of the application passes here: cheapest test first
+        if kind not in _KEY_EVENTS or not self._page_key(watched, event):
+            return super().eventFilter(watched, event)
+        if kind in (QEvent.Type.ShortcutOverride, QEvent.Type.KeyPress) and self.marks.is_marking():
+            action = self._marking_key(event)  # type: ignore[arg-type]
             if action is not None:
                 if kind == QEvent.Type.ShortcutOverride:
                     event.accept()  # the key comes back as a key press, not as a shortcut
@@ -242,19 +237,25 @@ class ReviewPage(QWidget):
                 return True
         if (
             kind in (QEvent.Type.KeyPress, QEvent.Type.KeyRelease)
-            and isinstance(event, QKeyEvent)
-            and event.key() == Qt.Key.Key_Space
+            and event.key() == Qt.Key.Key_Space  # type: ignore[attr-defined]
+        ):
+            if not event.isAutoRepeat():  # type: ignore[attr-defined]
+                self.viewer.hold_original(kind == QEvent.Type.KeyPress)
+            return True
+        return super().eventFilter(watched, event)
+
+    def _page_key(self, watched: QObject, event: QEvent) -> bool:
+        """A key event meant for this page: it is shown, and the key went to its window's
+        focused widget (or the window itself), which is not a text field."""
+        return (
+            isinstance(event, QKeyEvent)
             and not self._closed
             and self.isVisible()
             and isinstance(watched, QWidget)
             and watched.window() is self.window()
             and watched is (QApplication.focusWidget() or self.window())
             and not isinstance(watched, TEXT_FIELDS)
-        ):
-            if not event.isAutoRepeat():
-                self.viewer.hold_original(kind == QEvent.Type.KeyPress)
-            return True
-        return super().eventFilter(watched, event)
+        )
 
     def _marking_key(self, event: QKeyEvent) -> Any:
         """What a key does in marking mode (``None``: what it does elsewhere)."""
