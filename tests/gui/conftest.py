@@ -3,6 +3,7 @@ work left running when a test ends."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -39,3 +40,30 @@ def no_pool_work_left(request: pytest.FixtureRequest):
             + ("" if drained else f" (still running after {DRAIN_MS / 1000:.0f} s)"),
             pytrace=False,
         )
+
+
+@pytest.fixture(scope="session")
+def screened_template(tmp_path_factory, tiny_model, synth_fundus) -> Path:
+    """A workspace in which the tiny model screened the 48 synthetic images, made once per
+    run; tests that change it work on a copy (:func:`ws_folder`)."""
+    from engine.images import discover_images
+    from engine.models import load_model
+    from engine.screen import ScreenSettings
+    from engine.workspace_screen import screen_into_workspace
+
+    folder = tmp_path_factory.mktemp("ws_template")
+    screen_into_workspace(
+        folder,
+        discover_images(synth_fundus),
+        [load_model(tiny_model, device="cpu")],
+        ScreenSettings(device="cpu"),
+    )
+    return folder
+
+
+@pytest.fixture
+def ws_folder(tmp_path, screened_template) -> Path:
+    """A private copy of the screened workspace that a test may add reviews to."""
+    folder = tmp_path / "ws"
+    shutil.copytree(screened_template, folder)
+    return folder

@@ -10,24 +10,10 @@ from pathlib import Path
 import pytest
 
 from desktop.dashboard import TRIAGE_WORDS, DashboardPage, referral_sentence
-from engine.images import discover_images
 from engine.modelfile import read_spec
-from engine.models import load_model
-from engine.screen import ScreenSettings
 from engine.store import TRIAGE_STATES, Workspace
-from engine.workspace_screen import screen_into_workspace
 
 OTHER = {"diabetic_retinopathy": "normal", "normal": "diabetic_retinopathy"}
-
-
-@pytest.fixture(scope="module")
-def screened_template(tmp_path_factory, synth_fundus, tiny_model) -> Path:
-    """A workspace of the 48 synthetic images screened by the tiny model, no reviews."""
-    ws = tmp_path_factory.mktemp("dash") / "ws"
-    screen_into_workspace(
-        ws, discover_images(synth_fundus), [load_model(tiny_model)], ScreenSettings()
-    )
-    return ws
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 from pathlib import Path
 
@@ -14,31 +13,6 @@ from desktop.evidence import TRIAGE_LOOK
 from desktop.review import ReviewPage
 
 WAIT_MS = 60_000  # generous: the first overlay loads torch and the model on 2 shared cores
-
-
-@pytest.fixture(scope="module")
-def screened_template(tmp_path_factory, tiny_model, synth_fundus) -> Path:
-    """A workspace in which the tiny model screened the 48 synthetic images (made once)."""
-    from engine.images import discover_images
-    from engine.models import load_model
-    from engine.screen import ScreenSettings
-    from engine.workspace_screen import screen_into_workspace
-
-    folder = tmp_path_factory.mktemp("ws_template")
-    screen_into_workspace(
-        folder,
-        discover_images(synth_fundus),
-        [load_model(tiny_model, device="cpu")],
-        ScreenSettings(device="cpu"),
-    )
-    return folder
-
-
-@pytest.fixture
-def ws_folder(tmp_path, screened_template) -> Path:
-    folder = tmp_path / "ws"
-    shutil.copytree(screened_template, folder)
-    return folder
 
 
 def db_rows(ws_folder: Path, sql: str, params: tuple = ()) -> list[sqlite3.Row]:

@@ -4,7 +4,6 @@ the end of the list, the shortcut sheet and the small things a reader trips over
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 from pathlib import Path
 
@@ -17,31 +16,6 @@ from desktop.worklist_model import COL_CONFIDENCE, COL_LABEL, COL_TRIAGE, COL_UN
 from engine.triage import HUMAN_STATES
 
 WAIT_MS = 60_000
-
-
-@pytest.fixture(scope="module")
-def screened_template(tmp_path_factory, tiny_model, synth_fundus) -> Path:
-    """A workspace in which the tiny model screened the synthetic images (made once)."""
-    from engine.images import discover_images
-    from engine.models import load_model
-    from engine.screen import ScreenSettings
-    from engine.workspace_screen import screen_into_workspace
-
-    folder = tmp_path_factory.mktemp("flow_template")
-    screen_into_workspace(
-        folder,
-        discover_images(synth_fundus),
-        [load_model(tiny_model, device="cpu")],
-        ScreenSettings(device="cpu"),
-    )
-    return folder
-
-
-@pytest.fixture
-def ws_folder(tmp_path, screened_template) -> Path:
-    folder = tmp_path / "ws"
-    shutil.copytree(screened_template, folder)
-    return folder
 
 
 def rows(ws_folder: Path, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
