@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -164,17 +164,3 @@ def clearing_block(specs: Sequence[ModelSpec], policy: TriagePolicy) -> str | No
                 return c.reason.replace("this model", f"ensemble member {i + 1}", 1)
             return c.reason
     return None
-
-
-def describe(spec: ModelSpec, policy: TriagePolicy) -> dict[str, Any]:
-    """The check as plain data (for ``info``, the model card and the desktop)."""
-    c = check_clearing(spec, policy)
-    return {
-        "allowed": c.allowed,
-        "reason": c.reason,
-        "n": c.n,
-        "n_with_finding": c.n_with_finding,
-        "cleared_with_finding": c.cleared_with_finding,
-        "cleared": c.cleared,
-        "upper_bound": None if c.upper is None else round(c.upper, 4),
-    }
