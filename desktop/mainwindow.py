@@ -546,7 +546,8 @@ class MainWindow(QMainWindow):
         self.reload_worklist()
         self._refresh_models()
         self.improver.refresh()
-        self.dashboard_page.set_workspace(self.ws_folder, self.spec)
+        if self.tabs.dashboard_shown():  # otherwise it is read when its tab is shown
+            self.dashboard_page.set_workspace(self.ws_folder, self.spec)
         self.screening_finished.emit(summary)
 
     def _update_enabled(self) -> None:
@@ -598,7 +599,9 @@ class MainWindow(QMainWindow):
     def _on_tab(self, _index: int) -> None:
         if self.tabs.dashboard_shown():
             self._update_dashboard_blind()
-            self.dashboard_page.refresh()
+            # the workspace and its active model as they are now (the dashboard is not read
+            # while it is hidden, e.g. when a screening run ends)
+            self.dashboard_page.set_workspace(self.ws_folder, self.spec)
 
     # ------------------------------------------------------------------ export / about
     def export_results(

@@ -297,7 +297,8 @@ class ScreeningController(QObject):
         if job is not None and job.is_running():
             self.progress_label.setText("Stopping the screening run…")
             job.cancel()
-            job.wait(timeout_s)
+            if not job.wait(timeout_s):
+                job.kill()  # no screening process outlives the window
 
     # ------------------------------------------------------------------ progress
 
