@@ -20,11 +20,12 @@ reads them.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from .improve.process import WorkerProcess
 from .tasks import TaskState
@@ -154,16 +155,37 @@ def screening_events(request: ScreenRequest, state: TaskState) -> Iterator[dict[
         events.close()  # records a cancelled run even when the caller stops early
 
 
-def listen_for_cancel(stream: IO[str], state: TaskState) -> threading.Thread:
-    """Cancel ``state`` when ``stream`` says ``cancel`` or ends (a daemon thread)."""
+class _Lines:
+    """Lines of text from a file descriptor, read with ``os.read``: a thread blocked in it
+    holds no lock of a Python file object, so the process can always exit."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._buf = b""
+
+    def readline(self) -> str | None:
+        """The next line without its newline; ``None`` at the end of the input."""
+        while b"\n" not in self._buf:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                rest, self._buf = self._buf, b""
+                return rest.decode("utf-8", "replace") if rest else None
+            self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line.decode("utf-8", "replace")
+
+
+def listen_for_cancel(lines: _Lines, state: TaskState) -> threading.Thread:
+    """Cancel ``state`` when the input says ``cancel`` or ends (a daemon thread)."""
 
     def listen() -> None:
-        try:
-            for line in stream:
-                if line.strip() == "cancel":
-                    break
-        except (OSError, ValueError):
-            pass
+        while True:
+            line = lines.readline()
+            if line is None or line.strip() == "cancel":
+                break
         state.cancel()
 
     thread = threading.Thread(target=listen, daemon=True, name="cancel-listener")
@@ -171,12 +193,14 @@ def listen_for_cancel(stream: IO[str], state: TaskState) -> threading.Thread:
     return thread
 
 
-def run_worker(workspace: str | Path, stdin: IO[str], emit: Callable[[dict], None]) -> None:
-    """The child's side: read the request, screen ``workspace``, emit every event (``done``
-    last). Raises what stopped the run; the worker entry turns it into one ``error`` event.
+def run_worker(workspace: str | Path, stdin_fd: int, emit: Callable[[dict], None]) -> None:
+    """The child's side: read the request from ``stdin_fd``, screen ``workspace``, emit every
+    event (``done`` last). Raises what stopped the run; the worker entry turns it into one
+    ``error`` event.
     """
-    line = stdin.readline()
-    if not line.strip():
+    lines = _Lines(stdin_fd)
+    line = lines.readline()
+    if not line or not line.strip():
         raise ValueError("no screening request was given on standard input")
     request = ScreenRequest.from_dict({**json.loads(line), "workspace": str(workspace)})
 
@@ -192,7 +216,7 @@ def run_worker(workspace: str | Path, stdin: IO[str], emit: Callable[[dict], Non
         )
 
     state = TaskState(on_progress=progress, min_interval=0.2)
-    listen_for_cancel(stdin, state)
+    listen_for_cancel(lines, state)
     for event in screening_events(request, state):
         emit(event)
 

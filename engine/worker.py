@@ -105,7 +105,8 @@ def _screen(workspace: str, emit: _Emitter) -> int:
     from .tasks import readable_error
 
     try:
-        run_worker(workspace, sys.stdin, emit)
+        # a windowed bundle may have no sys.stdin object, but the pipe is descriptor 0
+        run_worker(workspace, sys.stdin.fileno() if sys.stdin is not None else 0, emit)
     except Exception as e:  # noqa: BLE001 - every failure becomes one error event
         traceback.print_exc(file=sys.stderr)
         emit({"event": "error", "message": readable_error(e)})
