@@ -118,9 +118,14 @@ class ScreenJob(QObject):
     finished = Signal()
 
     def __init__(
-        self, request: ScreenRequest, parent: QObject | None = None, poll_ms: int = POLL_MS
+        self,
+        request: ScreenRequest,
+        parent: QObject | None = None,
+        poll_ms: int = POLL_MS,
+        spare: Any = None,
     ) -> None:
         super().__init__(parent)
+        self._spare = spare  # a waiting engine.screen_task.ScreenProcess to hand the run to
         from engine.tasks import TaskState
 
         self.request = request
@@ -138,12 +143,20 @@ class ScreenJob(QObject):
         self._timer.timeout.connect(self._poll)
 
     def start(self) -> None:
-        """Start the child (returns at once; a child that cannot start is ``failed``)."""
+        """Hand the run to the spare process, or start a child (returns at once; a child
+        that cannot start is ``failed``)."""
         from engine.screen_task import ScreenProcess
 
         self.started_at = time.monotonic()
         self._running = True
         self._display = _model_display(Path(self.request.model_path))
+        spare, self._spare = self._spare, None
+        if spare is not None and spare.submit(self.request):
+            self.proc = spare
+            self._timer.start()
+            return
+        if spare is not None:  # it ended meanwhile: make sure it is gone
+            spare.cancel()
         proc = ScreenProcess(self.request)
         try:
             proc.start()

@@ -1,6 +1,6 @@
 """Screening a workspace as one task of plain events, run in a child process for the window.
 
-The desktop screens in a child process (``eyetriage --worker screen WORKSPACE``, see
+The desktop screens in a child process (``eyetriage --worker screen``, see
 :mod:`engine.worker`) so that the window's interpreter never runs the decoding threads, the
 model, the quality gate or the engine export: run as threads of the window's process, they
 took the interpreter lock from the window for 100 to 400 ms at a time while screening
@@ -19,6 +19,8 @@ reads them.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import os
 import threading
@@ -32,6 +34,15 @@ from .tasks import TaskState
 from .triage import DEFAULT_THRESHOLD
 
 KEPT = "Images screened before it stopped are kept in the workspace."
+# loaded by the child before it reads its request
+WARM_MODULES = (
+    "engine.models",
+    "engine.screen",
+    "engine.workspace_screen",
+    "engine.backends",
+    "engine.volumes",
+    "timm",
+)
 
 
 @dataclass
@@ -74,6 +85,12 @@ class ScreenRequest:
         if values.get("paths") is not None:
             values["paths"] = [Path(p) for p in values["paths"]]
         return cls(**values)
+
+
+def _request_line(request: ScreenRequest) -> str:
+    d = request.to_dict()
+    d["workspace"] = str(Path(request.workspace).expanduser().resolve())
+    return json.dumps(d)
 
 
 def _done(status: str, device: str, message: str | None = None) -> dict[str, Any]:
@@ -193,16 +210,29 @@ def listen_for_cancel(lines: _Lines, state: TaskState) -> threading.Thread:
     return thread
 
 
-def run_worker(workspace: str | Path, stdin_fd: int, emit: Callable[[dict], None]) -> None:
-    """The child's side: read the request from ``stdin_fd``, screen ``workspace``, emit every
-    event (``done`` last). Raises what stopped the run; the worker entry turns it into one
-    ``error`` event.
+def warm_up() -> None:
+    """Import what screening needs (torch, timm, the screener, ONNX Runtime when installed)
+    before the request arrives: a spare child is ready when it is handed one."""
+    for name in WARM_MODULES:
+        importlib.import_module(name)
+    with contextlib.suppress(ImportError):
+        importlib.import_module("onnxruntime")
+
+
+def run_worker(stdin_fd: int, emit: Callable[[dict], None]) -> None:
+    """The child's side: load the libraries, read the request from ``stdin_fd``, screen and
+    emit every event (``done`` last); input that ends before a request (a spare that was not
+    needed) ends it quietly. Raises what stopped the run; the worker entry turns it into
+    one ``error`` event.
     """
+    warm_up()
     lines = _Lines(stdin_fd)
     line = lines.readline()
-    if not line or not line.strip():
+    if line is None:
+        return
+    if not line.strip():
         raise ValueError("no screening request was given on standard input")
-    request = ScreenRequest.from_dict({**json.loads(line), "workspace": str(workspace)})
+    request = ScreenRequest.from_dict(json.loads(line))
 
     def progress(done: int, total: int, message: str) -> None:
         emit(
@@ -222,22 +252,32 @@ def run_worker(workspace: str | Path, stdin_fd: int, emit: Callable[[dict], None
 
 
 class ScreenProcess(WorkerProcess):
-    """A screening run in a child process (``--worker screen WORKSPACE``, request on stdin).
+    """A screening run in a child process (``--worker screen``, request on stdin).
 
-    :meth:`stop` asks the child to stop after the current batch (the run is recorded as
-    cancelled and ``done`` still follows); :meth:`cancel` kills it at once.
+    Made with a request, the child gets it as soon as it starts. Made without one, it is a
+    spare: started ahead of time, it loads the screening libraries and waits, and
+    :meth:`submit` hands it the request later (the run then starts without that wait); a
+    spare whose input ends unused exits quietly. :meth:`stop` asks the child to stop after
+    the current batch (the run is recorded as cancelled and ``done`` still follows);
+    :meth:`cancel` kills it at once.
     """
 
     task_words = "The screening process"
     after_failure = KEPT
 
     def __init__(
-        self, request: ScreenRequest, on_event: Callable[[dict], None] | None = None
+        self, request: ScreenRequest | None = None, on_event: Callable[[dict], None] | None = None
     ) -> None:
-        folder = Path(request.workspace).expanduser().resolve()
-        line = json.dumps(request.to_dict())
-        super().__init__(["screen", str(folder)], None, on_event, stdin_line=line)
+        line = None if request is None else _request_line(request)
+        super().__init__(["screen"], None, on_event, stdin_line=line, stdin_pipe=True)
         self.request = request
+
+    def submit(self, request: ScreenRequest) -> bool:
+        """Hand a waiting spare its request; False when it can no longer take one."""
+        if self.request is not None or not self.running():
+            return False
+        self.request = request
+        return self.send(_request_line(request))
 
     def failure_text(self, error: str) -> str:
         """The child's own words (they may begin with a file name: kept as written)."""

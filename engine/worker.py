@@ -1,5 +1,5 @@
 """Child-process entry for long tasks: ``eyetriage --worker improve WS --config JSON`` and
-``eyetriage --worker screen WS`` (the request as one JSON line on stdin, see
+``eyetriage --worker screen`` (the request as one JSON line on stdin, see
 :mod:`engine.screen_task`).
 
 Prints one JSON object per line on stdout, and nothing else there (everything else the task
@@ -42,8 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("improve", help="fine-tune the active model of a workspace")
     i.add_argument("workspace")
     i.add_argument("--config", default="{}", help="ImproveConfig as JSON")
-    s = sub.add_parser("screen", help="screen into a workspace (request: one JSON line on stdin)")
-    s.add_argument("workspace")
+    sub.add_parser("screen", help="screen into a workspace (request: one JSON line on stdin)")
     return p
 
 
@@ -73,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             emit({"event": "error", "message": f"bad worker arguments: {' '.join(argv)}"})
             return int(e.code or 2)
         if args.task == "screen":
-            return _screen(args.workspace, emit)
+            return _screen(emit)
         try:
             from .improve import ImproveConfig, ImproveState, improve
             from .tasks import Cancelled
@@ -98,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout = real_stdout
 
 
-def _screen(workspace: str, emit: _Emitter) -> int:
+def _screen(emit: _Emitter) -> int:
     """Screening: ``done`` (exit 0) even when cancelled; ``error`` (exit 1) when the run as a
     whole could not go on, in the same words the window used for it."""
     from .screen_task import run_worker
@@ -106,7 +105,7 @@ def _screen(workspace: str, emit: _Emitter) -> int:
 
     try:
         # a windowed bundle may have no sys.stdin object, but the pipe is descriptor 0
-        run_worker(workspace, sys.stdin.fileno() if sys.stdin is not None else 0, emit)
+        run_worker(sys.stdin.fileno() if sys.stdin is not None else 0, emit)
     except Exception as e:  # noqa: BLE001 - every failure becomes one error event
         traceback.print_exc(file=sys.stderr)
         emit({"event": "error", "message": readable_error(e)})

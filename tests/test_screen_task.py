@@ -1,4 +1,4 @@
-"""Screening as a child task (``eyetriage --worker screen WS``, request on stdin): the
+"""Screening as a child task (``eyetriage --worker screen``, request on stdin): the
 request travels as JSON, the child stores the same rows as the command line's ``screen``,
 stops after the current batch when told to (or when the window that started it is gone),
 names unreadable files, and says in words why a run could not go on."""

@@ -103,8 +103,9 @@ class WorkerProcess:
     thread for every event; the same events are queued for :meth:`events` (blocking) or
     :meth:`drain` (non-blocking) — use one of the two.
 
-    ``stdin_line`` (one line of text) is written to the child's standard input right after
-    it starts, and the pipe stays open for :meth:`send`; otherwise the child's input is empty.
+    With ``stdin_pipe`` the child's standard input is a pipe that stays open for
+    :meth:`send`, and ``stdin_line`` (one line of text) is written to it right after the
+    child starts; otherwise the child's input is empty.
     ``task_words`` and ``after_failure`` word how a failed child is reported.
     """
 
@@ -117,9 +118,11 @@ class WorkerProcess:
         work_folder: str | os.PathLike | None = None,
         on_event: Callable[[dict], None] | None = None,
         stdin_line: str | None = None,
+        stdin_pipe: bool = False,
     ) -> None:
         self.args = list(args)
         self.stdin_line = stdin_line
+        self.stdin_pipe = stdin_pipe or stdin_line is not None
         self._stdin_lock = threading.Lock()
         self.work_folder = Path(work_folder) if work_folder is not None else None
         self.on_event = on_event
@@ -151,7 +154,7 @@ class WorkerProcess:
         try:
             self.proc = subprocess.Popen(
                 cmd,
-                stdin=subprocess.DEVNULL if self.stdin_line is None else subprocess.PIPE,
+                stdin=subprocess.PIPE if self.stdin_pipe else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env=worker_env(),

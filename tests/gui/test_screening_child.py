@@ -137,3 +137,30 @@ def test_the_window_screens_without_loading_torch_itself(tmp_path, synth_fundus,
     assert out["status"] == "finished" and out["screened"] == n
     assert out["rows"] == n
     assert out["torch"] is False
+
+
+def test_a_spare_screening_process_takes_the_run_and_ends_with_the_window(
+    qtbot, tmp_path, synth_fundus, tiny_model
+):
+    w = MainWindow(
+        AppSettings(reviewer="ana"), data_dir=tmp_path / "userdata", preload=True, pages=False
+    )
+    qtbot.addWidget(w)
+    w.show()
+    with qtbot.waitSignal(w.worklist_loaded, timeout=60_000):
+        assert w.open_image_folder(synth_fundus / "normal") is not None
+    assert w.set_model(tiny_model)
+    spare = w.screening.spare
+    assert spare is not None and spare.running()  # loading the libraries, waiting for a run
+    job = w.start_screening(ask=False, uncertainty="none", batch_size=8)
+    assert job is not None and job.proc is spare and w.screening.spare is None
+    with qtbot.waitSignal(w.screening_finished, timeout=180_000) as done:
+        pass
+    n = len(list((synth_fundus / "normal").iterdir()))
+    assert done.args[0]["status"] == "finished" and done.args[0]["screened"] == n
+    assert w.worklist.model.rowCount() == n
+    assert spare.proc.poll() is not None  # the run's process ended with the run
+    following = w.screening.spare  # the next run's, started when this one ended
+    assert following is not None and following is not spare and following.running()
+    w.close()
+    assert following.proc.poll() is not None  # no spare outlives the window
