@@ -9,6 +9,12 @@ prints its exact command.
     python benchmarks/compare_recipes.py OUT oct-default dr-default ed4-default
     python benchmarks/compare_recipes.py --screen OUT oct-default
     python benchmarks/compare_recipes.py --list
+    python benchmarks/compare_recipes.py --summary OUT
+
+``--summary`` prints a markdown table of OUT/results.jsonl: per run, the test figures of each
+seed (each seed is another split of the patients; bootstrap 95 % intervals in brackets where
+the evaluation gave them) and their mean and spread, because one
+test part of a small set moves a QWK by more than the differences between recipes.
 
 ``--screen`` also screens the test part into a fresh workspace through the default path
 (``eyetriage screen FOLDER --model M --workspace W``, the way a clinic measures) and records
@@ -143,6 +149,8 @@ def run(name: str, out: Path, seed: int, python: str, screen: bool = False) -> d
                 if m.get(k) is not None
             }
             row["test"]["ece_uncalibrated"] = m.get("ece_uncalibrated")
+            row["test"]["intervals"] = (m.get("intervals") or {}).get("metrics")
+            row["test"]["ece_if_calibrated"] = m.get("ece_if_calibrated")
             curve = {round(pt["referred"], 2): pt for pt in m.get("referral_curve") or []}
             if 0.0 in curve and 0.3 in curve:
                 row["test"]["bal_acc_kept_at_0pct_referred"] = curve[0.0]["balanced_accuracy"]
@@ -157,6 +165,49 @@ def run(name: str, out: Path, seed: int, python: str, screen: bool = False) -> d
     return row
 
 
+SUMMARY_KEYS = ("accuracy", "balanced_accuracy", "auc", "qwk", "ece")
+
+
+def summary(out: Path) -> str:
+    """Markdown table of every run in OUT/results.jsonl: each seed, then mean ± SD over seeds."""
+    import statistics
+
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines() if x.strip()]
+    by_run: dict[str, list[dict]] = {}
+    for r in rows:
+        if r.get("rc") == 0 and r.get("test"):
+            by_run.setdefault(r["run"], []).append(r)
+    head = "| run | seed | n test | " + " | ".join(SUMMARY_KEYS) + " | kept epoch | train s |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for name, runs in by_run.items():
+        for r in sorted(runs, key=lambda r: r["seed"]):
+            t = r["test"]
+            ci = t.get("intervals") or {}
+            cells = [
+                (f"{t[k]:.3f}" if isinstance(t.get(k), float) else "–")
+                + (f" ({ci[k][0]:.2f}–{ci[k][1]:.2f})" if k in ci and k != "ece" else "")
+                for k in SUMMARY_KEYS
+            ]
+            lines.append(
+                f"| {name} | {r['seed']} | {t.get('n')} | "
+                + " | ".join(cells)
+                + f" | {r.get('best_epoch')} of {r.get('epochs_run')} | {r['train_seconds']} |"
+            )
+        if len(runs) > 1:
+            cells = []
+            for k in SUMMARY_KEYS:
+                v = [r["test"][k] for r in runs if isinstance(r["test"].get(k), float)]
+                cells.append(
+                    f"**{statistics.mean(v):.3f} ± {statistics.stdev(v):.3f}**"
+                    if len(v) > 1
+                    else "–"
+                )
+            lines.append(
+                f"| {name} | mean ± SD ({len(runs)} splits) | | " + " | ".join(cells) + " | | |"
+            )
+    return "\n".join(lines)
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("out", nargs="?")
@@ -164,7 +215,11 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--list", action="store_true")
     p.add_argument("--screen", action="store_true", help="also screen the test part")
+    p.add_argument("--summary", action="store_true", help="print OUT/results.jsonl as a table")
     a = p.parse_args()
+    if a.summary and a.out:
+        print(summary(Path(a.out)))
+        return 0
     if a.list or not a.out:
         for k, (_, opts) in RUNS.items():
             print(f"{k:<14} {' '.join(opts)}")

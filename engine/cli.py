@@ -303,9 +303,25 @@ def _print_evaluation(out: dict, spec) -> None:  # noqa: ANN001
     print(
         f"model {spec.name} ({spec.arch}, {spec.task}); {out['n']} {what}, {out['n_errors']} unusable"
     )
+    ci = (out.get("intervals") or {}).get("metrics") or {}
     for k in ("accuracy", "balanced_accuracy", "auc", "f1_macro", "qwk", "ece", "ece_uncalibrated"):
         if out.get(k) is not None:
-            print(f"  {k:<18} {out[k]:.4f}")
+            band = f"   95% CI {ci[k][0]:.3f}-{ci[k][1]:.3f}" if k in ci else ""
+            print(f"  {k:<18} {out[k]:.4f}{band}")
+    if ci:
+        by = (out.get("intervals") or {}).get("resampled", "images")
+        print(f"  (95% intervals: bootstrap over the {by}, {out['intervals']['n_boot']} resamples)")
+    floor = out.get("ece_if_calibrated")
+    if floor and floor.get("n"):
+        print(
+            f"  a perfectly calibrated model would show an ECE of {floor['mean']:.3f} "
+            f"(95% range {floor['low']:.3f}-{floor['high']:.3f}) on {floor['n']} items: "
+            + (
+                "the measured ECE is within it, no evidence of miscalibration at this size"
+                if out["ece"] <= floor["high"]
+                else "the measured ECE is above it"
+            )
+        )
     if out.get("per_class"):
         print("  per class: sensitivity / specificity / support")
         for lab, m in out["per_class"].items():

@@ -30,7 +30,8 @@ def evaluate_model_on(
     from .calibration import sigmoid, softmax
     from .findings import finding_labels, negative_indices, positive_label
     from .inference import predict_logits
-    from .metrics import evaluate_predictions
+    from .intervals import ece_if_calibrated, metric_intervals
+    from .metrics import evaluate_predictions, predicted_labels
     from .referral import referral_curve
     from .uncertainty_stats import entropy
 
@@ -58,6 +59,16 @@ def evaluate_model_on(
     out["ece_uncalibrated"] = evaluate_predictions(y, raw, spec.task, spec.labels, positive=pos)[
         "ece"
     ]
+    groups = [s.group for s, good in zip(ds.samples, ok, strict=True) if good]
+    if volumes:
+        first: dict[str, str] = {}
+        for o, g in zip(owners, groups, strict=True):
+            first.setdefault(o, g)
+        groups = list(first.values())  # one row per volume, in roll_up_arrays' order
+    out["intervals"] = metric_intervals(y, probs, spec.task, spec.labels, pos, groups)
+    if spec.task != "multilabel" and len(y):
+        yp = predicted_labels(probs, spec.task)
+        out["ece_if_calibrated"] = ece_if_calibrated(probs[np.arange(len(yp)), yp])
     if volumes:
         out["scored"] = "volumes (each by its most suspicious B-scan)"
         out["n_volumes"] = len(volumes)

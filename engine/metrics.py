@@ -209,7 +209,7 @@ def cohen_kappa(a: Any, b: Any, n_classes: int | None = None, weights: str | Non
     return float(1.0 - (w * cm).sum() / denom)
 
 
-def _bin_index(confidence: np.ndarray, n_bins: int) -> np.ndarray:
+def bin_index(confidence: np.ndarray, n_bins: int) -> np.ndarray:
     """Equal-width bins over [0, 1]; bin i holds (i/n, (i+1)/n], bin 0 also holds 0."""
     idx = np.ceil(confidence * n_bins).astype(np.int64) - 1
     return np.clip(idx, 0, n_bins - 1)
@@ -238,7 +238,7 @@ def reliability_bins(confidence: Any, correct: Any, n_bins: int = 15) -> list[di
     diagrams before and after calibration line up.
     """
     conf, corr = _check_calibration_inputs(confidence, correct, n_bins)
-    idx = _bin_index(conf, n_bins)
+    idx = bin_index(conf, n_bins)
     counts = np.bincount(idx, minlength=n_bins)
     conf_sum = np.bincount(idx, weights=conf, minlength=n_bins)
     corr_sum = np.bincount(idx, weights=corr, minlength=n_bins)
@@ -265,7 +265,7 @@ def expected_calibration_error(confidence: Any, correct: Any, n_bins: int = 15) 
     conf, corr = _check_calibration_inputs(confidence, correct, n_bins)
     if conf.size == 0:
         return math.nan
-    idx = _bin_index(conf, n_bins)
+    idx = bin_index(conf, n_bins)
     conf_sum = np.bincount(idx, weights=conf, minlength=n_bins)
     corr_sum = np.bincount(idx, weights=corr, minlength=n_bins)
     return float(np.abs(conf_sum - corr_sum).sum() / conf.size)

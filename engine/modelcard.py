@@ -107,9 +107,17 @@ def model_card_text(spec: ModelSpec, sha256: str = "") -> str:
             for k in ("accuracy", "balanced_accuracy", "auc", "qwk", "ece")
             if test.get(k) is not None
         ]
+        ci = (test.get("intervals") or {}).get("metrics") or {}
+        band = lambda k: f" ({ci[k][0]:.2f}-{ci[k][1]:.2f})" if k in ci else ""  # noqa: E731
         lines.append(
-            f"  test metrics  n={test['n']}  " + "  ".join(f"{k} {_fmt(test[k])}" for k in keys)
+            f"  test metrics  n={test['n']}  "
+            + "  ".join(f"{k} {_fmt(test[k])}{band(k)}" for k in keys)
         )
+        if ci:
+            lines.append(
+                "                (95% intervals in brackets: bootstrap over the "
+                f"{test['intervals'].get('resampled', 'images')})"
+            )
     for w in prov.get("warnings") or []:
         lines.append(f"  WARNING       {w}")
     if spec.demo:

@@ -252,7 +252,10 @@ def train_model(
     extra = finalise_spec(spec, net, arrays, targets, tr, va, device, cfg, log, warnings)
     test_metrics: dict[str, Any] = {}
     if te:
-        test_metrics = evaluate_arrays(spec, net, arrays[te], targets[te], device, cfg.amp)
+        groups = [ds.samples[i].group for i in te]
+        test_metrics = evaluate_arrays(
+            spec, net, arrays[te], targets[te], device, cfg.amp, groups=groups
+        )
         log(_metrics_line("test", test_metrics))
     val_metrics = evaluate_arrays(spec, net, arrays[va], targets[va], device, cfg.amp)
     spec.metrics = {"validation": val_metrics, "test": test_metrics}
@@ -397,9 +400,13 @@ def evaluate_arrays(
     y: np.ndarray,
     device: torch.device,
     amp: bool,
+    groups: list[str] | None = None,
 ) -> dict[str, Any]:
+    """Metrics of ``net`` on these decoded images; with ``groups`` (one patient group per
+    image) also their bootstrap 95 % intervals (:mod:`engine.intervals`)."""
     from .calibration import sigmoid, softmax
     from .findings import positive_label
+    from .intervals import metric_intervals
     from .metrics import evaluate_predictions
 
     logits, _ = predict_arrays(net, spec, arrays, device, amp)
@@ -410,13 +417,20 @@ def evaluate_arrays(
         if spec.task == "multilabel"
         else softmax(logits, spec.temperature)
     )
-    return evaluate_predictions(y, probs, spec.task, spec.labels, positive=positive_label(spec))
+    pos = positive_label(spec)
+    out = evaluate_predictions(y, probs, spec.task, spec.labels, positive=pos)
+    if groups is not None:
+        out["intervals"] = metric_intervals(y, probs, spec.task, spec.labels, pos, groups)
+    return out
 
 
 def _metrics_line(name: str, m: dict[str, Any]) -> str:
+    from .intervals import describe_interval
+
+    ci = (m.get("intervals") or {}).get("metrics") or {}
     parts = [f"{name}: n={m.get('n')}"]
     for k in ("accuracy", "balanced_accuracy", "auc", "qwk", "ece"):
         v = m.get(k)
         if isinstance(v, float):
-            parts.append(f"{k} {v:.3f}")
+            parts.append(describe_interval(k, v, ci.get(k)))
     return "  ".join(parts)

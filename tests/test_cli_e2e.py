@@ -115,6 +115,18 @@ def test_evaluate_part_test_reuses_the_models_own_split(capsys, synth_fundus, ti
     assert code == 0
     res = json.loads(out)
     assert res["part"] == "test" and res["n"] == spec["provenance"]["split"]["counts"]["test"]
+    # how uncertain the figures are: by patient (the synthetic set has two images per patient)
+    ci = res["intervals"]
+    assert ci["resampled"] == "patients" and ci["level"] == 0.95
+    lo, hi = ci["metrics"]["accuracy"]
+    assert lo <= res["accuracy"] <= hi and hi - lo > 0
+    floor = res["ece_if_calibrated"]
+    assert floor["n"] == res["n"] and floor["low"] <= floor["mean"] <= floor["high"]
+    # the training run measured the same test part and keeps the intervals in the model file
+    assert spec["metrics"]["test"]["intervals"]["resampled"] == "patients"
+    code, text, _ = run(capsys, "evaluate", tiny_model, synth_fundus, "--part", "test")
+    assert "95% CI" in text and "bootstrap over the patients" in text
+    assert "a perfectly calibrated model would show an ECE of" in text
 
 
 def test_training_from_a_csv_ordinal_task_counts_empty_labels(capsys, tmp_path, synth_fundus):
