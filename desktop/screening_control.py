@@ -286,11 +286,9 @@ class ScreeningController(QObject):
 
     def _end_spare(self) -> None:
         spare, self.spare = self.spare, None
-        if spare is not None:
-            spare.close_stdin()  # a spare whose input ends unused exits by itself
-            if not spare.join(5):
-                spare.cancel()
-                spare.join(5)
+        if spare is not None:  # it has not touched any workspace: ended at once
+            spare.cancel()
+            spare.join(5)
 
     def start(self, request: ScreenRequest) -> ScreenJob:
         """Start a run in the background (the caller checked that none is running)."""
