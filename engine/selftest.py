@@ -214,7 +214,7 @@ def _screen_in_child(st: SelfTest, root: Path) -> str:
         raise RuntimeError(
             f"screening process {value.get('status')}: {value.get('screened')} of {N_IMAGES}"
         )
-    command = " ".join([Path(proc.command()[0]).name, *proc.command()[1:-1]])
+    command = " ".join([Path(proc.command()[0]).name, *proc.command()[1:]])
     return f"{N_IMAGES} images screened by `{command}`"
 
 
