@@ -57,8 +57,10 @@ from .workspaces import WorkspaceRegistry, workspace_name
 class MainWindow(QMainWindow):
     """The EyeTriage window. ``data_dir`` is where workspaces for folders are created.
 
-    ``preload`` imports the page modules (and torch) in the background once the window is
-    shown; ``pages=False`` keeps placeholders instead of the review and dashboard pages.
+    ``preload`` imports the page modules in the background once the window is shown and,
+    once a workspace is open, keeps a spare screening process ready (it loads torch in its
+    own interpreter, so a run starts without that wait); ``pages=False`` keeps placeholders
+    instead of the review and dashboard pages.
     """
 
     workspace_opened = Signal(object)
@@ -74,6 +76,7 @@ class MainWindow(QMainWindow):
     ) -> None:
         super().__init__()
         self._preload = preload and pages
+        self._spare_screener = preload
         self._want_pages = pages
         self.settings = settings or AppSettings.load()
         self.registry = WorkspaceRegistry(data_dir)
@@ -458,6 +461,9 @@ class MainWindow(QMainWindow):
         self._update_enabled()
         self.reload_worklist()
         self.improver.workspace_changed()
+        if self._spare_screener:
+            self.screening.keep_spare = True
+            self.screening.prepare_spare()
         self.workspace_opened.emit(folder)
         if not self.settings.reviewer and not self._closing:
             QTimer.singleShot(0, self._ask_reviewer_once)
@@ -546,7 +552,8 @@ class MainWindow(QMainWindow):
         self.reload_worklist()
         self._refresh_models()
         self.improver.refresh()
-        self.dashboard_page.set_workspace(self.ws_folder, self.spec)
+        if self.tabs.dashboard_shown():  # otherwise it is read when its tab is shown
+            self.dashboard_page.set_workspace(self.ws_folder, self.spec)
         self.screening_finished.emit(summary)
 
     def _update_enabled(self) -> None:
@@ -598,7 +605,9 @@ class MainWindow(QMainWindow):
     def _on_tab(self, _index: int) -> None:
         if self.tabs.dashboard_shown():
             self._update_dashboard_blind()
-            self.dashboard_page.refresh()
+            # the workspace and its active model as they are now (the dashboard is not read
+            # while it is hidden, e.g. when a screening run ends)
+            self.dashboard_page.set_workspace(self.ws_folder, self.spec)
 
     # ------------------------------------------------------------------ export / about
     def export_results(

@@ -2,9 +2,9 @@
 
 The main window talks to its review and dashboard pages only through :class:`ReviewView`
 and :class:`DashboardView`. The real pages (``desktop.review``, ``desktop.dashboard``) are
-imported when a workspace is first opened, so the window appears before torch is loaded;
-until then, and in a shell built with ``pages=False`` (the shell's own tests), a
-placeholder implementing the same interface stands in. A page that fails raises: nothing
+made when a workspace is first opened (their modules load in the background just after the
+window appears, see :func:`preload_page_modules`), so the window appears at once; until
+then, and in a shell built with ``pages=False`` (the shell's own tests), a placeholder implementing the same interface stands in. A page that fails raises: nothing
 is called by name and nothing is swallowed.
 """
 
@@ -140,25 +140,15 @@ PRELOADED = threading.Event()  # set once preload_page_modules has run
 
 
 def preload_page_modules() -> None:
-    """Import what the pages and screening need (in a worker), so opening a workspace does
-    not wait and the first screening does not import torch, timm and the screener while the
-    window is busy showing results (loading those libraries holds the interpreter for about
-    half a second: better once, just after start-up, than in the middle of a run)."""
+    """Import what the pages need (in a worker), so opening a workspace does not wait.
+
+    torch, timm and ONNX Runtime are not among them: screening runs in a child process,
+    and loading those libraries holds this interpreter for up to half a second at a time,
+    which would freeze the window just after it appeared. They load here only when the
+    reader first asks for an attribution overlay.
+    """
     import importlib
 
-    for name in (
-        "desktop.review",
-        "desktop.dashboard",
-        "engine.overlay",
-        "engine.models",
-        "engine.screen",
-        "engine.workspace_screen",
-        "engine.backends",
-        "timm",  # the networks are built by timm (which pulls in torchvision)
-    ):
+    for name in ("desktop.review", "desktop.dashboard", "engine.overlay"):
         importlib.import_module(name)
-    try:  # the CPU inference engine, when installed
-        importlib.import_module("onnxruntime")
-    except ImportError:
-        pass
     PRELOADED.set()

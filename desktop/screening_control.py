@@ -163,6 +163,8 @@ class ScreeningController(QObject):
         self.job: ScreenJob | None = None
         self.last_run: dict | None = None
         self._closing = False
+        self.keep_spare = False  # keep a spare screening process ready (see prepare_spare)
+        self.spare: Any = None  # engine.screen_task.ScreenProcess, started and waiting
         window = shell.window_widget()
         self.progress_label = QLabel()
         self.progress_bar = QProgressBar()
@@ -258,9 +260,39 @@ class ScreeningController(QObject):
         )
         return self.start(request)
 
+    def prepare_spare(self) -> None:
+        """Start a spare screening process (with ``keep_spare``), unless one is waiting or a
+        run is going on: it loads the screening libraries now, so the next run does not
+        wait for them."""
+        from engine.screen_task import ScreenProcess
+
+        if not self.keep_spare or self._closing or self.is_running():
+            return
+        if self.spare is not None and self.spare.running():
+            return
+        spare = ScreenProcess()
+        try:
+            spare.start()
+        except Exception:  # noqa: BLE001 - no spare: the next run starts its own process
+            from .crash import log
+
+            log.warning("could not start a spare screening process", exc_info=True)
+            return
+        self.spare = spare
+
+    def _take_spare(self) -> Any:
+        spare, self.spare = self.spare, None
+        return spare if spare is not None and spare.running() else None
+
+    def _end_spare(self) -> None:
+        spare, self.spare = self.spare, None
+        if spare is not None:  # it has not touched any workspace: ended at once
+            spare.cancel()
+            spare.join(5)
+
     def start(self, request: ScreenRequest) -> ScreenJob:
         """Start a run in the background (the caller checked that none is running)."""
-        job = ScreenJob(request, self)
+        job = ScreenJob(request, self, spare=self._take_spare())
         job.progress.connect(self._on_progress)
         job.status.connect(self._on_status)
         job.rows.connect(self.rows.emit)
@@ -293,11 +325,13 @@ class ScreeningController(QObject):
     def shutdown(self, timeout_s: float) -> None:
         """The window is closing: cancel the run and wait for its worker."""
         self._closing = True
+        self._end_spare()
         job = self.job
         if job is not None and job.is_running():
             self.progress_label.setText("Stopping the screening run…")
             job.cancel()
-            job.wait(timeout_s)
+            if not job.wait(timeout_s):
+                job.kill()  # no screening process outlives the window
 
     # ------------------------------------------------------------------ progress
 
@@ -334,5 +368,6 @@ class ScreeningController(QObject):
         self.running_changed.emit(False)
         if self._closing:
             return
+        self.prepare_spare()  # for the next run
         summary = dict(job.summary or {"status": "failed", "error": job.error}) if job else {}
         self.ended.emit(summary)

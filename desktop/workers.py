@@ -1,12 +1,14 @@
 """Background work for the shell: screening a folder into a workspace, loading the worklist.
 
-Workers get plain data (paths, numbers, dicts), never widgets, and hand back plain dicts.
-Each opens its own :class:`engine.store.Workspace` connection (SQLite connections must not
-cross threads); screening rows come from the engine as it stores them, and every worklist
-row is built by :func:`desktop.worklist_model.row_from_prediction`. Every job reports
-errors as a readable message and always emits ``finished``; :meth:`ScreenJob.wait` lets
-the window cancel and wait before it closes.
-torch is imported inside the worker, so the window never waits for it.
+Screening runs in a child process (:class:`engine.screen_task.ScreenProcess`): the window's
+interpreter never decodes, runs the model or imports torch for it, so the window stays
+responsive while it screens. The child's events are collected by a timer on the GUI thread.
+Other jobs run on the thread pool: they get plain data (paths, numbers, dicts), never
+widgets, and hand back plain dicts; each opens its own :class:`engine.store.Workspace`
+connection (SQLite connections must not cross threads). Every worklist row is built by
+:func:`desktop.worklist_model.row_from_prediction`, from the records the engine stored.
+Every job reports errors as a readable message and always emits ``finished``;
+:meth:`ScreenJob.wait` lets the window cancel and wait before it closes.
 """
 
 from __future__ import annotations
@@ -15,35 +17,31 @@ import json
 import threading
 import time
 import traceback
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QObject, QThreadPool, Signal
+from PySide6.QtCore import QObject, QThreadPool, QTimer, Signal
 
-from engine.triage import DEFAULT_THRESHOLD
+# Imported with the window, before it is shown: importing superqt takes about 0.25 s of the
+# interpreter, which froze the window when the first background job imported it.
+from superqt.utils import create_worker
+
+from engine.screen_task import ScreenRequest
+from engine.tasks import readable_error
 
 from .worklist_model import row_from_prediction
 
+__all__ = [
+    "FunctionJob",
+    "ScreenJob",
+    "ScreenRequest",
+    "load_worklist_rows",
+    "readable_error",
+    "spec_from_description",
+    "start_now",
+]
 
-@dataclass
-class ScreenRequest:
-    """Everything a screening run needs, as plain data."""
-
-    workspace: Path
-    model_path: Path
-    image_folder: Path | None = None
-    paths: list[Path] | None = None
-    device: str = "auto"
-    batch_size: int = 32
-    uncertainty: str = "mc"
-    policy: str = "threshold"
-    threshold: float = DEFAULT_THRESHOLD
-    refer_findings: bool = False
-    engine: str = "auto"
-    keep_names: bool = False  # store the patient names DICOM files carry
-    extra: dict[str, Any] = field(default_factory=dict)
+POLL_MS = 40  # how often the GUI thread collects the screening child's events
 
 
 def _display_fn(spec: Any):  # noqa: ANN202
@@ -82,85 +80,15 @@ def load_worklist_rows(workspace: Path) -> dict[str, Any]:
     }
 
 
-def screening_events(request: ScreenRequest, state: Any) -> Iterator[dict[str, Any]]:
-    """The screening run as plain events (runs in a worker thread).
+def _model_display(model_path: Path) -> Any:
+    """The label display of a model file, from its description (no torch); readable names
+    even when the file cannot be read here (the child then reports why)."""
+    from engine.modelfile import read_spec
 
-    Yields ``{"kind": "status", "message"}``, ``{"kind": "rows", "rows", "run_id"}`` per
-    chunk and finally ``{"kind": "done", ...}`` (the engine's summary plus ``device``).
-    """
-    from engine.engines import engine_cache_dir
-    from engine.screen import ScreenSettings
-    from engine.triage import TriagePolicy
-    from engine.volumes import discover_items
-    from engine.workspace_screen import iter_screen_into_workspace
-
-    paths: list[Any] = list(request.paths or [])
-    if not paths:
-        if request.image_folder is None:
-            raise ValueError("no images to screen: choose an image folder first")
-        folder = Path(request.image_folder)
-        if not folder.is_dir():
-            raise FileNotFoundError(
-                f"the image folder {folder} does not exist (moved or unplugged?)"
-            )
-        yield {"kind": "status", "message": f"Looking for images in {folder.name}…"}
-        paths = discover_items(folder)  # images, DICOM files and OCT volumes
-    if not paths:
-        yield {
-            "kind": "done",
-            "status": "finished",
-            "counts": {},
-            "screened": 0,
-            "skipped": 0,
-            "unreadable": [],
-            "run_id": None,
-            "device": "",
-            "message": "no images found",
-        }
-        return
-    yield {"kind": "status", "message": "Loading the model…"}
-    from engine.models import load_model  # torch: imported here, off the GUI thread
-
-    lm = load_model(request.model_path, device=request.device)
-    device = str(lm.device).split(":")[0].upper()
-    yield {"kind": "status", "message": f"Screening on {device}…", "device": device}
-    if state.cancelled():
-        yield {
-            "kind": "done",
-            "status": "cancelled",
-            "counts": {},
-            "screened": 0,
-            "skipped": 0,
-            "unreadable": [],
-            "run_id": None,
-            "device": device,
-        }
-        return
-    settings = ScreenSettings(
-        batch_size=request.batch_size,
-        device=request.device,
-        uncertainty=request.uncertainty,
-        policy=TriagePolicy(
-            kind=request.policy, threshold=request.threshold, refer_findings=request.refer_findings
-        ),
-        engine=request.engine,
-        engine_cache=engine_cache_dir(request.workspace),
-    )
-    display = lm.spec.display
-    actor = str(request.extra.get("actor") or "desktop")
-    events = iter_screen_into_workspace(
-        request.workspace, paths, [lm], settings, state, actor=actor, keep_names=request.keep_names
-    )
     try:
-        for event in events:
-            if event["kind"] == "chunk":
-                # the engine hands back the rows it stored: no second look at the database
-                rows = [row_from_prediction(record, display) for record in event["records"]]
-                yield {"kind": "rows", "rows": rows, "run_id": event["run_id"]}
-            else:
-                yield {**event, "device": device}
-    finally:
-        events.close()  # records a cancelled run even when we stop early
+        return _display_fn(read_spec(model_path))
+    except Exception:  # noqa: BLE001 - the screening child says what is wrong with the file
+        return _display_fn(None)
 
 
 def start_now(worker: Any) -> None:
@@ -175,11 +103,11 @@ def start_now(worker: Any) -> None:
 
 
 class ScreenJob(QObject):
-    """One screening run in a superqt worker, adapted to Qt signals on the GUI thread.
+    """One screening run in a child process, adapted to Qt signals on the GUI thread.
 
-    Signals: ``progress(done, total, message, rate)`` (throttled), ``status(str)``,
-    ``rows(list)`` once per chunk, ``done(dict)`` with the run summary, ``failed(str)`` with
-    a readable message, and ``finished()`` always, last.
+    Signals: ``progress(done, total, message, rate)`` (throttled in the child),
+    ``status(str)``, ``rows(list)`` once per stored chunk, ``done(dict)`` with the run
+    summary, ``failed(str)`` with a readable message, and ``finished()`` always, last.
     """
 
     progress = Signal(int, int, str, float)
@@ -190,68 +118,110 @@ class ScreenJob(QObject):
     finished = Signal()
 
     def __init__(
-        self, request: ScreenRequest, parent: QObject | None = None, min_interval: float = 0.2
+        self,
+        request: ScreenRequest,
+        parent: QObject | None = None,
+        poll_ms: int = POLL_MS,
+        spare: Any = None,
     ) -> None:
         super().__init__(parent)
+        self._spare = spare  # a waiting engine.screen_task.ScreenProcess to hand the run to
         from engine.tasks import TaskState
 
         self.request = request
-        self.state = TaskState(on_progress=self._on_progress_thread, min_interval=min_interval)
+        self.state = TaskState()  # the cancel flag the window reads; progress is the child's
         self.device = ""
         self.run_id: int | None = None
         self.summary: dict[str, Any] | None = None
         self.error: str | None = None
         self.started_at = 0.0
-        self._stopped = threading.Event()
+        self.proc: Any = None  # engine.screen_task.ScreenProcess
         self._running = False
-        self._worker: Any = None
-
-    def _on_progress_thread(self, done: int, total: int, message: str) -> None:
-        # called in the worker thread: a queued signal carries plain numbers to the GUI
-        self.progress.emit(done, total, message, self.state.rate())
-
-    def _events(self) -> Iterator[dict[str, Any]]:
-        try:
-            yield from screening_events(self.request, self.state)
-        finally:
-            self._stopped.set()
+        self._display = _display_fn(None)
+        self._timer = QTimer(self)
+        self._timer.setInterval(poll_ms)
+        self._timer.timeout.connect(self._poll)
 
     def start(self) -> None:
-        from superqt.utils import create_worker
+        """Hand the run to the spare process, or start a child (returns at once; a child
+        that cannot start is ``failed``)."""
+        from engine.screen_task import ScreenProcess
 
         self.started_at = time.monotonic()
         self._running = True
-        worker = create_worker(
-            self._events, _start_thread=False, _connect={"errored": self._on_error}
-        )
-        worker.yielded.connect(self._on_event)
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
-        start_now(worker)
+        self._display = _model_display(Path(self.request.model_path))
+        spare, self._spare = self._spare, None
+        if spare is not None and spare.submit(self.request):
+            self.proc = spare
+            self._timer.start()
+            return
+        if spare is not None:  # it ended meanwhile: make sure it is gone
+            spare.cancel()
+        proc = ScreenProcess(self.request)
+        try:
+            proc.start()
+        except Exception as exc:  # noqa: BLE001 - said once the caller is listening
+            self._report_error(exc)
+            QTimer.singleShot(0, self._finish)
+            return
+        self.proc = proc
+        self._timer.start()
+
+    def _poll(self) -> None:
+        proc = self.proc
+        if proc is None or not self._running:
+            return
+        for event in proc.drain():
+            self._on_event(event)
+        if proc.finished():
+            for event in proc.drain():
+                self._on_event(event)
+            kind, value = proc.outcome()
+            if kind != "done" and self.summary is None:
+                self.error = str(value)
+                self.failed.emit(self.error)
+            self._finish()
 
     def _on_event(self, event: dict[str, Any]) -> None:
-        kind = event.get("kind")
-        if kind == "rows":
+        kind = event.get("event")
+        if kind == "records":
             self.run_id = event.get("run_id")
-            self.rows.emit(event["rows"])
+            rows = [row_from_prediction(r, self._display) for r in event.get("records") or []]
+            self.rows.emit(rows)
+        elif kind == "progress":
+            self.state.progress(int(event["done"]), int(event["total"]), event.get("message", ""))
+            self.progress.emit(
+                int(event["done"]),
+                int(event["total"]),
+                str(event.get("message") or ""),
+                float(event.get("rate") or 0.0),
+            )
         elif kind == "status":
             self.device = event.get("device") or self.device
-            self.status.emit(event["message"])
+            self.status.emit(str(event.get("message") or ""))
         elif kind == "done":
-            self.device = event.get("device", "")
-            self.run_id = event.get("run_id") or self.run_id
-            self.summary = event
-            self.done.emit(event)
+            summary = dict(event.get("result") or {})
+            self.device = summary.get("device", "") or self.device
+            self.run_id = summary.get("run_id") or self.run_id
+            self.summary = summary
+            self.done.emit(summary)
+        elif kind == "stderr":
+            from .crash import log
 
-    def _on_error(self, exc: BaseException) -> None:
+            log.debug("screening: %s", event.get("message"))
+
+    def _report_error(self, exc: BaseException) -> None:
         from .crash import log
 
         log.error("screening failed\n%s", "".join(traceback.format_exception(exc)))
         self.error = readable_error(exc)
         self.failed.emit(self.error)
 
-    def _on_finished(self) -> None:
+    def _finish(self) -> None:
+        if not self._running:
+            return
         self._running = False
+        self._timer.stop()
         self.finished.emit()
 
     def is_running(self) -> bool:
@@ -260,30 +230,20 @@ class ScreenJob(QObject):
     def cancel(self) -> None:
         """Ask the run to stop after the current batch (the run is recorded as cancelled)."""
         self.state.cancel()
+        if self.proc is not None:
+            self.proc.stop()
 
     def wait(self, timeout_s: float = 120.0) -> bool:
-        """Block until the worker's generator has ended; True when it has (or never ran)."""
-        if self._worker is None:
-            return True
-        return self._stopped.wait(timeout_s)
+        """Block until the child has ended; True when it has (or never ran)."""
+        proc = self.proc
+        return True if proc is None else proc.join(timeout_s)
 
-
-def readable_error(exc: BaseException) -> str:
-    """A message a clinician can act on, from an exception."""
-    from engine.images import ImageError
-
-    if isinstance(exc, FileNotFoundError):
-        return f"A file or folder is missing: {exc}"
-    if isinstance(exc, ImageError):
-        return str(exc)
-    if isinstance(exc, PermissionError):
-        return f"EyeTriage is not allowed to read or write a file: {exc}"
-    if isinstance(exc, MemoryError):
-        return "Not enough memory. Try a smaller batch size in Settings."
-    name = type(exc).__name__
-    if name in ("ModelFileError", "StoreError", "ValueError"):
-        return str(exc)
-    return f"{name}: {exc}"
+    def kill(self) -> None:
+        """End the child and everything it started at once (a run that did not stop when
+        asked); the store stays consistent, one transaction per chunk."""
+        if self.proc is not None:
+            self.proc.cancel()
+            self.proc.join(10)
 
 
 class FunctionJob(QObject):
@@ -306,8 +266,6 @@ class FunctionJob(QObject):
             self._stopped.set()
 
     def start(self) -> None:
-        from superqt.utils import create_worker
-
         worker = create_worker(
             self._call, _start_thread=False, _connect={"errored": self._on_error}
         )

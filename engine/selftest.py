@@ -2,7 +2,8 @@
 
 Each step exercises one thing that breaks in a badly packaged application: torchvision's
 compiled operators, the demo model and timm, screening into a workspace through ONNX Runtime
-(export, engine, same answers as torch), Grad-CAM (captum),
+(export, engine, same answers as torch), screening in a child process as the desktop does
+(``--worker screen``: in a bundle, the executable itself), Grad-CAM (captum),
 reviewing and exporting, the fine-tuning libraries and their version checks, the DICOM
 decoders (found by entry point, easily lost in a bundle), and Qt offscreen. Everything runs
 on synthetic images in a temporary folder that is removed
@@ -186,6 +187,37 @@ def _screen(st: SelfTest, root: Path) -> str:
     return detail
 
 
+def _screen_in_child(st: SelfTest, root: Path) -> str:
+    """Screen as the desktop does, in a child process (``--worker screen``: in a bundle, the
+    executable itself), and check that it stored every image."""
+    from .screen_task import ScreenProcess, ScreenRequest
+
+    lm = st.state["model"]
+    request = ScreenRequest(
+        workspace=root / "workspace-child",
+        model_path=Path(lm.path),
+        paths=list(st.state["images"]),
+        device=st.device,
+        batch_size=N_IMAGES,
+        uncertainty="none",
+        engine="torch",  # the engines were checked above; this checks the process
+    )
+    proc = ScreenProcess(request)
+    proc.start()
+    if not proc.join(300):
+        proc.cancel()
+        raise RuntimeError("the screening process did not finish within 5 minutes")
+    kind, value = proc.outcome()
+    if kind != "done":
+        raise RuntimeError(str(value))
+    if value.get("status") != "finished" or value.get("screened") != N_IMAGES:
+        raise RuntimeError(
+            f"screening process {value.get('status')}: {value.get('screened')} of {N_IMAGES}"
+        )
+    command = " ".join([Path(proc.command()[0]).name, *proc.command()[1:]])
+    return f"{N_IMAGES} images screened by `{command}`"
+
+
 def _explain(st: SelfTest) -> str:
     import numpy as np
 
@@ -314,6 +346,11 @@ def run(
         st.step("demo model (timm)", lambda: _load_demo_model(st, model))
         st.step("synthesise demo images", lambda: _synthesise(st, root))
         st.step("screen into workspace", lambda: _screen(st, root), needs=("model", "images"))
+        st.step(
+            "screening process (--worker screen)",
+            lambda: _screen_in_child(st, root),
+            needs=("model", "images"),
+        )
         st.step("Grad-CAM (captum)", lambda: _explain(st), needs=("model", "images"))
         st.step(
             "review + export, read back",

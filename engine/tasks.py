@@ -58,6 +58,25 @@ class TaskState:
         return self.done / elapsed if elapsed > 0 else 0.0
 
 
+def readable_error(exc: BaseException) -> str:
+    """A message a clinician can act on, from an exception (a task that stopped as a whole;
+    files that cannot be read are reported per file and never stop a batch)."""
+    from .images import ImageError
+
+    if isinstance(exc, FileNotFoundError):
+        return f"A file or folder is missing: {exc}"
+    if isinstance(exc, ImageError):
+        return str(exc)
+    if isinstance(exc, PermissionError):
+        return f"EyeTriage is not allowed to read or write a file: {exc}"
+    if isinstance(exc, MemoryError):
+        return "Not enough memory. Try a smaller batch size in Settings."
+    name = type(exc).__name__
+    if name in ("ModelFileError", "StoreError", "ValueError"):
+        return str(exc)
+    return f"{name}: {exc}"
+
+
 def format_eta(seconds: float | None) -> str:
     if seconds is None:
         return "--:--"

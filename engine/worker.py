@@ -1,9 +1,12 @@
-"""Child-process entry for long tasks: ``eyetriage --worker improve WS --config JSON``.
+"""Child-process entry for long tasks: ``eyetriage --worker improve WS --config JSON`` and
+``eyetriage --worker screen`` (the request as one JSON line on stdin, see
+:mod:`engine.screen_task`).
 
 Prints one JSON object per line on stdout, and nothing else there (everything else the task
 or a library prints goes to stderr): ``{"event": "progress", "done", "total", "epoch",
-"loss", "eta_s", "message"}``, ``{"event": "log", "message"}``, and finally ``{"event":
-"done", "result": {...}}`` (exit 0) or ``{"event": "error", "message"}`` (exit 1).
+"loss", "eta_s", "message"}``, ``{"event": "log", "message"}`` (screening: ``status`` and
+``records`` too), and finally ``{"event": "done", "result": {...}}`` (exit 0) or
+``{"event": "error", "message"}`` (exit 1).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import traceback
 from collections.abc import Sequence
 from typing import TextIO
@@ -23,10 +27,13 @@ class _Emitter:
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
+        self._lock = threading.Lock()  # progress may come from another thread
 
     def __call__(self, event: dict) -> None:
-        self.out.write(json.dumps(to_jsonable(event), allow_nan=False) + "\n")
-        self.out.flush()
+        line = json.dumps(to_jsonable(event), allow_nan=False) + "\n"
+        with self._lock:
+            self.out.write(line)
+            self.out.flush()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("improve", help="fine-tune the active model of a workspace")
     i.add_argument("workspace")
     i.add_argument("--config", default="{}", help="ImproveConfig as JSON")
+    sub.add_parser("screen", help="screen into a workspace (request: one JSON line on stdin)")
     return p
 
 
@@ -63,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SystemExit as e:
             emit({"event": "error", "message": f"bad worker arguments: {' '.join(argv)}"})
             return int(e.code or 2)
+        if args.task == "screen":
+            return _screen(emit)
         try:
             from .improve import ImproveConfig, ImproveState, improve
             from .tasks import Cancelled
@@ -85,6 +95,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     finally:
         sys.stdout = real_stdout
+
+
+def _screen(emit: _Emitter) -> int:
+    """Screening: ``done`` (exit 0) even when cancelled; ``error`` (exit 1) when the run as a
+    whole could not go on, in the same words the window used for it."""
+    from .screen_task import run_worker
+    from .tasks import readable_error
+
+    try:
+        # a windowed bundle may have no sys.stdin object, but the pipe is descriptor 0
+        run_worker(sys.stdin.fileno() if sys.stdin is not None else 0, emit)
+    except Exception as e:  # noqa: BLE001 - every failure becomes one error event
+        traceback.print_exc(file=sys.stderr)
+        emit({"event": "error", "message": readable_error(e)})
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

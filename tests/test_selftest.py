@@ -18,6 +18,7 @@ STEPS = [
     "demo model (timm)",
     "synthesise demo images",
     "screen into workspace",
+    "screening process (--worker screen)",
     "Grad-CAM (captum)",
     "review + export, read back",
     "fine-tuning libraries (peft)",
@@ -42,7 +43,7 @@ def test_self_test_of_the_dev_install_passes_and_prints_every_check(tmp_path):
     lines = out.stdout.splitlines()
     for step in STEPS:
         assert any(step in line and line.startswith("✓") for line in lines), (step, out.stdout)
-    assert "all 9 checks passed" in out.stdout
+    assert "all 10 checks passed" in out.stdout
     screened = next(line for line in lines if "screen into workspace" in line)
     assert "with onnxruntime" in screened and "same answers as torch fp32" in screened
 

@@ -69,24 +69,30 @@ def kill_tree(proc: subprocess.Popen) -> None:
             proc.kill()
 
 
-def exit_message(returncode: int, stderr_tail: list[str]) -> str:
-    """Why a child ended without a result, in words."""
+def exit_message(
+    returncode: int,
+    stderr_tail: list[str],
+    task: str = "The improvement process",
+    after: str = UNCHANGED,
+) -> str:
+    """Why a child ended without a result, in words (``task`` names it, ``after`` says what
+    that means for the user's data)."""
     if returncode < 0:
         head = (
-            f"The improvement process stopped unexpectedly (exit code {returncode}): it crashed "
+            f"{task} stopped unexpectedly (exit code {returncode}): it crashed "
             "or was ended by the system, for example when the computer ran out of memory."
         )
     else:
-        head = f"The improvement process ended with exit code {returncode} before it finished."
+        head = f"{task} ended with exit code {returncode} before it finished."
     last = next((s.strip() for s in reversed(stderr_tail) if s.strip()), "")
     tail = f" Its last message: {last}" if last else ""
-    return f"{head}{tail}\n\n{UNCHANGED}"
+    return f"{head}{tail}\n\n{after}".rstrip()
 
 
-def failure_message(error: str) -> str:
-    """A failure the child reported itself, and that nothing changed."""
+def failure_message(error: str, after: str = UNCHANGED) -> str:
+    """A failure the child reported itself, and what that means (nothing changed)."""
     text = error.strip().rstrip(".") or "the task failed"
-    return f"{text[0].upper()}{text[1:]}.\n\n{UNCHANGED}"
+    return f"{text[0].upper()}{text[1:]}.\n\n{after}".rstrip()
 
 
 class WorkerProcess:
@@ -96,15 +102,28 @@ class WorkerProcess:
     ``stderr`` (a line the child wrote to stderr). ``on_event`` is called from a reader
     thread for every event; the same events are queued for :meth:`events` (blocking) or
     :meth:`drain` (non-blocking) — use one of the two.
+
+    With ``stdin_pipe`` the child's standard input is a pipe that stays open for
+    :meth:`send`, and ``stdin_line`` (one line of text) is written to it right after the
+    child starts; otherwise the child's input is empty.
+    ``task_words`` and ``after_failure`` word how a failed child is reported.
     """
+
+    task_words = "The improvement process"
+    after_failure = UNCHANGED
 
     def __init__(
         self,
         args: list[str],
         work_folder: str | os.PathLike | None = None,
         on_event: Callable[[dict], None] | None = None,
+        stdin_line: str | None = None,
+        stdin_pipe: bool = False,
     ) -> None:
         self.args = list(args)
+        self.stdin_line = stdin_line
+        self.stdin_pipe = stdin_pipe or stdin_line is not None
+        self._stdin_lock = threading.Lock()
         self.work_folder = Path(work_folder) if work_folder is not None else None
         self.on_event = on_event
         self.proc: subprocess.Popen | None = None
@@ -135,7 +154,7 @@ class WorkerProcess:
         try:
             self.proc = subprocess.Popen(
                 cmd,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE if self.stdin_pipe else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env=worker_env(),
@@ -147,9 +166,11 @@ class WorkerProcess:
             )
         except OSError as e:
             raise ImproveError(
-                f"The improvement process could not be started ({Path(cmd[0]).name}: "
+                f"{self.task_words} could not be started ({Path(cmd[0]).name}: "
                 f"{e.strerror or e}). Check that EyeTriage is installed completely."
             ) from None
+        if self.stdin_line is not None:
+            self.send(self.stdin_line)
         for target, stream in (
             (self._read_stdout, self.proc.stdout),
             (self._read_stderr, self.proc.stderr),
@@ -161,6 +182,26 @@ class WorkerProcess:
     @property
     def pid(self) -> int:
         return self.proc.pid if self.proc is not None else 0
+
+    def send(self, line: str) -> bool:
+        """Write one line to the child's standard input; False when it is no longer listening."""
+        proc = self.proc
+        if proc is None or proc.stdin is None:
+            return False
+        with self._stdin_lock:
+            try:
+                proc.stdin.write(line.rstrip("\n") + "\n")
+                proc.stdin.flush()
+            except (OSError, ValueError):  # the child has ended (broken pipe, closed file)
+                return False
+        return True
+
+    def close_stdin(self) -> None:
+        """End the child's standard input (a child that reads it sees end of file)."""
+        proc = self.proc
+        if proc is not None and proc.stdin is not None:
+            with self._stdin_lock, contextlib.suppress(OSError, ValueError):
+                proc.stdin.close()
 
     # ---- reading
     def _emit(self, event: dict) -> None:
@@ -257,18 +298,26 @@ class WorkerProcess:
         assert self.proc is not None
         rc = int(self.proc.returncode)
         if self.cancelled:
-            outcome: tuple[str, Any] = ("cancelled", f"Cancelled. {UNCHANGED}")
+            outcome: tuple[str, Any] = ("cancelled", f"Cancelled. {self.after_failure}".strip())
         elif rc == 0 and self.result is not None:
             outcome = ("done", self.result)
         elif self.error:
-            outcome = ("failed", failure_message(self.error))
+            outcome = ("failed", self.failure_text(self.error))
         else:
-            outcome = ("failed", exit_message(rc, self.stderr_tail))
+            outcome = (
+                "failed",
+                exit_message(rc, self.stderr_tail, self.task_words, self.after_failure),
+            )
+        self.close_stdin()
         if outcome[0] != "done":
             self.clean_temporary_files()
         self._outcome = outcome
         self._events.put(None)
         return outcome
+
+    def failure_text(self, error: str) -> str:
+        """What the user is told of a failure the child reported itself."""
+        return failure_message(error, self.after_failure)
 
     # ---- ending
     def wait(self, timeout: float | None = None) -> dict:

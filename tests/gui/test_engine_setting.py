@@ -24,8 +24,8 @@ def test_settings_dialog_edits_the_engine(qtbot, isolated_settings):
 
 
 def test_desktop_screening_runs_on_the_chosen_engine(tmp_path, synth_fundus, tiny_model):
-    from desktop.workers import ScreenRequest, screening_events
     from engine.models import load_model
+    from engine.screen_task import ScreenRequest, screening_events
     from engine.tasks import TaskState
 
     ws = tmp_path / "W"
@@ -37,7 +37,9 @@ def test_desktop_screening_runs_on_the_chosen_engine(tmp_path, synth_fundus, tin
         engine="onnxruntime",
     )
     events = list(screening_events(request, TaskState()))
-    assert events[-1]["kind"] == "done" and events[-1]["status"] == "finished"
-    assert sum(len(e["rows"]) for e in events if e["kind"] == "rows") == events[-1]["screened"]
+    summary = events[-1]["result"]
+    assert events[-1]["event"] == "done" and summary["status"] == "finished"
+    stored = sum(len(e["records"]) for e in events if e["event"] == "records")
+    assert stored == summary["screened"] > 0
     sha = load_model(tiny_model, device="cpu").sha256
     assert list((ws / "cache" / "onnx").glob(f"{sha}-*.onnx"))  # exported beside the models

@@ -158,7 +158,8 @@ def test_closing_during_run_cancels_and_waits(qtbot, tmp_path, synth_fundus, tin
     with qtbot.waitSignal(job.rows, timeout=120_000):
         pass
     w.close()
-    assert job.wait(0)  # close() waited until the run's generator had ended
+    assert job.wait(0)  # close() waited until the screening process had ended
+    assert job.proc.proc.poll() is not None  # no screening process outlives the window
     conn = db(ws)
     statuses = [r[0] for r in conn.execute("SELECT status FROM runs")]
     conn.close()
