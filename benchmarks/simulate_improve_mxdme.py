@@ -30,7 +30,7 @@ DATA = Path(os.environ.get("EYETRIAGE_DEV_DATA", ROOT / ".." / "shared" / "data"
 
 
 def main() -> int:
-    from engine.cli import _load_data
+    from engine.cli import _add_data_options, _load_data
     from engine.data import split_indices
     from engine.models import load_model
     from engine.screen import ScreenSettings
@@ -45,15 +45,13 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--select-by", nargs="+", default=["score"], choices=["score", "loss"])
     a = p.parse_args()
-    data_args = argparse.Namespace(
-        data=str(DATA),
-        labels=str(DATA / "labels.csv"),
-        image_col="file",
-        label_col=["dme"],
-        filter=["modality=oct"],
-        group_col="dup_group",
-        task=None,
-        label_order=None,
+    # the data options parsed by the CLI's own parser, so this script follows its options
+    data_parser = argparse.ArgumentParser()
+    data_parser.add_argument("data")
+    _add_data_options(data_parser)
+    data_args = data_parser.parse_args(
+        [str(DATA), "--labels", str(DATA / "labels.csv"), "--image-col", "file"]
+        + ["--label-col", "dme", "--filter", "modality=oct", "--group-col", "dup_group"]
     )
     lm = load_model(a.model)
     ds = _load_data(data_args, label_order=lm.spec.labels)
