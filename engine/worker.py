@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 import traceback
@@ -34,6 +35,30 @@ class _Emitter:
         with self._lock:
             self.out.write(line)
             self.out.flush()
+
+
+BACKGROUND_NICENESS = 10  # POSIX: how much lower than its parent a worker child runs
+
+
+def yield_to_the_window() -> None:
+    """Run this process below normal CPU priority (best effort).
+
+    A worker child computes while a person works in the window: on a machine with few cores
+    its threads would otherwise take turns with the window's thread, and every repaint and
+    key press would wait for them. At a lower priority the window runs first; when the window
+    is idle the child still gets every core, so a run takes as long as before.
+    """
+    try:
+        if os.name == "posix":
+            os.nice(BACKGROUND_NICENESS)
+        elif os.name == "nt":  # pragma: no cover - Windows
+            import ctypes
+
+            below_normal = 0x4000  # BELOW_NORMAL_PRIORITY_CLASS
+            kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+            kernel32.SetPriorityClass(kernel32.GetCurrentProcess(), below_normal)
+    except (OSError, AttributeError):  # not allowed or not available: run at normal priority
+        pass
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     emit = _Emitter(sys.stdout)
     real_stdout = sys.stdout
     sys.stdout = sys.stderr  # stray prints must not corrupt the event stream
+    yield_to_the_window()
     try:
         try:
             args = _parser().parse_args(argv)
