@@ -77,6 +77,19 @@ def summary_text(summary: dict) -> str:
     )
 
 
+class DeferredProgressBar(QProgressBar):
+    """A progress bar whose new value is drawn with the window's next paint.
+
+    ``QProgressBar.setValue`` repaints at once, and an immediate repaint draws everything else
+    of the window that is waiting to be drawn too (the worklist that just took in a chunk of
+    rows): one progress step then held the window for tens of milliseconds."""
+
+    def setValue(self, value: int) -> None:  # noqa: N802 - Qt name
+        self.setUpdatesEnabled(False)  # no immediate repaint ...
+        super().setValue(value)
+        self.setUpdatesEnabled(True)  # ... an ordinary update, drawn with the rest
+
+
 class ScreeningDialog(QDialog):
     """Choose folder, model, uncertainty method and triage policy before a run."""
 
@@ -167,7 +180,7 @@ class ScreeningController(QObject):
         self.spare: Any = None  # engine.screen_task.ScreenProcess, started and waiting
         window = shell.window_widget()
         self.progress_label = QLabel()
-        self.progress_bar = QProgressBar()
+        self.progress_bar = DeferredProgressBar()
         self.progress_bar.setMaximumWidth(220)
         self.progress_bar.setTextVisible(False)
         self.cancel_button = QPushButton("Cancel  Esc")

@@ -155,10 +155,10 @@ QTableView { gridline-color: transparent; }
 def apply_theme(app: QApplication, theme: str = "light") -> bool:
     """Apply the light or dark palette (Fusion style) and the stylesheet; returns dark."""
     dark = is_dark(theme, app)
+    app.setProperty("eyetriage_dark", dark)  # first: widgets told of the palette read it
     app.setStyle("Fusion")
     app.setPalette(dark_palette() if dark else light_palette())
     app.setStyleSheet(STYLESHEET)
-    app.setProperty("eyetriage_dark", dark)
     return dark
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QObject, Signal
-from PySide6.QtGui import QPixmap
+from PySide6.QtGui import QIcon, QPixmap
 
 THUMB_SIDE = 96  # stored thumbnail size (crisp at 200% scaling of a 48 px cell)
 
@@ -55,6 +55,9 @@ class ThumbnailCache(QObject):
         super().__init__(parent)
         self.cache_dir = Path(cache_dir)
         self._pixmaps: OrderedDict[int, QPixmap] = OrderedDict()
+        # one icon per thumbnail, kept with it: an icon keeps its cell-sized copy, so a
+        # repaint does not scale the thumbnail down again
+        self._icons: dict[int, QIcon] = {}
         self._max = max_pixmaps
         self._queue: deque[tuple[int, str, str, int | None]] = deque()
         self._queued: set[int] = set()
@@ -88,10 +91,24 @@ class ThumbnailCache(QObject):
         self._request(image_id, row["path"], sha, None if key is None else int(key) - 1)
         return None
 
+    def icon(self, row: dict) -> QIcon | None:
+        """The thumbnail as an icon (the same icon each time), or None as :meth:`get`."""
+        icon = self._icons.get(row["image_id"])
+        if icon is not None:
+            self._pixmaps.move_to_end(row["image_id"])
+            return icon
+        pm = self.get(row)
+        if pm is None:
+            return None
+        icon = self._icons[row["image_id"]] = QIcon(pm)
+        return icon
+
     def _remember(self, image_id: int, pm: QPixmap) -> None:
         self._pixmaps[image_id] = pm
+        self._icons.pop(image_id, None)
         while len(self._pixmaps) > self._max:
-            self._pixmaps.popitem(last=False)
+            old, _ = self._pixmaps.popitem(last=False)
+            self._icons.pop(old, None)
 
     def _request(self, image_id: int, path: str, sha: str, slice_index: int | None = None) -> None:
         if self._stop.is_set():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import QModelIndex, QSize, Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QModelIndex, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -233,6 +233,13 @@ class WorklistPanel(QWidget):
         self.proxy.layoutChanged.connect(self._update_empty)
         self.proxy.rowsInserted.connect(self._update_empty)
         self.proxy.modelReset.connect(self._update_empty)
+
+    def changeEvent(self, event: QEvent) -> None:  # noqa: N802 - Qt override
+        # the theme changed (a hidden panel is told of the style, a shown one of the palette
+        # too): the triage colours with it
+        if event.type() in (QEvent.Type.PaletteChange, QEvent.Type.StyleChange):
+            self.model.forget_cells()
+        super().changeEvent(event)
 
     # ---- thumbnails
     def set_thumbnail_dir(self, folder: Path | None) -> None:

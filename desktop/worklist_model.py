@@ -26,7 +26,7 @@ from PySide6.QtCore import (
     Qt,
     Signal,
 )
-from PySide6.QtGui import QBrush, QIcon
+from PySide6.QtGui import QBrush
 
 from engine.store import REFERRED_STATES
 from engine.triage import TRIAGE_STATES
@@ -89,6 +89,8 @@ AI_FILTERS = ("refer", "needs-review", "auto-cleared", "disagrees")
 # Triage states that do not depend on the AI's answer (image quality, familiarity, errors).
 ANSWER_FREE_STATES = ("ungradable", "out-of-distribution", "error")
 HIDDEN = "hidden"  # what an AI cell says in blind mode
+MEMO_ROWS = 2000  # rows whose cell values are remembered (a few screens' worth)
+_DECORATION = int(Qt.ItemDataRole.DecorationRole.value)
 
 _NEG_INF = float("-inf")
 # Most urgent first: the triage rule's own order (a confident finding leads).
@@ -260,8 +262,21 @@ class WorklistModel(QAbstractTableModel):
         self.thumbnails: ThumbnailCache | None = None
         self._blind = False
         self._reader = ""
-        # label -> display name, for reviewed labels (the AI label's is in the row already)
-        self.display_name: Callable[[str], str] = lambda x: x.replace("_", " ")
+        # image_id -> (row dict, {(column, role): value}): a repaint asks each visible cell
+        # for about eight roles, and working each out again in Python made a repaint of the
+        # table cost tens of milliseconds while screening streamed rows in
+        self._memo: dict[int, tuple[dict, dict[tuple[int, int], Any]]] = {}
+        self._display_name: Callable[[str], str] = lambda x: x.replace("_", " ")
+
+    @property
+    def display_name(self) -> Callable[[str], str]:
+        """Label -> display name, for reviewed labels (the AI label's is in the row already)."""
+        return self._display_name
+
+    @display_name.setter
+    def display_name(self, fn: Callable[[str], str]) -> None:
+        self._display_name = fn
+        self.forget_cells()
 
     # ---- blind mode
     def set_blind(self, blind: bool, reader: str) -> None:
@@ -270,6 +285,7 @@ class WorklistModel(QAbstractTableModel):
         if (blind, reader) == (self._blind, self._reader):
             return
         self._blind, self._reader = blind, reader
+        self.forget_cells()
         if blind and self._sort is not None and self._sort[0] in AI_COLUMNS:
             self.sort(COL_IMAGE, Qt.SortOrder.AscendingOrder)
         if self._rows:
@@ -322,6 +338,26 @@ class WorklistModel(QAbstractTableModel):
             return None
         r = self._rows[index.row()]
         col = index.column()
+        if role == _DECORATION:  # thumbnails have their own bounded cache
+            return self._cell(r, col, role)
+        memo = self._memo.get(r["image_id"])
+        if memo is None or memo[0] is not r:  # a replaced row is a new dict: computed afresh
+            if len(self._memo) >= MEMO_ROWS:
+                self._memo.clear()
+            memo = self._memo[r["image_id"]] = (r, {})
+        key = (col, role)
+        cells = memo[1]
+        if key in cells:
+            return cells[key]
+        value = cells[key] = self._cell(r, col, role)
+        return value
+
+    def forget_cells(self) -> None:
+        """Drop the remembered cell values (blind mode, reader or theme changed)."""
+        self._memo.clear()
+
+    def _cell(self, r: dict, col: int, role: int) -> Any:
+        """What ``data()`` answers for one cell of row ``r`` (remembered per row object)."""
         hidden = col in AI_COLUMNS and self.hides_ai(r)
         if hidden and not (col == COL_TRIAGE and r.get("triage") in ANSWER_FREE_STATES):
             if role == Qt.ItemDataRole.DisplayRole:
@@ -342,8 +378,7 @@ class WorklistModel(QAbstractTableModel):
         if role == RowRole:
             return r
         if role == Qt.ItemDataRole.DecorationRole and col == COL_IMAGE:
-            pm = self.thumbnails.get(r) if self.thumbnails is not None else None
-            return QIcon(pm) if pm is not None else None
+            return self.thumbnails.icon(r) if self.thumbnails is not None else None
         if role == Qt.ItemDataRole.ToolTipRole:
             return self._tooltip(r, col)
         if role == Qt.ItemDataRole.ForegroundRole and col == COL_TRIAGE:
@@ -440,6 +475,7 @@ class WorklistModel(QAbstractTableModel):
         """Replace all rows (a model reset) and sort them."""
         self.beginResetModel()
         self._rows = list(rows)
+        self.forget_cells()
         if self._sort is not None:
             self._rows.sort(
                 key=_column_key(self._sort[0]),

@@ -164,3 +164,31 @@ def test_a_spare_screening_process_takes_the_run_and_ends_with_the_window(
     assert following is not None and following is not spare and following.running()
     w.close()
     assert following.proc.poll() is not None  # no spare outlives the window
+
+
+def test_a_progress_step_waits_for_the_windows_next_paint(qtbot, qapp):
+    """A progress step is drawn with the rest of the window's next paint, not on the spot (an
+    immediate repaint also drew the worklist's new rows and held the window while doing so)."""
+    from PySide6.QtCore import QEvent, QObject
+
+    from desktop.screening_control import DeferredProgressBar
+
+    bar = DeferredProgressBar()
+    qtbot.addWidget(bar)
+    bar.setRange(0, 300)
+    bar.show()
+    qtbot.waitExposed(bar)
+    paints: list[int] = []
+
+    class Count(QObject):
+        def eventFilter(self, obj, event):  # noqa: N802 - Qt name
+            if event.type() == QEvent.Type.Paint:
+                paints.append(bar.value())
+            return False
+
+    counter = Count()
+    bar.installEventFilter(counter)
+    bar.setValue(120)
+    assert paints == []  # nothing drawn inside setValue
+    qtbot.waitUntil(lambda: 120 in paints, timeout=2000)  # drawn with the next paint
+    assert bar.text() == "40%"

@@ -285,3 +285,41 @@ def test_random_sample_order_is_unbiased_and_stable(qtbot):
     panel.sort_box.activated.emit(0)
     panel.sort_box.activated.emit(i)
     assert [r["image_id"] for r in visible_rows(panel.proxy)] == first
+
+
+def test_cells_follow_the_row_the_theme_and_the_reader(qtbot, qapp):
+    """Cell values are remembered between repaints; whatever changes what a cell should say
+    (a review, the theme, blind mode, the reader) is shown at once, never a stale value."""
+    from desktop.style import TRIAGE_STYLES, apply_theme
+
+    apply_theme(qapp, "light")
+    panel = WorklistPanel()
+    qtbot.addWidget(panel)
+    m = panel.model
+    m.set_rows(synthetic_rows(1, seed=0))
+    m.update_row(m.row(0)["image_id"], triage="needs-review", reviewed_label=None, reviewer=None)
+    image_id = m.row(0)["image_id"]
+    triage = m.index(0, COL_TRIAGE)
+    review = m.index(0, COL_REVIEW)
+    colour = triage.data(Qt.ItemDataRole.ForegroundRole).color().name()
+    assert colour == TRIAGE_STYLES["needs-review"].light
+    assert triage.data() == "⚠ Needs review"
+    assert review.data() == "not reviewed"
+    try:
+        apply_theme(qapp, "dark")
+        colour = triage.data(Qt.ItemDataRole.ForegroundRole).color().name()
+        assert colour == TRIAGE_STYLES["needs-review"].dark
+    finally:
+        apply_theme(qapp, "light")
+    assert triage.data(Qt.ItemDataRole.ForegroundRole).color().name() == (
+        TRIAGE_STYLES["needs-review"].light
+    )
+    m.set_blind(True, "ana")
+    assert triage.data() == "hidden"
+    m.set_review(image_id, {"labels": ["normal"], "action": "correct", "reviewer": "ana"})
+    assert triage.data() == "✔ Reviewed"
+    assert review.data().endswith("normal (ana)")
+    m.set_blind(True, "ben")  # another reader has not labelled it: hidden again
+    assert triage.data() == "hidden"
+    m.display_name = lambda x: x.upper()
+    assert review.data().endswith("NORMAL (ana)")
