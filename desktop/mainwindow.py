@@ -489,10 +489,12 @@ class MainWindow(QMainWindow):
         spec = result.get("spec")
         if spec is not None:
             self.worklist.model.display_name = spec.display
+        current = self.worklist.current_image()  # the image the reader has open stays open
         self.worklist.model.set_rows(result["rows"])
         self._update_dashboard_blind()
         self.models.take_spec(spec)
-        self.worklist.select_first()
+        if current is None or not self.worklist.select_image(current):
+            self.worklist.select_first()
         self.worklist_loaded.emit()
 
     def open_demo(self) -> None:

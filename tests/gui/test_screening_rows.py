@@ -13,6 +13,7 @@ import pytest
 from desktop.mainwindow import MainWindow
 from desktop.pages import DashboardPlaceholder, DashboardView, ReviewPlaceholder, ReviewView
 from desktop.settings import AppSettings
+from desktop.worklist_model import ImageIdRole
 from engine.store import Workspace
 
 
@@ -154,3 +155,22 @@ def test_a_review_saved_on_the_page_updates_its_worklist_row(
     assert w.set_model(second_model)
     assert w.review_page.current_image_id() == shown is not None
     assert w.review_page.evidence.texts()["answer"] != "Not screened yet"
+
+
+def test_the_image_a_reader_has_open_stays_open_when_a_run_ends(
+    qtbot, tmp_path, synth_fundus, tiny_model
+):
+    """The worklist re-reads the store when a run ends; the image the reader is looking at
+    stays the current one (the view does not jump back to the top of the list)."""
+    w = make_window(qtbot, tmp_path)
+    open_folder(qtbot, w, synth_fundus, tiny_model)
+    w.filter_bar.set_current("all")
+    with qtbot.waitSignal(w.screening_finished, timeout=180_000):
+        w.start_screening(ask=False, uncertainty="none")
+    qtbot.waitUntil(lambda: w.worklist.proxy.rowCount() == 48, timeout=60_000)
+    chosen = w.worklist.proxy.index(5, 0).data(ImageIdRole)
+    assert w.worklist.select_image(chosen)
+    with qtbot.waitSignal(w.worklist_loaded, timeout=180_000):
+        w.start_screening(ask=False, uncertainty="none")  # screens the same images again
+    assert w.worklist.current_image() == chosen
+    assert w.worklist.model.rowCount() == 48
