@@ -53,6 +53,8 @@ from .workers import FunctionJob, ScreenJob, load_worklist_rows
 from .workspace_view import WorkspaceView, worklist_width
 from .workspaces import WorkspaceRegistry, workspace_name
 
+FIRST_IMAGE_DELAY_MS = 20  # see _on_rows
+
 
 class MainWindow(QMainWindow):
     """The EyeTriage window. ``data_dir`` is where workspaces for folders are created.
@@ -539,7 +541,11 @@ class MainWindow(QMainWindow):
         if self._closing:
             return
         self.worklist.model.upsert_rows(rows)
-        self.worklist.select_first()
+        if not self.worklist.view.currentIndex().isValid():
+            # the first image opens a moment later, after the new rows are drawn (a zero
+            # timer would run in the same pass): the two together held the window for tens
+            # of milliseconds, and a key press waits for the whole pass
+            QTimer.singleShot(FIRST_IMAGE_DELAY_MS, self.worklist.select_first)
 
     def _on_screening_ended(self, summary: dict) -> None:
         """Show what the store now holds; say so when the active model did not change."""
