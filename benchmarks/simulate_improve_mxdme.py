@@ -1,14 +1,22 @@
-"""Real-data simulation of "Improve model" on ../shared/data/mx-dme OCT (``dme``).
+"""Real-data simulation of "Improve model" on ../shared/data/mx-dme: OCT ``dme`` (the
+default) or, with ``--target dr``, fundus diabetic retinopathy graded 0 < NPDR < PDR.
 
-Start from a model trained on the train split of mx-dme OCT (``eyetriage train`` with the
-options below); screen the other scans into a fresh workspace, review 200 of them with their
-true labels, run ``eyetriage improve`` per strategy and print the audit-set before/after.
+Start from a model trained on the train split (``eyetriage train`` with the options below);
+screen the other images into a fresh workspace, review 200 of them (or all, when fewer) with
+their true labels, run ``eyetriage improve`` per strategy and print the audit-set
+before/after.
 
     eyetriage train ../shared/data/mx-dme --labels ../shared/data/mx-dme/labels.csv \\
         --image-col file --label-col dme --filter modality=oct --group-col dup_group \\
         --seed 42 --out oct-dme.safetensors
     python benchmarks/simulate_improve_mxdme.py oct-dme.safetensors WORKSPACE head full lora \\
         --select-by score loss
+
+    eyetriage train ../shared/data/mx-dme --labels ../shared/data/mx-dme/labels.csv \\
+        --image-col file --label-col dr --filter modality=fundus --group-col dup_group \\
+        --task ordinal --label-order 0,NPDR,PDR --seed 3 --out dr.safetensors
+    python benchmarks/simulate_improve_mxdme.py dr.safetensors WORKSPACE head full lora \\
+        --target dr
 
 Every strategy runs once per ``--select-by`` choice (how the fine-tune's kept epoch is
 chosen); each result, with the engine's verdict, is also appended to WORKSPACE/results.jsonl.
@@ -44,6 +52,7 @@ def main() -> int:
     p.add_argument("--reviews", type=int, default=200)
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--select-by", nargs="+", default=["score"], choices=["score", "loss"])
+    p.add_argument("--target", choices=sorted(TARGETS), default="dme")
     a = p.parse_args()
     # the data options parsed by the CLI's own parser, so this script follows its options
     data_parser = argparse.ArgumentParser()
@@ -51,7 +60,7 @@ def main() -> int:
     _add_data_options(data_parser)
     data_args = data_parser.parse_args(
         [str(DATA), "--labels", str(DATA / "labels.csv"), "--image-col", "file"]
-        + ["--label-col", "dme", "--filter", "modality=oct", "--group-col", "dup_group"]
+        + ["--group-col", "dup_group", *TARGETS[a.target]]
     )
     lm = load_model(a.model)
     ds = _load_data(data_args, label_order=lm.spec.labels)
@@ -101,7 +110,13 @@ def _improve_once(ws: Path, strategy: str, select: str, epochs: int) -> None:
         fh.write(json.dumps(row) + "\n")
 
 
-KEYS = ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity", "ece")
+# --target -> the data options of that task
+TARGETS = {
+    "dme": ["--label-col", "dme", "--filter", "modality=oct"],
+    "dr": ["--label-col", "dr", "--filter", "modality=fundus", "--task", "ordinal"]
+    + ["--label-order", "0,NPDR,PDR"],
+}
+KEYS = ("accuracy", "balanced_accuracy", "auc", "qwk", "sensitivity", "specificity", "ece")
 KEYS += ("review_workload",)
 
 
