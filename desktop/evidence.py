@@ -341,6 +341,11 @@ class EvidencePanel(QWidget):
             self.uncertainty_label.setText(
                 self._uncertainty_words(pred, probs, labels, multilabel, cset)
             )
+        if spec is not None and spec.task == "ordinal" and label is not None and not error:
+            note = self._median_words(spec, labels, probs, str(label))
+            if note:
+                text = self.uncertainty_label.text()
+                self.uncertainty_label.setText(f"{text}\n{note}" if text else note)
         quality_ok = pred.get("quality_ok")
         quality = pred.get("quality") or {}
         if quality_ok is not None and not bool(quality_ok):
@@ -375,6 +380,23 @@ class EvidencePanel(QWidget):
             reason = ""
         if reason:
             self.reason_label.setText(reason)
+
+    @staticmethod
+    def _median_words(
+        spec: ModelSpec, labels: list[str], probs: dict[str, float], label: str
+    ) -> str:
+        """For a graded (ordinal) answer that is not the most probable single grade: why."""
+        from engine.triage import median_grade_spread
+
+        spread = median_grade_spread(labels, probs, label)
+        if spread is None:
+            return ""
+        milder, worse = spread
+        name = label_names(spec, [label])[0]
+        return (
+            f"{name} is the middle grade of the answer: {percent(milder)} for {name} or "
+            f"milder, {percent(worse)} for {name} or more severe."
+        )
 
     @staticmethod
     def _uncertainty_words(

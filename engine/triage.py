@@ -224,9 +224,30 @@ def read_answer(spec: ModelSpec, probs: np.ndarray, threshold: float) -> Answer:
             uncertain=[spec.display(lab) for lab, v in p.items() if max(v, 1 - v) < threshold],
         )
     top = int(np.argmax(probs))
-    if spec.task == "ordinal":  # median grade of the predicted distribution
-        top = min(int(np.searchsorted(np.cumsum(probs), 0.5)), len(labels) - 1)
+    if spec.task == "ordinal":  # median grade: the one rule every report uses
+        from .metrics import ordinal_median
+
+        top = int(ordinal_median(np.asarray(probs, dtype=np.float64)[None, :])[0])
     return Answer(labels[top], spec.display(labels[top]), float(probs[top]))
+
+
+def median_grade_spread(
+    labels: list[str], probs: dict[str, float], label: str
+) -> tuple[float, float] | None:
+    """Why an ordinal answer is not the most probable single grade, or None when it is.
+
+    :func:`read_answer` gives an ordinal model's median grade, which can have a lower
+    probability than another grade (0.15 / 0.42 / 0.43 answers the middle grade). Returns
+    the probability of ``label`` or a milder grade and of ``label`` or a more severe grade
+    (both at least 0.5 for a median), for saying so in words; ``labels`` mild to severe.
+    """
+    if label not in labels:
+        return None
+    p = [float(probs.get(x, 0.0)) for x in labels]
+    k = labels.index(label)
+    if max(p) <= p[k] + 1e-9:
+        return None
+    return sum(p[: k + 1]), sum(p[k:])
 
 
 def triage_answer(

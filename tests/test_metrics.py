@@ -298,3 +298,21 @@ def test_binary_sensitivity_is_about_the_finding_class_whatever_its_position():
     assert evaluate_predictions(y, probs, "binary", spec.labels)["sensitivity"] == pytest.approx(
         0.9
     )
+
+
+def test_an_answer_names_the_same_grade_as_every_report():
+    """The screen's answer and the evaluation reports use one median rule, rounding included."""
+    from engine.modelfile import ModelSpec
+    from engine.triage import median_grade_spread, read_answer
+
+    spec = ModelSpec(arch="tiny", task="ordinal", labels=["0", "NPDR", "PDR"])
+    for probs in ([0.15, 0.42, 0.43], [0.5 - 1e-13, 0.2, 0.3 + 1e-13], [0.1, 0.1, 0.8]):
+        p = np.array(probs)
+        assert (
+            read_answer(spec, p, 0.85).label == spec.labels[predicted_labels(p[None], "ordinal")[0]]
+        )
+    # the middle grade wins with less probability than PDR: the spread says why
+    assert read_answer(spec, np.array([0.15, 0.42, 0.43]), 0.85).label == "NPDR"
+    milder, worse = median_grade_spread(spec.labels, {"0": 0.15, "NPDR": 0.42, "PDR": 0.43}, "NPDR")
+    assert (milder, worse) == (pytest.approx(0.57), pytest.approx(0.85))
+    assert median_grade_spread(spec.labels, {"0": 0.1, "NPDR": 0.1, "PDR": 0.8}, "PDR") is None

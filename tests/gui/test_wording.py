@@ -210,3 +210,36 @@ def test_referral_sentence_names_the_disease_classes_and_where_it_was_measured()
         in text
     )
     assert "validation images when the model was made, not on this workspace" in text
+
+
+def test_a_graded_answer_below_another_grade_says_why_it_was_chosen(qtbot):
+    """An ordinal model answers the middle grade, which can be less probable than another
+    grade; the panel says so instead of leaving 'NPDR — 42 %' beside a 43 % PDR bar."""
+    panel = EvidencePanel()
+    qtbot.addWidget(panel)
+    panel.set_spec(spec(task="ordinal", labels=["0", "NPDR", "PDR"], display_names={}))
+    pred = {
+        "label": "NPDR",
+        "confidence": 0.42,
+        "probabilities": {"0": 0.15, "NPDR": 0.42, "PDR": 0.43},
+        "triage": "needs-review",
+        "triage_reason": "confidence 0.42 below 0.85",
+    }
+    panel.show_prediction(pred)
+    words = panel.texts()["uncertainty"]
+    assert (
+        "NPDR is the middle grade of the answer: 57% for NPDR or milder, 85% for NPDR or more severe."
+        in words
+    )
+    assert not panel.uncertainty_label.isHidden()
+    panel.show_prediction(pred, hidden=True)  # blind mode: nothing of the answer shows
+    assert panel.uncertainty_label.isHidden()
+    panel.show_prediction(
+        {
+            **pred,
+            "label": "PDR",
+            "confidence": 0.8,
+            "probabilities": {"0": 0.1, "NPDR": 0.1, "PDR": 0.8},
+        }
+    )
+    assert "middle grade" not in panel.texts()["uncertainty"]
