@@ -206,3 +206,21 @@ def test_review_workload_counts_what_screening_sends_to_a_person():
     ]
     # the old estimate (top probability below 0.85 only) would have said 1 in 5
     assert review_workload(states) == pytest.approx(3 / 5)
+
+
+def test_a_fall_whose_interval_lies_below_zero_is_called_worse_without_a_significant_test():
+    """Worse needs less evidence than better: a fall with its whole interval below zero is
+    called worse even when too few answers changed for the paired test (4 now wrong, 0 now
+    right: p = 0.125), instead of 'not enough evidence that it is worse'."""
+    from engine.improve import judge
+
+    truth = [DR] * 5 + [NORMAL] * 26
+    before = list(truth)
+    after = [NORMAL] * 4 + [DR] + [NORMAL] * 26  # four of the five DR images now missed
+    v = judge(result(truth, before, after))
+    assert v.evidence["p_value"] == pytest.approx(0.125) and v.evidence["ci_high"] < 0
+    assert v.decision == "worse" and not v.recommend and v.direction == -1
+    assert v.headline.startswith("▼ The new model is worse")
+    # the same changes the other way round are still not enough to be called better
+    up = judge(result(truth, after, before))
+    assert up.decision == "no-difference" and not up.recommend
