@@ -61,6 +61,8 @@ RUNS: dict[str, tuple[list[str], list[str]]] = {
     "dr-bengraham": (DR, ["--ben-graham"]),
     "dr-green": (DR, ["--green"]),
     "dr-lr1e-3": (DR, ["--lr", "1e-3"]),
+    "dr-sampling": (DR, ["--balance", "sampling"]),
+    "oct-sampling": (OCT, ["--balance", "sampling"]),
     # a shorter budget for a shared machine: the same recipe over 6 epochs
     "oct-e6": (OCT, ["--epochs", "6"]),
     "oct-e6-scratch": (OCT, ["--epochs", "6", "--init", "none"]),

@@ -168,6 +168,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         init=init,
         init_weights=args.init_weights,
         ema=not args.no_ema,
+        balance=args.balance,
         allow_collapsed=args.allow_collapsed,
         modality=modality,
         ben_graham=args.ben_graham,
@@ -774,6 +775,12 @@ def build_parser() -> argparse.ArgumentParser:
         "never before the warm-up ends)",
     )
     t.add_argument("--no-ema", action="store_true", help="no averaged weights competing")
+    t.add_argument(
+        "--balance",
+        choices=["loss", "sampling"],
+        default="loss",
+        help="class balance: weight the loss by class (default) or draw balanced batches",
+    )
     t.add_argument(
         "--allow-collapsed",
         action="store_true",

@@ -139,8 +139,13 @@ def quick_accuracy(logits: np.ndarray, y: np.ndarray, task: str) -> float:
 # --------------------------------------------------------------------------- losses
 
 
-def make_loss(task: str, targets: np.ndarray, n_out: int, ordinal_weight: float) -> nn.Module:
-    """Class-balanced loss: weighted CE, ordinal CE + expected squared grade error, or BCE."""
+def make_loss(
+    task: str, targets: np.ndarray, n_out: int, ordinal_weight: float, balanced: bool = True
+) -> nn.Module:
+    """Class-balanced loss: weighted CE, ordinal CE + expected squared grade error, or BCE.
+
+    ``balanced=False``: every class weighs the same (the batches are balanced instead, see
+    :func:`class_sampling_weights`)."""
     if task == "multilabel":
         t = targets.reshape(len(targets), -1).astype(np.float64)
         pos = t.sum(0)
@@ -149,6 +154,8 @@ def make_loss(task: str, targets: np.ndarray, n_out: int, ordinal_weight: float)
     counts = np.bincount(targets.astype(int), minlength=n_out).astype(np.float64)
     w = np.where(counts > 0, len(targets) / (n_out * np.maximum(counts, 1)), 0.0)
     weight = torch.tensor(w / w[counts > 0].mean()).float()
+    if not balanced:
+        weight = torch.ones(n_out)
     if task == "ordinal":
         return OrdinalLoss(weight, ordinal_weight)
     return nn.CrossEntropyLoss(weight=weight)
@@ -366,10 +373,30 @@ def _train_mode(net: nn.Module, strategy: str) -> None:
         net.get_classifier().train()
 
 
-def epoch_batches(n: int, bs: int, g: torch.Generator, min_samples: int = 0) -> list[torch.Tensor]:
-    """Shuffled index batches of one epoch; a set smaller than ``min_samples`` is repeated."""
+def class_sampling_weights(targets: np.ndarray, n_out: int) -> np.ndarray:
+    """Drawing weights that give every class the same share of the batches (single-label)."""
+    t = targets.astype(int)
+    counts = np.bincount(t, minlength=n_out).astype(np.float64)
+    return (1.0 / np.maximum(counts, 1))[t]
+
+
+def epoch_batches(
+    n: int,
+    bs: int,
+    g: torch.Generator,
+    min_samples: int = 0,
+    draw_weights: np.ndarray | None = None,
+) -> list[torch.Tensor]:
+    """Shuffled index batches of one epoch; a set smaller than ``min_samples`` is repeated.
+
+    With ``draw_weights`` (one per image) the epoch's images are drawn with replacement in
+    proportion to them (class-balanced sampling) instead of shuffled."""
     reps = max(1, math.ceil(min_samples / max(n, 1)))
-    order = torch.cat([torch.randperm(n, generator=g) for _ in range(reps)])
+    if draw_weights is not None:
+        p = torch.as_tensor(draw_weights, dtype=torch.float64)
+        order = torch.multinomial(p, reps * n, replacement=True, generator=g)
+    else:
+        order = torch.cat([torch.randperm(n, generator=g) for _ in range(reps)])
     return [order[i : i + bs] for i in range(0, len(order), bs)]
 
 
@@ -387,6 +414,7 @@ def fit(
     log: Log,
     *,
     weights: np.ndarray | None = None,
+    draw_weights: np.ndarray | None = None,
     label: str = "",
     on_step: StepFn | None = None,
     selector: EpochSelector | None = None,
@@ -398,7 +426,8 @@ def fit(
     ``selector`` decides which epoch is kept and when to stop (default: the lowest validation
     loss with ``cfg.patience``). With no validation images every epoch runs and the last
     weights are kept. ``on_step`` receives (epoch, running loss, ETA seconds) before each
-    progress report; ``label`` prefixes every log line (e.g. "[reviews only] "). Raises
+    progress report; ``draw_weights`` (one per training image, in ``tr`` order) draws each
+    epoch's images in proportion to them; ``label`` prefixes every log line (e.g. "[reviews only] "). Raises
     :class:`~engine.tasks.Cancelled` when ``state`` is cancelled.
     """
     set_trainable(net, cfg.strategy)
@@ -444,7 +473,8 @@ def fit(
     for epoch in range(cfg.epochs):
         _train_mode(net, cfg.strategy)
         running, seen = 0.0, 0
-        for idx in epoch_batches(n_tr, cfg.batch_size, g, cfg.min_epoch_samples)[:steps_per_epoch]:
+        batches = epoch_batches(n_tr, cfg.batch_size, g, cfg.min_epoch_samples, draw_weights)
+        for idx in batches[:steps_per_epoch]:
             state.check()
             x = normalise(aug(to_input(x_train[idx], device)), spec)
             y = y_train[idx].to(device)

@@ -22,7 +22,7 @@ from torch import nn
 from . import __version__, recipe
 from .data import DatasetError, LabelledSet, split_indices
 from .findings import guess_negative_labels, negative_indices
-from .fit import FitConfig, fit, make_loss, predict_arrays
+from .fit import FitConfig, class_sampling_weights, fit, make_loss, predict_arrays
 from .images import decode_for_model
 from .modelfile import ModelSpec, Preprocessing, save_model_file
 from .models import create_network, load_init_weights, pick_device
@@ -34,6 +34,9 @@ Log = Callable[[str], None]
 
 DEFAULT_ARCH = "efficientnet_lite0"  # with the ImageNet start when no architecture is named
 DEFAULT_INIT = "imagenet"
+
+
+BALANCE_MODES = ("loss", "sampling")
 
 
 @dataclass
@@ -71,6 +74,7 @@ class TrainConfig:
     ema: bool = True  # let an average of the weights compete for the kept epoch
     allow_collapsed: bool = False  # save a model that predicts one class anyway
     warmup_pct: float = 0.15
+    balance: str = "loss"  # class balance: "loss" (weighted) or "sampling" (balanced batches)
 
 
 @dataclass
@@ -224,7 +228,18 @@ def train_model(
     elif cfg.strategy not in ("full", "head"):
         raise ValueError(f"unknown strategy {cfg.strategy!r} (full, head or lora)")
     net = net.to(device).to(memory_format=torch.channels_last)
-    loss_fn = make_loss(ds.task, targets[tr], spec.num_outputs, cfg.ordinal_weight).to(device)
+    if cfg.balance not in BALANCE_MODES:
+        raise ValueError(f"unknown class balance {cfg.balance!r} ({' or '.join(BALANCE_MODES)})")
+    sampling = cfg.balance == "sampling"
+    if sampling and ds.task == "multilabel":
+        raise ValueError(
+            "class-balanced sampling needs one label per image; a multi-label model balances "
+            "by its loss (--balance loss)"
+        )
+    loss_fn = make_loss(
+        ds.task, targets[tr], spec.num_outputs, cfg.ordinal_weight, balanced=not sampling
+    ).to(device)
+    draw = class_sampling_weights(targets[tr], spec.num_outputs) if sampling else None
     fit_cfg = FitConfig(
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
@@ -239,7 +254,19 @@ def train_model(
     )
     selector = recipe.ScoreSelector(ds.task, cfg.patience, ema=cfg.ema)
     fitted = fit(
-        net, spec, arrays, targets, tr, va, loss_fn, fit_cfg, device, state, log, selector=selector
+        net,
+        spec,
+        arrays,
+        targets,
+        tr,
+        va,
+        loss_fn,
+        fit_cfg,
+        device,
+        state,
+        log,
+        selector=selector,
+        draw_weights=draw,
     )
     history = fitted.history
     if cfg.strategy == "lora":  # a trained-from-here model has no base: store merged weights

@@ -189,3 +189,39 @@ def test_training_history_records_the_validation_score(capsys, tmp_path, synth_f
     assert (
         f"kept epoch    {prov['best_epoch']} of 2 ({prov['kept_weights']} weights), by the " in card
     )
+
+
+def test_balanced_sampling_gives_each_class_an_equal_share_of_the_batches():
+    from engine.fit import class_sampling_weights, epoch_batches
+
+    targets = np.array([0] * 90 + [1] * 8 + [2] * 2)  # 90 / 8 / 2: the DR grades' shape
+    g = torch.Generator().manual_seed(0)
+    w = class_sampling_weights(targets, 3)
+    drawn = torch.cat(epoch_batches(100, 16, g, min_samples=3000, draw_weights=w)).numpy()
+    assert len(drawn) == 3000  # the epoch's length is unchanged, only who is in it
+    shares = np.bincount(targets[drawn], minlength=3) / len(drawn)
+    assert np.allclose(shares, 1 / 3, atol=0.04), shares
+    plain = torch.cat(epoch_batches(100, 16, g, min_samples=3000)).numpy()
+    assert np.bincount(targets[plain], minlength=3).tolist() == [2700, 240, 60]
+
+
+def test_balance_by_sampling_trains_with_an_unweighted_loss_and_is_recorded(
+    capsys, tmp_path, synth_fundus
+):
+    from engine.fit import OrdinalLoss, make_loss
+
+    targets = np.array([0] * 9 + [1])
+    weighted = make_loss("multiclass", targets, 2, 0.5)
+    assert weighted.weight[1] > weighted.weight[0]
+    assert torch.equal(
+        make_loss("multiclass", targets, 2, 0.5, balanced=False).weight, torch.ones(2)
+    )
+    plain = make_loss("ordinal", targets, 2, 0.5, balanced=False)
+    assert isinstance(plain, OrdinalLoss) and torch.equal(plain.weight, torch.ones(2))
+
+    out = tmp_path / "m.safetensors"
+    code, _, err = _train(capsys, synth_fundus, out, "--balance", "sampling", "--allow-collapsed")
+    assert code == 0 and out.exists(), err
+    main(["info", str(out), "--json"])
+    prov = json.loads(capsys.readouterr()[0])["provenance"]
+    assert prov["config"]["balance"] == "sampling"
