@@ -492,7 +492,8 @@ class MainWindow(QMainWindow):
         if spec is not None:
             self.worklist.model.display_name = spec.display
         current = self.worklist.current_image()  # the image the reader has open stays open
-        self.worklist.model.set_rows(result["rows"])
+        # the model holds only this workspace's rows (cleared when another opens)
+        self.worklist.model.refresh_rows(result["rows"])
         self._update_dashboard_blind()
         self.models.take_spec(spec)
         if current is None or not self.worklist.select_image(current):

@@ -486,6 +486,38 @@ class WorklistModel(QAbstractTableModel):
         self.endResetModel()
         self.counts_changed.emit(self.counts())
 
+    def refresh_rows(self, rows: Iterable[dict]) -> None:
+        """Bring the worklist up to date with a fresh read of the store, without a reset.
+
+        When the store holds every image shown (and perhaps more), rows equal to those shown
+        are left alone, changed ones are replaced, new ones inserted, and the rows re-sorted
+        only if the order no longer holds: the view keeps its selection and scroll position,
+        and re-reading a workspace at the end of a run costs little (the rows a run streamed
+        in equal the stored ones). Otherwise, as :meth:`set_rows`.
+        """
+        rows = list(rows)
+        if not self._rows or not self._ids <= {r["image_id"] for r in rows}:
+            self.set_rows(rows)
+            return
+        changed = []
+        for r in rows:
+            i = self._pos(r["image_id"])
+            if i is None or self._rows[i] != r:
+                changed.append(r)
+        if not changed:
+            return
+        self.upsert_rows(changed)
+        if self._sort is not None and not self._in_order():
+            self._resort()
+
+    def _in_order(self) -> bool:
+        """True when the rows are in the current sort order."""
+        column, order = self._sort  # type: ignore[misc]
+        keys = [_column_key(column)(r) for r in self._rows]
+        if order == Qt.SortOrder.DescendingOrder:
+            return all(not (a < b) for a, b in zip(keys, keys[1:], strict=False))
+        return all(not (b < a) for a, b in zip(keys, keys[1:], strict=False))
+
     def upsert_rows(self, rows: Iterable[dict]) -> None:
         """Add a chunk of rows (one insert) and update rows already present (by image id)."""
         new: list[dict] = []

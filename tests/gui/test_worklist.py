@@ -323,3 +323,43 @@ def test_cells_follow_the_row_the_theme_and_the_reader(qtbot, qapp):
     assert triage.data() == "hidden"
     m.display_name = lambda x: x.upper()
     assert review.data().endswith("NORMAL (ana)")
+
+
+def test_a_fresh_read_of_the_same_rows_changes_nothing_the_reader_sees(qtbot):
+    """Re-reading the store (the end of every run) must not reset the list: the same rows
+    leave the view alone; a changed row is updated and moves to its place in the order; a
+    new one is inserted; only when shown images are gone is the list rebuilt."""
+    from PySide6.QtCore import QModelIndex
+
+    panel = WorklistPanel()
+    qtbot.addWidget(panel)
+    m = panel.model
+    panel.set_quick_filter("all")
+    rows = synthetic_rows(40, seed=3)
+    m.set_rows(rows)
+    chosen = panel.proxy.index(7, 0).data(ImageIdRole)
+    assert panel.select_image(chosen)
+    resets: list[int] = []
+    changes: list[int] = []
+    m.modelReset.connect(lambda: resets.append(1))
+    m.dataChanged.connect(lambda *a: changes.append(1))
+
+    m.refresh_rows([dict(r) for r in rows])  # equal rows: nothing happens
+    assert (resets, changes) == ([], [])
+    assert panel.current_image() == chosen
+
+    order = [m.row(i)["image_id"] for i in range(m.rowCount())]
+    last = m.row(m.rowCount() - 1)  # least informative: give it the largest uncertainty
+    moved = {**last, "mutual_info": 9.0, "entropy": 9.0}
+    extra = synthetic_rows(1, seed=4, start_id=1000)
+    fresh = [moved if r["image_id"] == last["image_id"] else dict(r) for r in rows] + extra
+    m.refresh_rows(fresh)
+    assert resets == [] and changes
+    assert m.row(0)["image_id"] == last["image_id"]  # sorted most informative first
+    assert m.rowCount() == 41 and m.row_of(1000) is not None
+    assert panel.current_image() == chosen
+    assert [i for i in (m.row(k)["image_id"] for k in range(m.rowCount())) if i in order] != order
+
+    m.refresh_rows(fresh[5:])  # images gone from the store: the list is rebuilt
+    assert resets == [1] and m.rowCount() == 36
+    assert m.index(0, 0, QModelIndex()).isValid()
