@@ -15,6 +15,8 @@ from PySide6.QtCore import QRectF, QSize, Qt
 from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter, QPaintEvent, QPalette
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QSizePolicy, QVBoxLayout, QWidget
 
+from engine.triage import median_grade_spread
+
 if TYPE_CHECKING:
     from engine.modelfile import ModelSpec
 
@@ -386,8 +388,6 @@ class EvidencePanel(QWidget):
         spec: ModelSpec, labels: list[str], probs: dict[str, float], label: str
     ) -> str:
         """For a graded (ordinal) answer that is not the most probable single grade: why."""
-        from engine.triage import median_grade_spread
-
         spread = median_grade_spread(labels, probs, label)
         if spread is None:
             return ""

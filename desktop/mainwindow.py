@@ -496,8 +496,9 @@ class MainWindow(QMainWindow):
         self.worklist.model.refresh_rows(result["rows"])
         self._update_dashboard_blind()
         self.models.take_spec(spec)
-        if current is None or not self.worklist.select_image(current):
-            self.worklist.select_first()
+        if not self.worklist.view.currentIndex().isValid():  # the list was rebuilt
+            if current is None or not self.worklist.select_image(current):
+                self.worklist.select_first()
         self.worklist_loaded.emit()
 
     def open_demo(self) -> None:

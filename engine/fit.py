@@ -144,8 +144,8 @@ def make_loss(
 ) -> nn.Module:
     """Class-balanced loss: weighted CE, ordinal CE + expected squared grade error, or BCE.
 
-    ``balanced=False``: every class weighs the same (the batches are balanced instead, see
-    :func:`class_sampling_weights`)."""
+    ``balanced=False``: every class weighs the same (the batches are balanced instead: draw
+    them with :func:`balanced_sample_weights`)."""
     if task == "multilabel":
         t = targets.reshape(len(targets), -1).astype(np.float64)
         pos = t.sum(0)
@@ -153,9 +153,7 @@ def make_loss(
         return nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     counts = np.bincount(targets.astype(int), minlength=n_out).astype(np.float64)
     w = np.where(counts > 0, len(targets) / (n_out * np.maximum(counts, 1)), 0.0)
-    weight = torch.tensor(w / w[counts > 0].mean()).float()
-    if not balanced:
-        weight = torch.ones(n_out)
+    weight = torch.tensor(w / w[counts > 0].mean()).float() if balanced else torch.ones(n_out)
     if task == "ordinal":
         return OrdinalLoss(weight, ordinal_weight)
     return nn.CrossEntropyLoss(weight=weight)
@@ -373,13 +371,6 @@ def _train_mode(net: nn.Module, strategy: str) -> None:
         net.get_classifier().train()
 
 
-def class_sampling_weights(targets: np.ndarray, n_out: int) -> np.ndarray:
-    """Drawing weights that give every class the same share of the batches (single-label)."""
-    t = targets.astype(int)
-    counts = np.bincount(t, minlength=n_out).astype(np.float64)
-    return (1.0 / np.maximum(counts, 1))[t]
-
-
 def epoch_batches(
     n: int,
     bs: int,
@@ -427,8 +418,8 @@ def fit(
     loss with ``cfg.patience``). With no validation images every epoch runs and the last
     weights are kept. ``on_step`` receives (epoch, running loss, ETA seconds) before each
     progress report; ``draw_weights`` (one per training image, in ``tr`` order) draws each
-    epoch's images in proportion to them; ``label`` prefixes every log line (e.g. "[reviews only] "). Raises
-    :class:`~engine.tasks.Cancelled` when ``state`` is cancelled.
+    epoch's images in proportion to them; ``label`` prefixes every log line (e.g.
+    "[reviews only] "). Raises :class:`~engine.tasks.Cancelled` when ``state`` is cancelled.
     """
     set_trainable(net, cfg.strategy)
     params = [p for p in net.parameters() if p.requires_grad]

@@ -22,7 +22,7 @@ from torch import nn
 from . import __version__, recipe
 from .data import DatasetError, LabelledSet, split_indices
 from .findings import guess_negative_labels, negative_indices
-from .fit import FitConfig, class_sampling_weights, fit, make_loss, predict_arrays
+from .fit import FitConfig, balanced_sample_weights, fit, make_loss, predict_arrays
 from .images import decode_for_model
 from .modelfile import ModelSpec, Preprocessing, save_model_file
 from .models import create_network, load_init_weights, pick_device
@@ -239,7 +239,9 @@ def train_model(
     loss_fn = make_loss(
         ds.task, targets[tr], spec.num_outputs, cfg.ordinal_weight, balanced=not sampling
     ).to(device)
-    draw = class_sampling_weights(targets[tr], spec.num_outputs) if sampling else None
+    draw = None
+    if sampling:  # inverse class frequency: each class the same share of the batches
+        draw = balanced_sample_weights(targets[tr], np.ones(len(tr)), spec.num_outputs)
     fit_cfg = FitConfig(
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,

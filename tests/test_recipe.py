@@ -192,11 +192,11 @@ def test_training_history_records_the_validation_score(capsys, tmp_path, synth_f
 
 
 def test_balanced_sampling_gives_each_class_an_equal_share_of_the_batches():
-    from engine.fit import class_sampling_weights, epoch_batches
+    from engine.fit import balanced_sample_weights, epoch_batches
 
     targets = np.array([0] * 90 + [1] * 8 + [2] * 2)  # 90 / 8 / 2: the DR grades' shape
     g = torch.Generator().manual_seed(0)
-    w = class_sampling_weights(targets, 3)
+    w = balanced_sample_weights(targets, np.ones(len(targets)), 3)
     drawn = torch.cat(epoch_batches(100, 16, g, min_samples=3000, draw_weights=w)).numpy()
     assert len(drawn) == 3000  # the epoch's length is unchanged, only who is in it
     shares = np.bincount(targets[drawn], minlength=3) / len(drawn)
