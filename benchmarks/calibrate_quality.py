@@ -66,12 +66,15 @@ from engine.quality import (  # noqa: E402
     DEFAULT_OCT_THRESHOLDS,
     DEFAULT_THRESHOLDS,
     FOCUS_FEATURES,
+    MAX_QUADRATIC_SCALE,
     MODEL_FILE,
     LearnedCheck,
     QualityModel,
     QualityThresholds,
     assess_oct_quality,
     assess_quality,
+    focus_score,
+    focus_terms,
     fundus_measures,
 )
 
@@ -453,30 +456,36 @@ def judge(rows: list[dict], modality: str, model: QualityModel | None = None) ->
 
 
 def fit_focus(rows: list[dict], model: QualityModel) -> QualityThresholds:
-    """Fit the focus model and the haze threshold on calibration rows; print them.
+    """Fit the two focus models and the haze threshold on calibration rows; print them.
 
     Real photographs that other checks already reject (too dark, no FOV, ...) and the
     cataract set (much of it hazy beyond grading) are left out of the "sharp" class;
-    blurred copies at sigma 3, 4 and 6 px form the "blurred" class. The model's threshold
-    is the 98th percentile of the score over the remaining real photographs and their
-    re-encoded copies.
+    blurred copies at sigma 3, 4 and 6 px form the "blurred" class. The linear model
+    (logistic regression on the logs of ``FOCUS_FEATURES``) is limited at the 98th
+    percentile of its score over the sharp class. The quadratic one (the standardised
+    logs and their pairwise products, ``focus_terms``) learns from the sharp photographs
+    that are not enlarged to the analysis size (the only ones it judges) and from the blurred
+    copies of the photographs in the sharp class (a copy of a photograph that is too dark
+    or cut off would teach it that darkness is blur) and is limited at the 99th
+    percentile: it adds the moderate blurs the linear model lets through while rejecting
+    few photographs the linear one passes. Each intercept is shifted so that its limit is
+    0 (``focus_score`` takes the larger). The "slightly soft" caution starts at the 5th
+    percentile of the sigma 2 px copies' focus scores.
     """
     from sklearn.linear_model import LogisticRegression
 
     for r in rows:
         r["m"] = fundus_measures(r["crop"], FOV(*r["fov"]) if r["fov"] else None, r["visible"])
-
-    def x(rs: list[dict]) -> np.ndarray:
-        return np.array([[math.log(max(r["m"][k], 1e-3)) for k in FOCUS_FEATURES] for r in rs])
-
     base = replace(DEFAULT_THRESHOLDS, max_blur_score=1e9, min_contrast=0.0)
-    judge(rows, "fundus", model, base)
+    for r in rows:
+        fov = FOV(*r["fov"]) if r["fov"] else None
+        r["base"] = assess_quality(r["crop"], fov, base, r["visible"], model=model)
     sharp = [
         r
         for r in rows
         if r["variant"] in ("real", "control (resized, re-encoded)")
         and r["set"] != "eye-diseases-4/cataract"
-        and r["result"].ok
+        and r["base"].ok
     ]
     blurred = [
         r
@@ -484,26 +493,60 @@ def fit_focus(rows: list[dict], model: QualityModel) -> QualityThresholds:
         if r["variant"] in ("blur sigma 3 px", "blur sigma 4 px", "blur sigma 6 px")
         and r["m"]["valid_share"] > 0
     ]
-    model = LogisticRegression(C=10, max_iter=5000, class_weight="balanced")
-    model.fit(np.vstack([x(sharp), x(blurred)]), np.r_[np.zeros(len(sharp)), np.ones(len(blurred))])
-    weights = (float(model.intercept_[0]), *(float(w) for w in model.coef_[0]))
-    scores = model.decision_function(x(sharp))
-    cut = float(np.percentile(scores, 98))
-    contrast = np.array([r["m"]["c2"] for r in sharp])
-    sigma3 = [r for r in blurred if r["variant"] == "blur sigma 3 px"]
-    soft = float(np.percentile(model.decision_function(x(sigma3)), 5))
-    chosen = replace(
+    kept = {(r["set"], r["file"]) for r in sharp if r["variant"] == "real"}
+    matched = [r for r in blurred if (r["set"], r["file"]) in kept]
+
+    def logs(rs: list[dict]) -> np.ndarray:
+        return np.array([[math.log(max(r["m"][k], 1e-3)) for k in FOCUS_FEATURES] for r in rs])
+
+    def fit(x0: np.ndarray, x1: np.ndarray, c: float) -> tuple[float, ...]:
+        lr = LogisticRegression(C=c, max_iter=5000, class_weight="balanced")
+        lr.fit(np.vstack([x0, x1]), np.r_[np.zeros(len(x0)), np.ones(len(x1))])
+        return (float(lr.intercept_[0]), *(float(w) for w in lr.coef_[0]))
+
+    def score(w: tuple[float, ...], x: np.ndarray) -> np.ndarray:
+        return w[0] + x @ np.array(w[1:])
+
+    def shifted(w: tuple[float, ...], x_sharp: np.ndarray, pct: float) -> tuple[float, ...]:
+        cut = float(np.percentile(score(w, x_sharp), pct))
+        return tuple(round(v, 4) for v in (w[0] - cut, *w[1:]))
+
+    linear = shifted(fit(logs(sharp), logs(blurred), 10.0), logs(sharp), 98)
+    both = logs(sharp + matched)
+    center = tuple(round(float(v), 4) for v in both.mean(axis=0))
+    scale = tuple(round(float(v), 4) for v in both.std(axis=0))
+
+    def terms(rs: list[dict]) -> np.ndarray:
+        return np.array([focus_terms(r["m"], center, scale) for r in rs])
+
+    # the quadratic model judges only photographs not enlarged to the analysis size
+    in_range = [r for r in sharp if r["m"]["analysis_scale"] <= MAX_QUADRATIC_SCALE]
+    quadratic = shifted(fit(terms(in_range), terms(matched), 1.0), terms(in_range), 99)
+    fitted = replace(
         DEFAULT_THRESHOLDS,
-        focus_weights=tuple(round(w, 3) for w in weights),
-        max_blur_score=round(cut, 3),
-        max_soft_score=round(min(soft, cut), 3),
+        focus_linear=linear,
+        focus_center=center,
+        focus_scale=scale,
+        focus_quadratic=quadratic,
+        max_blur_score=0.0,
+    )
+    sigma2 = [r for r in rows if r["variant"] == "blur sigma 2 px" and r["m"]["valid_share"] > 0]
+    soft = float(np.percentile([focus_score(r["m"], fitted) for r in sigma2], 5))
+    contrast = np.array([r["m"]["c2"] for r in sharp])
+    chosen = replace(
+        fitted,
+        max_soft_score=round(min(soft, 0.0), 3),
         min_contrast=round(float(np.percentile(contrast, 0.5)), 3),
     )
-    print(f"sharp n={len(sharp)}, blurred n={len(blurred)}")
-    print(f"focus weights over log {FOCUS_FEATURES}: {chosen.focus_weights}")
-    print(f"max_blur_score (98th percentile of sharp): {chosen.max_blur_score}")
-    print(f"max_soft_score (5th percentile of blur sigma 3 px): {chosen.max_soft_score}")
-    print(f"min_contrast (0.5th percentile of sharp): {chosen.min_contrast}")
+    passed = np.mean([focus_score(r["m"], chosen) <= 0 for r in sharp])
+    print(f"sharp n={len(sharp)}, blurred n={len(blurred)} ({len(matched)} of sharp photographs)")
+    print(f"focus_linear={chosen.focus_linear},")
+    print(f"focus_center={chosen.focus_center},")
+    print(f"focus_scale={chosen.focus_scale},")
+    print(f"focus_quadratic={chosen.focus_quadratic},")
+    print(f"max_soft_score={chosen.max_soft_score},  # 5th percentile of blur sigma 2 px")
+    print(f"min_contrast={chosen.min_contrast},  # 0.5th percentile of sharp")
+    print(f"sharp class passing both focus models: {passed:.3f}")
     return chosen
 
 

@@ -14,9 +14,14 @@ Colour fundus photographs (:func:`assess_quality`) are judged on a copy whose fi
 - exposure: clipped (saturated) cells and an overall washed-out field are rules;
   underexposure is a learned check (below), since a dim photograph with a sharp disc
   and vessels is gradable and a dark one without them is not;
-- focus: a small logistic model over six scale ratios of the green channel's strongest
-  edges (the fine edges lose most when an image is defocused; contrast and exposure scale
-  all scales alike). It is fitted by ``benchmarks/calibrate_quality.py`` on real
+- focus: two small logistic models over two scale ratios of the green channel's
+  strongest edges (the fine edges lose most when an image is defocused; contrast and
+  exposure scale all scales alike), their contrast and the mean brightness: one linear
+  in the logs, one with their squares and cross terms as well (noise lifts the finest
+  scale of a dim or flat photograph, so how sharp a photograph must look depends on its
+  contrast and exposure; this one catches a moderate blur of a sharp, contrasty
+  photograph that the linear model lets through). A photograph is out of focus when
+  either model says so. Both are fitted by ``benchmarks/calibrate_quality.py`` on real
   photographs against Gaussian-blurred copies of them;
 - haze: the contrast of the strongest mid-scale edges relative to the mean brightness.
   Media opacities (cataract) lower the contrast of every scale; defocus mostly the fine
@@ -63,6 +68,7 @@ __all__ = [
     "DEFAULT_OCT_THRESHOLDS",
     "DEFAULT_THRESHOLDS",
     "FOCUS_FEATURES",
+    "MAX_QUADRATIC_SCALE",
     "MODEL_FILE",
     "NOT_FUNDUS_REASON",
     "OctThresholds",
@@ -75,6 +81,7 @@ __all__ = [
     "assess_oct_quality",
     "assess_quality",
     "focus_score",
+    "focus_terms",
     "fundus_measures",
     "load_model",
     "oct_measures",
@@ -112,8 +119,11 @@ SOFT_FOCUS = "focus slightly soft (gradable; check it before clearing)"
 class QualityThresholds:
     """Limits a fundus photograph must respect to count as gradable.
 
-    ``focus_weights`` are the focus model's intercept and weights over the logs of
-    ``FOCUS_FEATURES`` (see :func:`focus_score`). A photograph whose score is above
+    The focus score (:func:`focus_score`) is the larger of two models' log-odds, each
+    shifted so that its own limit is at 0: ``focus_linear`` (intercept, then weights over
+    the logs of ``FOCUS_FEATURES``) and ``focus_quadratic`` (intercept, then weights over
+    those logs standardised with ``focus_center`` and ``focus_scale``, then over their
+    pairwise products; see :func:`focus_terms`). A photograph whose score is above
     ``max_blur_score`` is ungradable (out of focus); one between ``max_soft_score`` and
     that is gradable but slightly soft, which triage never auto-clears. Underexposure and
     bright obstructions are the learned checks' call (:class:`QualityModel`);
@@ -126,14 +136,21 @@ class QualityThresholds:
     hard_min_brightness: float = 10.0  # too dark whatever the learned check says
     max_mean_brightness: float = 215.0
     max_clipped_fraction: float = 0.25
-    max_blur_score: float = 1.391
-    max_soft_score: float = -0.147
+    max_blur_score: float = 0.0
+    max_soft_score: float = -2.232
     min_contrast: float = 1.166
     min_edge_level: float = 0.8  # grey levels per px; below it nothing is in focus
     max_dark_part: float = 0.25
     max_bright_part: float = 0.25
     min_red_green: float = 1.1
-    focus_weights: tuple[float, ...] = (32.616, -28.029, -6.325, -4.038, -4.108)
+    focus_linear: tuple[float, ...] = (36.0273, -33.9825, -5.2615, -4.7283, -4.7506)
+    focus_center: tuple[float, ...] = (0.2558, 0.3598, 1.3213, 4.4663)
+    focus_scale: tuple[float, ...] = (0.1297, 0.1781, 0.5258, 0.3938)
+    focus_quadratic: tuple[float, ...] = (
+        -2.7605,
+        *(-8.551, 1.1605, -2.4448, -1.7319),  # the standardised logs
+        *(2.5836, -0.8188, 0.1195, 1.0194, -0.2087, 1.8647, 0.7916, 0.5695, 1.2749, 0.5807),
+    )
     learned_offset: float = 0.0
 
 
@@ -151,6 +168,10 @@ DEFAULT_THRESHOLDS = QualityThresholds()
 DEFAULT_OCT_THRESHOLDS = OctThresholds()
 
 FOCUS_FEATURES = ("r01", "r12", "c2", "mean_brightness")
+FOCUS_CLAMP = 3.0  # standard deviations
+# the quadratic focus model judges photographs enlarged by at most this much to the
+# analysis size (it was fitted on such photographs; see focus_score)
+MAX_QUADRATIC_SCALE = 1.12
 
 
 @dataclass(frozen=True)
@@ -279,6 +300,9 @@ def fundus_measures(
     if not fov.found:
         h, w = rgb.shape[:2]
         fov = FOV(w / 2, h / 2, max(w, h) / 2, False, 1.0)
+    # how much the picture is enlarged to the analysis size (above 1: a small photograph
+    # whose softness at this size comes from the enlargement, not from its focus)
+    m["analysis_scale"] = ANALYSIS_DIAMETER / (2 * fov.r)
     rgb, fov = _resample(rgb, fov)
     # level 2: cells of 4x4 analysis px, for exposure, regions and the coarse edges
     pil = Image.fromarray(np.ascontiguousarray(rgb))
@@ -397,12 +421,39 @@ def fundus_measures(
     return m
 
 
-def focus_score(m: dict[str, float], weights: tuple[float, ...]) -> float:
-    """The focus model's log-odds that a photograph is blurred (above 0: blurred)."""
-    z = weights[0]
-    for name, wgt in zip(FOCUS_FEATURES, weights[1:], strict=True):
-        z += wgt * math.log(max(m.get(name, 0.0), 1e-3))
-    return z
+def focus_terms(
+    m: dict[str, float], center: tuple[float, ...], scale: tuple[float, ...]
+) -> list[float]:
+    """The focus model's inputs: the logs of ``FOCUS_FEATURES`` standardised, then every
+    pairwise product of them (squares included, in the order (0,0), (0,1), ... (n-1,n-1)).
+
+    Standardised values are held within +-``FOCUS_CLAMP``, the range the model was fitted
+    on: beyond it a squared term would grow without any photograph to support it."""
+    z = [
+        min(max((math.log(max(m.get(name, 0.0), 1e-3)) - mu) / sd, -FOCUS_CLAMP), FOCUS_CLAMP)
+        for name, mu, sd in zip(FOCUS_FEATURES, center, scale, strict=True)
+    ]
+    n = len(z)
+    return z + [z[i] * z[j] for i in range(n) for j in range(i, n)]
+
+
+def focus_score(m: dict[str, float], t: QualityThresholds = DEFAULT_THRESHOLDS) -> float:
+    """How far the photograph is past the focus limit (above 0: out of focus): the larger
+    of the linear and the quadratic model's log-odds, each shifted to its own limit.
+
+    A photograph smaller than the analysis size is enlarged to it, which softens its
+    edges however well it was focused; the quadratic model was fitted on photographs at
+    or above that size (every degraded copy is made at 512 px) and would read the
+    enlargement as blur, so only the linear model judges those."""
+    logs = [math.log(max(m.get(name, 0.0), 1e-3)) for name in FOCUS_FEATURES]
+    linear = t.focus_linear[0] + sum(w * v for w, v in zip(t.focus_linear[1:], logs, strict=True))
+    if m.get("analysis_scale", 1.0) > MAX_QUADRATIC_SCALE:
+        return linear  # an enlarged small photograph: outside what the quadratic one saw
+    terms = focus_terms(m, t.focus_center, t.focus_scale)
+    quadratic = t.focus_quadratic[0] + sum(
+        w * v for w, v in zip(t.focus_quadratic[1:], terms, strict=True)
+    )
+    return max(linear, quadratic)
 
 
 # ---------------------------------------------------------------- the learned checks
@@ -584,7 +635,7 @@ def assess_quality(
         ):
             problems.append("bright")
         exposure_bad = "dark" in problems or "bright" in problems
-        m["blur_score"] = focus_score(m, t.focus_weights)
+        m["blur_score"] = focus_score(m, t)
         hazy = m["valid_share"] > 0 and m["c2"] < t.min_contrast and not exposure_bad
         if m["valid_share"] == 0 and not exposure_bad:
             problems.append("blur")

@@ -257,14 +257,17 @@ def test_real_fundus_photographs_pass(name):
 
 
 @pytest.mark.realdata
-def test_real_fundus_blurred_copies_are_held_back_or_flagged():
-    im = _load("chase-db1/Image_01L.jpg")
+@pytest.mark.parametrize("name", REAL_GRADABLE)
+def test_real_fundus_blurred_copies_are_flagged_or_held_back(name):
+    # sigma 3 px at 512 px is one of the strong settings: ungradable whatever the
+    # photograph's contrast (sharp, high-contrast photographs used to pass it with only
+    # a caution)
+    im = _load(name)
     im = im.resize((512, round(im.height * 512 / im.width)), Image.BILINEAR)
     sharp = _judge(im)
-    assert sharp.ok and not sharp.cautions
-    soft = _judge(blur(3)(im, _rng()))  # sigma 3 px at 512 px: never auto-cleared
-    assert soft.cautions == [SOFT_FOCUS] or "blur" in soft.problems
-    assert "blur" in _judge(blur(6)(im, _rng())).problems
+    assert sharp.ok, (name, sharp.reasons)
+    for sigma in (3, 6):
+        assert "blur" in _judge(blur(sigma)(im, _rng())).problems, (name, sigma)
 
 
 @pytest.mark.realdata
