@@ -560,6 +560,11 @@ class MainWindow(QMainWindow):
             if summary.get("status") == "finished":
                 self._inform("Active model unchanged", activation["message"])
         self.reload_worklist()
+        # the rest in the next turn of the event loop, so that the window can draw the
+        # updated list (and take the reader's keys) between the two
+        QTimer.singleShot(0, self, lambda: self._after_screening(summary))
+
+    def _after_screening(self, summary: dict) -> None:
         self._refresh_models()
         self.improver.refresh()
         if self.tabs.dashboard_shown():  # otherwise it is read when its tab is shown

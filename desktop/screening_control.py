@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, QTimer, Signal
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -38,6 +38,8 @@ from .workers import ScreenJob, ScreenRequest
 from .worklist_model import group_thousands
 
 __all__ = ["ScreeningController", "ScreeningDialog", "format_eta", "progress_text"]
+
+SPARE_DELAY_MS = 300  # the next run's spare process starts this long after a run ends
 
 
 def format_eta(seconds: float | None) -> str:
@@ -381,6 +383,8 @@ class ScreeningController(QObject):
         self.running_changed.emit(False)
         if self._closing:
             return
-        self.prepare_spare()  # for the next run
         summary = dict(job.summary or {"status": "failed", "error": job.error}) if job else {}
         self.ended.emit(summary)
+        # the spare for the next run starts once the window has shown the run's end: its
+        # start (a process launch) would otherwise lengthen that one long pause
+        QTimer.singleShot(SPARE_DELAY_MS, self, self.prepare_spare)

@@ -160,7 +160,9 @@ def test_a_spare_screening_process_takes_the_run_and_ends_with_the_window(
     assert done.args[0]["status"] == "finished" and done.args[0]["screened"] == n
     assert w.worklist.model.rowCount() == n
     assert spare.proc.poll() is not None  # the run's process ended with the run
-    following = w.screening.spare  # the next run's, started when this one ended
+    # the next run's spare starts just after this run's end has been shown
+    qtbot.waitUntil(lambda: w.screening.spare is not None, timeout=5_000)
+    following = w.screening.spare
     assert following is not None and following is not spare and following.running()
     w.close()
     assert following.proc.poll() is not None  # no spare outlives the window
