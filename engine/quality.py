@@ -21,8 +21,9 @@ Colour fundus photographs (:func:`assess_quality`) are judged on a copy whose fi
   scale of a dim or flat photograph, so how sharp a photograph must look depends on its
   contrast and exposure; this one catches a moderate blur of a sharp, contrasty
   photograph that the linear model lets through). A photograph is out of focus when
-  either model says so. Both are fitted by ``benchmarks/calibrate_quality.py`` on real
-  photographs against Gaussian-blurred copies of them;
+  either model says so (the quadratic one judges only photographs that need no
+  enlarging to the analysis size). Both are fitted by ``benchmarks/calibrate_quality.py``
+  on real photographs against Gaussian-blurred copies of them;
 - haze: the contrast of the strongest mid-scale edges relative to the mean brightness.
   Media opacities (cataract) lower the contrast of every scale; defocus mostly the fine
   ones, which is what keeps the two apart. Dense haze also hides the fine edges, so a
