@@ -565,6 +565,8 @@ class MainWindow(QMainWindow):
         QTimer.singleShot(0, self, lambda: self._after_screening(summary))
 
     def _after_screening(self, summary: dict) -> None:
+        if self._closing:  # the window closed in between: start no more background work
+            return
         self._refresh_models()
         self.improver.refresh()
         if self.tabs.dashboard_shown():  # otherwise it is read when its tab is shown
