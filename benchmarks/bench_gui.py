@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -302,6 +303,7 @@ def max_stall_ms(
     sampler.stop()
     result["sources"] = sampler.report()
     w.close()
+    shutil.rmtree(tmp, ignore_errors=True)  # images, model and workspace: 30 MB a run
     stall = max(gaps) if gaps else float("nan")
     return {"max_stall_ms": stall, "beats": float(len(gaps)), **result}
 
