@@ -560,8 +560,8 @@ class MainWindow(QMainWindow):
             if summary.get("status") == "finished":
                 self._inform("Active model unchanged", activation["message"])
         self.reload_worklist()
-        # the rest in the next turn of the event loop, so that the window can draw the
-        # updated list (and take the reader's keys) between the two
+        # the rest in the next turn of the event loop: no single turn does it all, and the
+        # window can paint and take the reader's keys in between
         QTimer.singleShot(0, self, lambda: self._after_screening(summary))
 
     def _after_screening(self, summary: dict) -> None:
