@@ -17,19 +17,11 @@ from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QSizePolicy, QVBoxLay
 
 from engine.triage import median_grade_spread
 
+from .style import TRIAGE_STYLES, current_is_dark, triage_style
+
 if TYPE_CHECKING:
     from engine.modelfile import ModelSpec
 
-# Triage state -> (icon, words, colour). The icon and words carry the meaning; the colour
-# only repeats it.
-TRIAGE_LOOK: dict[str, tuple[str, str, str]] = {
-    "refer": ("⚑", "Refer", "#a3125c"),
-    "needs-review": ("⚑", "Needs review", "#c77700"),
-    "auto-cleared": ("✓", "Auto-cleared", "#2e7d32"),
-    "ungradable": ("⊘", "Ungradable", "#8e24aa"),
-    "out-of-distribution": ("?", "Out of distribution", "#c62828"),
-    "error": ("✕", "Error", "#c62828"),
-}
 WARN = "⚠"
 OK = "✓"
 DEMO_BANNER = "⚠ Demo model"
@@ -363,7 +355,10 @@ class EvidencePanel(QWidget):
             )
         triage = pred.get("triage")
         if triage:
-            icon, words, colour = TRIAGE_LOOK.get(triage, ("•", str(triage), "#666666"))
+            # the worklist's glyph, word and colour for the state (one table: desktop.style)
+            look = triage_style(triage) if triage in TRIAGE_STYLES else None
+            icon, words = (look.glyph, look.word) if look else ("•", str(triage))
+            colour = look.color(current_is_dark()).name() if look else "#666666"
             if triage == "refer" and label:
                 found = [x for x in str(label).split(";") if x]
                 words = f"{words}: {', '.join(label_names(spec, found))}"
@@ -380,6 +375,16 @@ class EvidencePanel(QWidget):
         elif reason and triage == "out-of-distribution":
             self.ood_label.setText(f"{WARN} {reason[:1].upper()}{reason[1:]}")
             reason = ""
+        elif reason and triage == "ungradable" and self.quality_label.text():
+            # the quality line already names the gate's reasons (and stays in blind mode),
+            # the out-of-distribution line the model's unfamiliarity: say neither twice
+            said = set(quality.get("reasons") or [])
+            rest = [
+                part
+                for part in reason.split("; ")
+                if part not in said and not (part.startswith("also ") and self.ood_label.text())
+            ]
+            reason = "; ".join(rest)
         if reason:
             self.reason_label.setText(reason)
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PySide6.QtCore import Qt
 
-from desktop.evidence import TRIAGE_LOOK
 from desktop.review import ReviewPage
+from desktop.style import triage_style
 
 WAIT_MS = 60_000  # generous: the first overlay loads torch and the model on 2 shared cores
 
@@ -95,8 +95,7 @@ def test_showing_an_image_fills_the_evidence_panel(qtbot, page, ws_folder, image
         assert "right for 90% of images on average" in texts["set"]
         assert all(x.replace("_", " ") in texts["set"] for x in pred["conformal_set"])
     assert texts["uncertainty"].startswith("The model is ")
-    icon, word, _ = TRIAGE_LOOK[pred["triage"]]
-    assert texts["triage"] == f"{icon} {word}"
+    assert texts["triage"] == triage_style(pred["triage"]).text
     assert texts["reason"] == pred["triage_reason"]
     assert "demo" not in texts  # the tiny model is not the demo model
     assert page.panel.current_label.text() == "Not reviewed"

@@ -280,6 +280,23 @@ def test_ungradable_image_shows_no_grade(qtbot, tmp_path, ws_folder, tiny_model)
     assert texts["answer"] == "No grade: the image is ungradable"
     assert "uncertainty" not in texts and not page.evidence.bars.isVisible()
     assert page._ai_labels(pred) == []  # Enter has nothing to confirm
+    # the gate's reason is said once, on the quality line (which blind mode keeps)
+    gated = dict(
+        pred,
+        triage_reason="out of focus (blurred); too dark",
+        quality_ok=False,
+        quality={"reasons": ["out of focus (blurred)", "too dark"]},
+    )
+    page.evidence.show_prediction(gated)
+    texts = page.evidence.texts()
+    assert texts["quality"] == "⚠ Poor image quality: out of focus (blurred); too dark"
+    assert texts["triage"] == "⊘ Ungradable" and "reason" not in texts
+    assert sum(text.count("out of focus") for text in texts.values()) == 1
+    # what the quality line does not say still shows: here, that the model finds it unfamiliar
+    page.evidence.show_prediction(
+        dict(gated, triage_reason="out of focus (blurred); too dark; also unlike the training data")
+    )
+    assert page.evidence.texts()["reason"] == "also unlike the training data"
 
 
 def test_a_note_on_an_already_reviewed_image_is_saved(qtbot, tmp_path, ws_folder, tiny_model):
