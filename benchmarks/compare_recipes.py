@@ -78,18 +78,27 @@ RUNS: dict[str, tuple[list[str], list[str]]] = {
 
 def screen_test_part(name: str, model: Path, data: list[str], out: Path, python: str) -> dict:
     """Screen the model's own test part into a fresh workspace; triage counts per true class."""
-    import shutil
-
     sys.path.insert(0, str(ROOT))
     from engine.cli import _load_data, _split_part, build_parser
     from engine.modelfile import read_spec
-    from engine.store import Workspace
 
     spec = read_spec(model)
     args = build_parser().parse_args(["evaluate", str(model), *data])
     ds = _split_part(_load_data(args, label_order=spec.labels), spec, "test")
-    folder = out / f"{model.stem}-testpart"
-    ws = out / f"{model.stem}-ws"
+    return screen_samples(
+        ds, model, out / f"{model.stem}-testpart", out / f"{model.stem}-ws", python
+    )
+
+
+def screen_samples(ds, model: Path, folder: Path, ws: Path, python: str) -> dict:  # noqa: ANN001
+    """Screen the images of ``ds`` (a labelled set) with ``model`` into a fresh workspace the
+    way a clinic does (``eyetriage screen FOLDER --model M --workspace W``); triage counts,
+    overall and per true class."""
+    import shutil
+
+    sys.path.insert(0, str(ROOT))
+    from engine.store import Workspace
+
     for d in (folder, ws):
         shutil.rmtree(d, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -98,7 +107,7 @@ def screen_test_part(name: str, model: Path, data: list[str], out: Path, python:
         link = folder / f"{i:05d}_{smp.path.name}"
         link.symlink_to(smp.path.resolve())
         # the workspace records the file a link leads to, so the truth is keyed by that
-        truth[str(smp.path.resolve())] = spec.labels[smp.target]
+        truth[str(smp.path.resolve())] = ds.labels[smp.target]
     cmd = [python, "-m", "engine", "screen", str(folder), "--model", str(model)]
     cmd += ["--workspace", str(ws), "--quiet"]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)

@@ -246,7 +246,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     (lm,) = _load_models([args.model], args.device)
     seen = _modality_warning(spec.modality, [s.path for s in ds.samples])
     state = TaskState(Progress("evaluating", quiet=args.quiet or args.json))
-    out = evaluate_model_on(lm, ds, args.batch_size, args.workers, state, args.plot)
+    out = evaluate_model_on(
+        lm, ds, args.batch_size, args.workers, state, args.plot, args.predictions
+    )
     if seen:
         out["warnings"] = [seen]
     if args.part:
@@ -847,6 +849,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(e)
     e.add_argument("--json", action="store_true")
     e.add_argument("--plot", help="write the referral curve as a PNG")
+    e.add_argument(
+        "--predictions",
+        metavar="CSV",
+        help="write each image's true label, answer and probabilities to this CSV",
+    )
     e.add_argument(
         "--part",
         choices=["train", "validation", "test"],

@@ -7,6 +7,7 @@ import io
 import os
 import random
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -344,13 +345,14 @@ def _parse_filter(text: str) -> tuple[str, str]:
 
 
 def split_indices(
-    ds: LabelledSet, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15), seed: int = 42
-) -> tuple[list[int], list[int], list[int]]:
-    """Stratified, grouped train/validation/test split, deterministic for a seed.
+    ds: LabelledSet, fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 42
+) -> tuple[list[int], ...]:
+    """Stratified, grouped split into ``len(fractions)`` parts, deterministic for a seed.
 
-    Groups (patients) are dealt out whole; within each class (the group's majority class),
-    groups are shuffled with the seed and assigned so each split gets close to its share of
-    images of that class.
+    Three fractions give the train/validation/test split; ``(0.2,) * 5`` gives five
+    cross-validation folds. Groups (patients) are dealt out whole; within each class (the
+    group's majority class), groups are shuffled with the seed and assigned so each part gets
+    close to its share of images of that class.
     """
     if abs(sum(fractions) - 1.0) > 1e-6:
         raise DatasetError("split fractions must add up to 1")
@@ -361,20 +363,21 @@ def split_indices(
     for g, idx in by_group.items():
         strata[_stratum(ds, idx)].append(g)
     rng = random.Random(seed)
-    splits: tuple[list[int], list[int], list[int]] = ([], [], [])
+    n_parts = len(fractions)
+    splits: tuple[list[int], ...] = tuple([] for _ in range(n_parts))
     for key in sorted(strata, key=str):
         groups = sorted(strata[key])
         rng.shuffle(groups)
         total = sum(len(by_group[g]) for g in groups)
-        filled = [0, 0, 0]
+        filled = [0] * n_parts
         for g in groups:
             n = len(by_group[g])
-            # the split furthest below its target share takes the next group
-            deficits = [fractions[k] * total - filled[k] for k in range(3)]
+            # the part furthest below its target share takes the next group
+            deficits = [fractions[k] * total - filled[k] for k in range(n_parts)]
             k = int(np.argmax(deficits))
             filled[k] += n
             splits[k].extend(by_group[g])
-    return tuple(sorted(s) for s in splits)  # type: ignore[return-value]
+    return tuple(sorted(s) for s in splits)
 
 
 def _stratum(ds: LabelledSet, idx: list[int]) -> object:

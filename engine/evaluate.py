@@ -18,6 +18,7 @@ def evaluate_model_on(
     workers: int | None = None,
     state: TaskState | None = None,
     plot: str | None = None,
+    predictions: str | None = None,
 ) -> dict[str, Any]:
     """Metrics on every image of ``ds`` with this model (no split).
 
@@ -48,12 +49,14 @@ def evaluate_model_on(
         probs = softmax(z, spec.temperature)
         raw = softmax(z, 1.0)
     volumes = ds.volumes()
+    items = [str(p) for p, good in zip(paths, ok, strict=True) if good]
     if volumes:  # volume labels: score each volume by its most suspicious B-scan
         from .volumes import roll_up_arrays
 
         owners = [s.volume or f"image:{i}" for i, s in enumerate(ds.samples)]
         owners = [o for o, good in zip(owners, ok, strict=True) if good]
         y, probs, raw = roll_up_arrays(owners, y, probs, raw, spec)
+        items = list(dict.fromkeys(owners))
     pos = positive_label(spec)
     out = evaluate_predictions(y, probs, spec.task, spec.labels, positive=pos)
     out["ece_uncalibrated"] = evaluate_predictions(y, raw, spec.task, spec.labels, positive=pos)[
@@ -66,6 +69,8 @@ def evaluate_model_on(
             first.setdefault(o, g)
         groups = list(first.values())  # one row per volume, in roll_up_arrays' order
     out["intervals"] = metric_intervals(y, probs, spec.task, spec.labels, pos, groups)
+    if predictions:
+        write_predictions(predictions, items, groups, y, probs, spec.task, list(spec.labels))
     if spec.task != "multilabel" and len(y):
         yp = predicted_labels(probs, spec.task)
         out["ece_if_calibrated"] = ece_if_calibrated(probs[np.arange(len(yp)), yp])
@@ -88,3 +93,30 @@ def evaluate_model_on(
             )
     out["model"] = {"name": spec.name, "arch": spec.arch, "task": spec.task, "sha256": lm.sha256}
     return out
+
+
+def write_predictions(
+    path: str,
+    items: list[str],
+    groups: list[str],
+    y: Any,
+    probs: Any,
+    task: str,
+    labels: list[str],
+) -> None:
+    """One CSV row per scored item: ``item, group, true, predicted`` and ``p:LABEL`` per label
+    (multi-label: ``true`` and ``predicted`` list the labels present, joined by ``;``)."""
+    from .csvsafe import safe_writer
+    from .metrics import predicted_labels
+
+    yp = predicted_labels(probs, task)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = safe_writer(fh)
+        w.writerow(["item", "group", "true", "predicted", *(f"p:{lab}" for lab in labels)])
+        for i, item in enumerate(items):
+            if task == "multilabel":
+                true = ";".join(lab for lab, v in zip(labels, y[i], strict=True) if v)
+                pred = ";".join(lab for lab, v in zip(labels, yp[i], strict=True) if v)
+            else:
+                true, pred = labels[int(y[i])], labels[int(yp[i])]
+            w.writerow([item, groups[i], true, pred, *(f"{float(p):.6f}" for p in probs[i])])

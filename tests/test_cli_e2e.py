@@ -109,6 +109,27 @@ def test_evaluate_json_reports_metrics_and_referral_curve(capsys, synth_fundus, 
             assert k in p
 
 
+def test_evaluate_writes_each_images_answer_for_pooling(capsys, tmp_path, synth_fundus, tiny_model):
+    preds = tmp_path / "predictions.csv"
+    code, out, _ = run(
+        capsys, "evaluate", tiny_model, synth_fundus, "--json", "--predictions", preds
+    )
+    assert code == 0
+    res = json.loads(out)
+    rows = list(csv.DictReader(preds.open(encoding="utf-8")))
+    assert len(rows) == res["n"] == 48
+    labels = json.loads(run(capsys, "info", tiny_model, "--json")[1])["labels"]
+    assert set(rows[0]) == {"item", "group", "true", "predicted", *(f"p:{x}" for x in labels)}
+    for r in rows:
+        assert Path(r["item"]).is_file() and r["group"]
+        p = [float(r[f"p:{x}"]) for x in labels]
+        assert abs(sum(p) - 1.0) < 1e-4
+        assert r["predicted"] == labels[p.index(max(p))] and r["true"] in labels
+    # the rows are the figures' own answers: accuracy and confusion counts agree
+    right = sum(r["true"] == r["predicted"] for r in rows)
+    assert right == sum(res["confusion_matrix"][i][i] for i in range(len(labels)))
+
+
 def test_evaluate_part_test_reuses_the_models_own_split(capsys, synth_fundus, tiny_model):
     spec = json.loads(run(capsys, "info", tiny_model, "--json")[1])
     code, out, _ = run(capsys, "evaluate", tiny_model, synth_fundus, "--json", "--part", "test")
