@@ -11,9 +11,11 @@ Colour fundus photographs (:func:`assess_quality`) are judged on a copy whose fi
 - geometry: a FOV must be found (a black or blank picture, or a picture with content but
   no fundus field of view, is rejected), it must cover enough of the picture, and enough
   of it must lie inside the picture (a photograph that shows half the retina is rejected);
-- exposure: clipped (saturated) cells and an overall washed-out field are rules;
-  underexposure is a learned check (below), since a dim photograph with a sharp disc
-  and vessels is gradable and a dark one without them is not;
+- exposure: clipped (saturated) cells and an overall washed-out field are rules, and a
+  learned check (below) also calls a photograph overexposed when red saturates over a
+  pale, colourless field while green is still in range (real photographs often clip some
+  red, so no rule on red alone); underexposure is a learned check, since a dim photograph
+  with a sharp disc and vessels is gradable and a dark one without them is not;
 - focus: two small logistic models over two scale ratios of the green channel's
   strongest edges (the fine edges lose most when an image is defocused; contrast and
   exposure scale all scales alike), their contrast and the mean brightness: one linear
@@ -136,6 +138,7 @@ class QualityThresholds:
     min_mean_brightness: float = 18.0  # when no field of view is found
     hard_min_brightness: float = 10.0  # too dark whatever the learned check says
     max_mean_brightness: float = 215.0
+    min_overexposed_brightness: float = 40.0  # the learned overexposure check judges above it
     max_clipped_fraction: float = 0.25
     max_blur_score: float = 0.0
     max_soft_score: float = -2.232
@@ -331,6 +334,9 @@ def fundus_measures(
     m["upper_brightness"] = upper
     m["dark_fraction"] = float((lum_in < 15).mean())
     m["clipped_fraction"] = float((grn[inside] >= 250).mean())
+    # red, the brightest channel of a fundus, is the first to saturate when a photograph is
+    # overexposed (or a dim one brightened a lot) while green can still be in range
+    m["red_clipped"] = float((red[inside] >= 250).mean())
     low, high = max(0.3 * upper, 12.0), min(2.0 * median, 240.0)
     m["dark_part"] = float((lum_in < low).mean())
     m["bright_part"] = float((lum_in > high).mean())
@@ -630,9 +636,20 @@ def assess_quality(
         dark = fires("dark")
         if m["mean_brightness"] < t.hard_min_brightness or dark:
             problems.append("dark")
+        # overexposure: a plainly clipped or washed-out field, or the learned check (red
+        # saturating over a pale, colourless field while green is still in range), which
+        # judges only photographs lit enough to be overexposed at all (far below the
+        # brightness it learned from, its log-odds mean nothing: it called photographs of
+        # mean luminance 7-14 overexposed)
+        bright = (
+            "dark" not in problems
+            and m["mean_brightness"] >= t.min_overexposed_brightness
+            and fires("bright")
+        )
         if (
             m["mean_brightness"] > t.max_mean_brightness
             or m["clipped_fraction"] > t.max_clipped_fraction
+            or bright
         ):
             problems.append("bright")
         exposure_bad = "dark" in problems or "bright" in problems

@@ -3,6 +3,7 @@ named, for fundus photographs and OCT B-scans."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,33 @@ def test_saturated_copy_is_flagged_overexposed(fundus):
     assert _judge(ordinary).ok
     result = _judge(exposure(4)(ordinary, _rng()))
     assert "bright" in result.problems, result.reasons
+
+
+def test_the_learned_overexposure_check_calls_a_photograph_overexposed(fundus):
+    # the fixed rules (a quarter of the field clipped, a washed-out mean) leave this
+    # photograph alone; the learned check's call alone makes it "bright", named by its measure
+    model = load_model()
+    assert _judge(fundus).ok
+    check = model.checks["bright"]
+    strict = QualityModel(
+        checks={
+            **model.checks,
+            "bright": replace(check, limit=check.score(_judge(fundus).measures) - 0.01),
+        },
+        info=model.info,
+    )
+    result = assess_quality(np.asarray(fundus), model=strict)
+    assert result.problems == ["bright"]
+    assert result.reasons == ["overexposed (washed out)"]
+    assert result.drivers["bright"] in check.features
+    # far below the brightness it learned from its log-odds mean nothing: a dim photograph
+    # is never called overexposed, whatever the check says
+    dim = exposure(0.5)(fundus, _rng())
+    assert _judge(dim).measures["mean_brightness"] < QualityThresholds().min_overexposed_brightness
+    always = QualityModel(
+        checks={**model.checks, "bright": replace(check, limit=-1e9)}, info=model.info
+    )
+    assert "bright" not in assess_quality(np.asarray(dim), model=always).problems
 
 
 @pytest.mark.parametrize("side", range(4))
@@ -160,7 +188,7 @@ def test_bad_input_gets_a_clear_error():
 
 def test_shipped_model_has_the_learned_checks_and_scores_a_photograph(fundus):
     model = load_model()
-    assert MODEL_FILE.suffix == ".json" and {"dark", "bright_part"} <= set(model.checks)
+    assert MODEL_FILE.suffix == ".json" and {"dark", "bright", "bright_part"} <= set(model.checks)
     m = _judge(fundus).measures
     for problem, check in model.checks.items():
         assert m[problem + "_score"] <= check.limit  # a sharp, well exposed photograph
@@ -278,6 +306,31 @@ def test_real_fundus_blurred_copies_are_flagged(name):
     assert sharp.ok, (name, sharp.reasons)
     for sigma in (3, 6):
         assert "blur" in _judge(blur(sigma)(im, _rng())).problems, (name, sigma)
+
+
+# gradable photographs of ordinary but dim exposure (mean luminance about 55-75): x4 clips
+# little of their green, so only the learned check calls the copy overexposed
+REAL_DIM = [
+    "chase-db1/Image_06R.jpg",
+    "fullres-fundus/0566_OI_f_1.jpg",
+    "mx-dme/fundus/0840_OD_f_1.jpg",
+    "eye-diseases-4/normal/2395_left.jpg",
+    "eye-diseases-4/diabetic_retinopathy/11393_right.jpeg",
+    "eye-diseases-4/glaucoma/1351_left.jpg",
+]
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("name", REAL_GRADABLE + REAL_DIM)
+def test_real_fundus_overexposed_copies_are_flagged(name):
+    # x4 is one of the strong settings; a copy need not clip a quarter of the field (the
+    # fixed rule) to be called overexposed (or, where one part outshines the rest, covered
+    # by a bright reflection)
+    im = _load(name)
+    im = im.resize((512, round(im.height * 512 / im.width)), Image.BILINEAR)
+    assert _judge(im).ok, name
+    result = _judge(exposure(4)(im, _rng()))
+    assert {"bright", "bright_part"} & set(result.problems), (name, result.reasons)
 
 
 @pytest.mark.realdata
