@@ -171,16 +171,41 @@ class ScreenJob(QObject):
         proc = self.proc
         if proc is None or not self._running:
             return
-        for event in proc.drain():
-            self._on_event(event)
+        self._handle(proc.drain())
         if proc.finished():
-            for event in proc.drain():
-                self._on_event(event)
+            self._handle(proc.drain())
             kind, value = proc.outcome()
             if kind != "done" and self.summary is None:
                 self.error = str(value)
                 self.failed.emit(self.error)
             self._finish()
+
+    def _handle(self, events: list[dict[str, Any]]) -> None:
+        """The events of one poll, in order, except that the chunks of rows that arrived
+        together are handed on as one (one worklist update, not one per chunk) with only the
+        latest progress among them: a pass that handled three chunks held the window three
+        times as long. Any other event (a status, the end) comes after the rows before it."""
+        records: dict[str, Any] | None = None
+        progress: dict[str, Any] | None = None
+
+        def flush() -> None:
+            nonlocal records, progress
+            for pending in (records, progress):
+                if pending is not None:
+                    self._on_event(pending)
+            records = progress = None
+
+        for event in events:
+            kind = event.get("event")
+            if kind == "records":
+                rows = [*(records or {}).get("records", []), *(event.get("records") or [])]
+                records = {**event, "records": rows}
+            elif kind == "progress":
+                progress = event
+            else:
+                flush()
+                self._on_event(event)
+        flush()
 
     def _on_event(self, event: dict[str, Any]) -> None:
         kind = event.get("event")

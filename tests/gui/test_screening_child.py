@@ -194,3 +194,39 @@ def test_a_progress_step_waits_for_the_windows_next_paint(qtbot, qapp):
     assert paints == []  # nothing drawn inside setValue
     qtbot.waitUntil(lambda: 120 in paints, timeout=2000)  # drawn with the next paint
     assert bar.text() == "40%"
+
+
+def _record(image_id: int) -> dict:
+    return {"image_id": image_id, "path": f"/images/{image_id}.jpg", "triage": "needs-review"}
+
+
+def test_chunks_that_arrive_together_update_the_worklist_once(qtbot, tmp_path):
+    # three chunks collected in one poll reach the window as one update, in order, with
+    # the latest progress; an event that is neither (the end of the run) comes after them
+    from desktop.workers import ScreenJob
+    from engine.screen_task import ScreenRequest
+
+    job = ScreenJob(ScreenRequest(workspace=tmp_path / "ws", model_path=tmp_path / "m"))
+    chunks: list[list[int]] = []
+    progress: list[int] = []
+    order: list[str] = []
+    job.rows.connect(
+        lambda rows: (chunks.append([r["image_id"] for r in rows]), order.append("rows"))
+    )
+    job.progress.connect(lambda done, *_: (progress.append(done), order.append("progress")))
+    job.done.connect(lambda _summary: order.append("done"))
+    job._handle(
+        [
+            {"event": "progress", "done": 4, "total": 12},
+            {"event": "records", "run_id": 1, "records": [_record(1), _record(2)]},
+            {"event": "progress", "done": 8, "total": 12},
+            {"event": "records", "run_id": 1, "records": [_record(3)]},
+            {"event": "records", "run_id": 1, "records": [_record(4), _record(5)]},
+            {"event": "progress", "done": 12, "total": 12},
+            {"event": "done", "result": {"screened": 5}},
+        ]
+    )
+    assert chunks == [[1, 2, 3, 4, 5]]
+    assert progress == [12]
+    assert order == ["rows", "progress", "done"]
+    assert job.summary == {"screened": 5}

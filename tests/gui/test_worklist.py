@@ -173,7 +173,12 @@ def test_filter_bar_shows_live_counts_and_switches_with_keys(qtbot):
     assert bar.current() == "error" and seen == ["error"]
 
 
-def test_thumbnails_are_made_in_background_and_cached(qtbot, synth_fundus, tmp_path):
+def test_thumbnails_are_made_in_background_and_cached(qtbot, synth_fundus, tmp_path, monkeypatch):
+    import os
+    import sys
+    import threading
+
+    import desktop.thumbnails as thumbnails
     from engine.images import discover_images
     from engine.store import sha256_file
 
@@ -192,6 +197,17 @@ def test_thumbnails_are_made_in_background_and_cached(qtbot, synth_fundus, tmp_p
         )
         for i, p in enumerate(paths, 1)
     ]
+    # the worker decodes below the window's priority (Linux: per thread), so paints and
+    # key presses come first
+    niceness: list[int] = []
+    make = thumbnails.make_thumbnail
+
+    def make_and_note(*args, **kwargs):
+        niceness.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return make(*args, **kwargs)
+
+    monkeypatch.setattr(thumbnails, "make_thumbnail", make_and_note)
+    window = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     panel = WorklistPanel()
     qtbot.addWidget(panel)
     panel.set_thumbnail_dir(tmp_path / "thumbs")
@@ -210,6 +226,9 @@ def test_thumbnails_are_made_in_background_and_cached(qtbot, synth_fundus, tmp_p
     assert files == sorted(f"{r['sha256']}.jpg" for r in rows)
     pm = panel.model.thumbnails.get(rows[0])
     assert isinstance(pm, QPixmap) and max(pm.width(), pm.height()) <= 96
+    if sys.platform.startswith("linux"):
+        assert niceness and all(n >= min(window + 10, 19) for n in niceness), niceness
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == window
     panel.shutdown()
 
 
