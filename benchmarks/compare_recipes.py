@@ -125,25 +125,31 @@ def screen_samples(ds, model: Path, folder: Path, ws: Path, python: str) -> dict
     return {"n": len(ds.samples), "triage": counts, "by_true_class": by_class, "summary": line}
 
 
+def run_logged(cmd: list[str], log: Path) -> tuple[int, float]:
+    """Run ``cmd`` with its output (after the command line itself) in ``log``; returns the
+    exit status and the seconds it took."""
+    t0 = time.monotonic()
+    with open(log, "w") as f:
+        f.write(" ".join(cmd) + "\n")
+        f.flush()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        p = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, text=True, env=env)
+    return p.returncode, time.monotonic() - t0
+
+
 def run(name: str, out: Path, seed: int, python: str, screen: bool = False) -> dict:
     data, opts = RUNS[name]
     model = out / f"{name}-s{seed}.safetensors"
     train = [python, "-m", "engine", "train", *data, *opts, "--seed", str(seed)]
     train += ["--out", str(model), "--json", "--quiet"]
     log = out / f"{name}-s{seed}.log"
-    t0 = time.monotonic()
-    with open(log, "w") as f:
-        f.write(" ".join(train) + "\n")
-        f.flush()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        p = subprocess.run(train, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, text=True, env=env)
-    seconds = time.monotonic() - t0
+    rc, seconds = run_logged(train, log)
     text = log.read_text()
-    row: dict = {"run": name, "seed": seed, "rc": p.returncode, "train_seconds": round(seconds)}
+    row: dict = {"run": name, "seed": seed, "rc": rc, "train_seconds": round(seconds)}
     row["command"] = "eyetriage train " + " ".join(
         a.replace(str(DATA), "../shared/data") for a in [*data, *opts, "--seed", str(seed)]
     )
-    if p.returncode == 0:
+    if rc == 0:
         summary = json.loads(text[text.index("\n{") :])
         row.update(
             {k: summary.get(k) for k in ("epochs_run", "best_epoch", "kept_weights", "start")}

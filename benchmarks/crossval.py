@@ -30,16 +30,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.compare_recipes import DATA, RUNS, screen_samples  # noqa: E402
+from benchmarks.compare_recipes import DATA, RUNS, run_logged, screen_samples  # noqa: E402
 
 VALIDATION_SPLIT = "0.82,0.18,0"  # the default 0.7/0.15/0.15 split without its test part
 
@@ -97,15 +95,10 @@ def run_fold(name: str, f: int, seed: int, out: Path, python: str, screen: bool)
     train += [*opts, "--split", VALIDATION_SPLIT, "--seed", str(seed), "--out", str(model)]
     train += ["--json", "--quiet"]
     log = out / f"fold{f}.log"
-    t0 = time.monotonic()
-    with open(log, "w") as fh:
-        fh.write(" ".join(train) + "\n")
-        fh.flush()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        p = subprocess.run(train, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, text=True, env=env)
-    row["train_seconds"] = round(time.monotonic() - t0)
-    row["rc"] = p.returncode
-    if p.returncode:
+    rc, seconds = run_logged(train, log)
+    row["train_seconds"] = round(seconds)
+    row["rc"] = rc
+    if rc:
         row["error"] = log.read_text()[-600:]
         return row
     text = log.read_text()
