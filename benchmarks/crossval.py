@@ -89,7 +89,13 @@ def run_fold(name: str, f: int, seed: int, out: Path, python: str, screen: bool)
     preds = out / f"fold{f}-predictions.csv"
     row: dict = {"fold": f}
     if preds.exists() and model.exists():
-        row["reused"] = True
+        row["reused"] = True  # trained and answered by an earlier run
+        done = out / f"fold{f}.eval.json"
+        if done.exists():
+            m = json.loads(done.read_text())
+            row["fold_test"] = {
+                k: m.get(k) for k in ("n", "balanced_accuracy", "auc", "qwk", "ece")
+            }
         return row
     train = [python, "-m", "engine", "train", *_with_labels(data, out / f"fold{f}-train.csv")]
     train += [*opts, "--split", VALIDATION_SPLIT, "--seed", str(seed), "--out", str(model)]
