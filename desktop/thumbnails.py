@@ -52,13 +52,17 @@ def lower_this_threads_priority() -> None:
     import os
     import sys
 
-    if not sys.platform.startswith("linux"):
-        return
+    if not sys.platform.startswith("linux") or getattr(_this_thread, "lowered", False):
+        return  # once per thread: the cache's pool reuses its thread for later batches
+    _this_thread.lowered = True
     try:
         tid = threading.get_native_id()
         os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + 10)
     except (OSError, AttributeError):  # not allowed: stay at normal priority
         pass
+
+
+_this_thread = threading.local()
 
 
 class ThumbnailCache(QObject):

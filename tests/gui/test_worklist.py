@@ -382,3 +382,28 @@ def test_a_fresh_read_of_the_same_rows_changes_nothing_the_reader_sees(qtbot):
     m.refresh_rows(fresh[5:])  # images gone from the store: the list is rebuilt
     assert resets == [1] and m.rowCount() == 36
     assert m.index(0, 0, QModelIndex()).isValid()
+
+
+def test_a_thumbnail_thread_is_lowered_once_however_many_batches_it_runs():
+    import os
+    import sys
+    import threading
+
+    from desktop.thumbnails import lower_this_threads_priority
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("per-thread priority is a Linux feature")
+    seen: list[int] = []
+    expected: list[int] = []
+
+    def batches() -> None:
+        base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        expected.append(min(base + 10, 19))  # niceness stops at 19
+        for _ in range(3):
+            lower_this_threads_priority()
+            seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    t = threading.Thread(target=batches)
+    t.start()
+    t.join()
+    assert seen == expected * 3
