@@ -440,14 +440,19 @@ def collect(
     return rows
 
 
-def judge(rows: list[dict], modality: str, model: QualityModel | None = None) -> None:
-    """Run the gate on every row (adds ``result``)."""
+def judge(
+    rows: list[dict],
+    modality: str,
+    model: QualityModel | None = None,
+    thresholds: QualityThresholds = DEFAULT_THRESHOLDS,
+    key: str = "result",
+) -> None:
+    """Run the gate on every row (adds ``key``, by default ``result``; fundus rows are
+    judged with ``thresholds``)."""
     for r in rows:
         if modality == "fundus":
             fov = FOV(*r["fov"]) if r["fov"] else None
-            r["result"] = assess_quality(
-                r["crop"], fov, DEFAULT_THRESHOLDS, r["visible"], model=model
-            )
+            r[key] = assess_quality(r["crop"], fov, thresholds, r["visible"], model=model)
         else:
             r["result"] = assess_oct_quality(r["crop"], DEFAULT_OCT_THRESHOLDS)
 
@@ -477,9 +482,7 @@ def fit_focus(rows: list[dict], model: QualityModel) -> QualityThresholds:
     for r in rows:
         r["m"] = fundus_measures(r["crop"], FOV(*r["fov"]) if r["fov"] else None, r["visible"])
     base = replace(DEFAULT_THRESHOLDS, max_blur_score=1e9, min_contrast=0.0)
-    for r in rows:
-        fov = FOV(*r["fov"]) if r["fov"] else None
-        r["base"] = assess_quality(r["crop"], fov, base, r["visible"], model=model)
+    judge(rows, "fundus", model, thresholds=base, key="base")
     sharp = [
         r
         for r in rows
