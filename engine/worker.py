@@ -50,7 +50,8 @@ def yield_to_the_window() -> None:
     """
     try:
         if os.name == "posix":
-            os.nice(BACKGROUND_NICENESS)
+            niceness = os.nice(BACKGROUND_NICENESS)
+            _lower_autogroup(niceness)
         elif os.name == "nt":  # pragma: no cover - Windows
             import ctypes
 
@@ -58,6 +59,24 @@ def yield_to_the_window() -> None:
             kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
             kernel32.SetPriorityClass(kernel32.GetCurrentProcess(), below_normal)
     except (OSError, AttributeError):  # not allowed or not available: run at normal priority
+        pass
+
+
+def _lower_autogroup(niceness: int) -> None:
+    """Linux with autogroup scheduling: give this process's group the same niceness.
+
+    A child started in a session of its own (as worker children are) gets a scheduling
+    group of its own, and the kernel shares the CPU between groups equally whatever the
+    niceness of the processes inside them: a niced child still took half the cores from
+    the window. The group's own niceness is what counts between groups. Only a process that
+    leads its own session changes it (otherwise the group is its parent's too).
+    """
+    if os.getsid(0) != os.getpid():
+        return  # the group is shared with the process that started this one: leave it
+    try:
+        with open("/proc/self/autogroup", "w", encoding="ascii") as f:
+            f.write(str(min(niceness, 19)))
+    except OSError:  # no autogroup here (another kernel, or cgroups decide): nothing to do
         pass
 
 
