@@ -40,32 +40,6 @@ def make_thumbnail(
     return out
 
 
-def lower_this_threads_priority() -> None:
-    """Run the calling thread below normal priority (Linux; elsewhere nothing happens).
-
-    Decoding images for thumbnails takes turns with the window's own thread on the same
-    cores (a thumbnail of a 3000 px PNG can take 0.4 s, of a 3000 px JPEG 40 ms): at a
-    lower priority every paint and key press runs first, and the thumbnails still come when
-    the window is idle.
-    Linux gives each thread its own niceness; the call changes only this thread, for the
-    rest of its life.
-    """
-    import os
-    import sys
-
-    if not sys.platform.startswith("linux") or getattr(_this_thread, "lowered", False):
-        return  # once per thread: the cache's pool reuses its thread for later batches
-    _this_thread.lowered = True
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + 10)
-    except (OSError, AttributeError):  # not allowed: stay at normal priority
-        pass
-
-
-_this_thread = threading.local()
-
-
 class ThumbnailCache(QObject):
     """Thumbnails made on demand in one background worker; LRU of pixmaps on the GUI side.
 
@@ -161,13 +135,11 @@ class ThumbnailCache(QObject):
         )
         worker.yielded.connect(self._on_made)
         self._worker = worker
-        # queued at once on the cache's own one-thread pool: its thread runs below the
-        # window's priority for good (an unprivileged thread cannot raise it again), so it
-        # must not be a thread of the global pool that other jobs reuse
+        # on the cache's own one-thread pool: a long run of thumbnails never holds a thread
+        # of the global pool that loads the image on screen
         self._pool.start(worker)
 
     def _work(self):  # noqa: ANN202 - generator run in the worker thread
-        lower_this_threads_priority()
         try:
             batch: list[tuple[int, bool]] = []
             while not self._stop.is_set():

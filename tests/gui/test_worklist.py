@@ -173,12 +173,7 @@ def test_filter_bar_shows_live_counts_and_switches_with_keys(qtbot):
     assert bar.current() == "error" and seen == ["error"]
 
 
-def test_thumbnails_are_made_in_background_and_cached(qtbot, synth_fundus, tmp_path, monkeypatch):
-    import os
-    import sys
-    import threading
-
-    import desktop.thumbnails as thumbnails
+def test_thumbnails_are_made_in_background_and_cached(qtbot, synth_fundus, tmp_path):
     from engine.images import discover_images
     from engine.store import sha256_file
 
@@ -197,17 +192,6 @@ def test_thumbnails_are_made_in_background_and_cached(qtbot, synth_fundus, tmp_p
         )
         for i, p in enumerate(paths, 1)
     ]
-    # the worker decodes below the window's priority (Linux: per thread), so paints and
-    # key presses come first
-    niceness: list[int] = []
-    make = thumbnails.make_thumbnail
-
-    def make_and_note(*args, **kwargs):
-        niceness.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
-        return make(*args, **kwargs)
-
-    monkeypatch.setattr(thumbnails, "make_thumbnail", make_and_note)
-    window = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     panel = WorklistPanel()
     qtbot.addWidget(panel)
     panel.set_thumbnail_dir(tmp_path / "thumbs")
@@ -226,9 +210,6 @@ def test_thumbnails_are_made_in_background_and_cached(qtbot, synth_fundus, tmp_p
     assert files == sorted(f"{r['sha256']}.jpg" for r in rows)
     pm = panel.model.thumbnails.get(rows[0])
     assert isinstance(pm, QPixmap) and max(pm.width(), pm.height()) <= 96
-    if sys.platform.startswith("linux"):
-        assert niceness and all(n >= min(window + 10, 19) for n in niceness), niceness
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == window
     panel.shutdown()
 
 
@@ -382,28 +363,3 @@ def test_a_fresh_read_of_the_same_rows_changes_nothing_the_reader_sees(qtbot):
     m.refresh_rows(fresh[5:])  # images gone from the store: the list is rebuilt
     assert resets == [1] and m.rowCount() == 36
     assert m.index(0, 0, QModelIndex()).isValid()
-
-
-def test_a_thumbnail_thread_is_lowered_once_however_many_batches_it_runs():
-    import os
-    import sys
-    import threading
-
-    from desktop.thumbnails import lower_this_threads_priority
-
-    if not sys.platform.startswith("linux"):
-        pytest.skip("per-thread priority is a Linux feature")
-    seen: list[int] = []
-    expected: list[int] = []
-
-    def batches() -> None:
-        base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-        expected.append(min(base + 10, 19))  # niceness stops at 19
-        for _ in range(3):
-            lower_this_threads_priority()
-            seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
-
-    t = threading.Thread(target=batches)
-    t.start()
-    t.join()
-    assert seen == expected * 3
