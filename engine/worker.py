@@ -12,10 +12,12 @@ or a library prints goes to stderr): ``{"event": "progress", "done", "total", "e
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Sequence
 from typing import TextIO
@@ -73,11 +75,17 @@ def _lower_autogroup(niceness: int) -> None:
     """
     if os.getsid(0) != os.getpid():
         return  # the group is shared with the process that started this one: leave it
-    try:
-        with open("/proc/self/autogroup", "w", encoding="ascii") as f:
-            f.write(str(min(niceness, 19)))
-    except OSError:  # no autogroup here (another kernel, or cgroups decide): nothing to do
-        pass
+    for attempt in range(2):
+        try:
+            with open("/proc/self/autogroup", "w", encoding="ascii") as f:
+                f.write(str(min(niceness, 19)))
+            return
+        except OSError as e:
+            # the kernel lets an unprivileged process change a group once per 100 ms
+            # (EAGAIN): a second child started just after the first tries again
+            if e.errno != errno.EAGAIN or attempt:
+                return  # no autogroup here (another kernel, or cgroups decide)
+            time.sleep(0.15)
 
 
 def _parser() -> argparse.ArgumentParser:

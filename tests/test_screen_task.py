@@ -220,3 +220,46 @@ def test_the_child_runs_below_the_windows_priority():
     finally:
         spare.cancel()
         spare.join(30)
+
+
+@pytest.mark.skipif(not hasattr(os, "getsid"), reason="POSIX sessions")
+def test_a_child_whose_group_change_is_refused_for_now_tries_once_more(monkeypatch):
+    """The kernel lets an unprivileged process change a scheduling group once per 100 ms:
+    a child started just after another one retries; any other refusal is left alone."""
+    import builtins
+    import errno
+
+    from engine import worker
+
+    written: list[str] = []
+    refusals = [errno.EAGAIN]
+
+    class Group:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def write(self, text: str) -> None:
+            written.append(text)
+
+    def fake_open(path, *args, **kwargs):
+        assert path == "/proc/self/autogroup"
+        if refusals:
+            raise OSError(refusals.pop(0), "refused")
+        return Group()
+
+    monkeypatch.setattr(os, "getsid", lambda pid: os.getpid())  # as a session leader
+    monkeypatch.setattr(worker.time, "sleep", lambda s: None)
+    monkeypatch.setattr(builtins, "open", fake_open)
+    worker._lower_autogroup(10)
+    assert written == ["10"]
+
+    refusals[:] = [errno.EACCES]
+    worker._lower_autogroup(10)
+    assert written == ["10"] and not refusals  # refused for good: no second try
+
+    refusals[:] = [errno.EAGAIN, errno.EAGAIN]
+    worker._lower_autogroup(10)
+    assert written == ["10"] and not refusals  # once more, not forever
