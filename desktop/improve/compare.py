@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QBuffer, QByteArray, QIODevice, QSize, Qt, Signal
-from PySide6.QtGui import QColor, QGuiApplication, QImage, QImageReader, QKeySequence, QPixmap
+from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtGui import QColor, QGuiApplication, QImage, QKeySequence, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QDialog,
@@ -178,29 +178,28 @@ def compare_summary(result: dict, n: Any) -> str:
 
 
 def load_thumbnails(paths: list[str], height: int = THUMB_H * 2) -> list[QImage | None]:
-    """Small images for the changed-images list (QImage is safe off the GUI thread).
+    """Small images for the changed-images list, made off the GUI thread.
 
-    Only regular files are read (the engine's one rule): a file swapped for a pipe or a
-    device link since screening shows no thumbnail instead of blocking.
+    The engine decodes them (Pillow: the one file rule, DICOM, EXIF orientation) and each
+    becomes a QImage from its pixels; no Qt image plugin runs here. A plugin read in a
+    worker thread holds the interpreter while Qt locks an object's mutex, and the window
+    deleting a widget holds that mutex while it waits for the interpreter: the test suite
+    hung on exactly that. A file that cannot be read shows no thumbnail.
     """
-    from engine.safefiles import UnreadableFile, read_file
+    from engine.images import open_image, to_rgb
+
+    from ..qimage import pil_to_qimage
 
     out: list[QImage | None] = []
     for p in paths:
         try:
-            data = read_file(p)  # also finds a stored name that is not UTF-8
-        except (UnreadableFile, OSError):
+            im, _ = open_image(p, min_side=height)
+            im = to_rgb(im)
+        except Exception:  # noqa: BLE001 - a bad file just has no thumbnail
             out.append(None)
             continue
-        buffer = QBuffer()
-        buffer.setData(QByteArray(data))
-        buffer.open(QIODevice.OpenModeFlag.ReadOnly)
-        reader = QImageReader(buffer)
-        size = reader.size()
-        if size.isValid() and size.height() > 0:
-            reader.setScaledSize(QSize(max(1, size.width() * height // size.height()), height))
-        img = reader.read()
-        out.append(None if img.isNull() else img)
+        im = im.resize((max(1, round(im.width * height / max(1, im.height))), height))
+        out.append(pil_to_qimage(im))
     return out
 
 

@@ -109,3 +109,25 @@ def test_thumbnails_follow_the_one_file_rule(tmp_path):
     thumbs = load_thumbnails([normalise_path(odd), str(fifo)], height=20)
     assert thumbs[0] is not None and thumbs[0].height() == 20
     assert thumbs[1] is None
+
+
+def test_thumbnails_follow_the_photographs_orientation_and_skip_broken_files(tmp_path):
+    """A photograph stored on its side with an EXIF turn shows upright; a truncated file
+    shows none and the others still come."""
+    import numpy as np
+    from PIL import Image
+
+    from desktop.improve.compare import load_thumbnails
+
+    turned = tmp_path / "turned.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown portrait (rotate 90 degrees)
+    Image.fromarray(np.full((40, 120, 3), 128, np.uint8)).save(turned, exif=exif)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(turned.read_bytes()[:200])
+    plain = tmp_path / "plain.png"
+    Image.fromarray(np.zeros((50, 100, 3), np.uint8)).save(plain)
+    thumbs = load_thumbnails([str(turned), str(broken), str(plain)], height=30)
+    assert thumbs[0] is not None and (thumbs[0].width(), thumbs[0].height()) == (10, 30)
+    assert thumbs[1] is None
+    assert thumbs[2] is not None and (thumbs[2].width(), thumbs[2].height()) == (60, 30)
