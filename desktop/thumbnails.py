@@ -136,7 +136,7 @@ class ThumbnailCache(QObject):
         worker.yielded.connect(self._on_made)
         self._worker = worker
         # on the cache's own one-thread pool: a long run of thumbnails never holds a thread
-        # of the global pool that loads the image on screen
+        # of the global pool, where loading the worklist, exports and reports wait their turn
         self._pool.start(worker)
 
     def _work(self):  # noqa: ANN202 - generator run in the worker thread
