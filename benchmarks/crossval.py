@@ -136,7 +136,7 @@ def pooled(out: Path, k: int) -> dict:
     import numpy as np
 
     from engine.findings import finding_labels, negative_indices, positive_label
-    from engine.intervals import ece_if_calibrated, metric_intervals
+    from engine.intervals import ece_if_calibrated, metric_intervals, referral_gain_interval
     from engine.metrics import evaluate_predictions, predicted_labels
     from engine.modelfile import read_spec
     from engine.referral import referral_curve
@@ -161,12 +161,17 @@ def pooled(out: Path, k: int) -> dict:
     res["referral_curve"] = referral_curve(
         y_arr, p_arr, entropy(p_arr), spec.task, negative_index=negative_indices(spec)
     )
+    res["referral_gain"] = referral_gain_interval(
+        y_arr, p_arr, entropy(p_arr), spec.task, negative_indices(spec), groups
+    )
     res["disease_classes"] = finding_labels(spec)
     res["n_patients"] = len(set(groups))
     return res
 
 
 def report(name: str, seed: int, k: int, res: dict, rows: list[dict]) -> str:
+    from engine.intervals import referral_gain_words
+
     ci = (res.get("intervals") or {}).get("metrics") or {}
     lines = [
         f"# Cross-validation: {name}, {k} patient folds (seed {seed})",
@@ -199,6 +204,8 @@ def report(name: str, seed: int, k: int, res: dict, rows: list[dict]) -> str:
             f"{a0['accuracy']:.3f} → {a3['accuracy']:.3f}, balanced accuracy "
             f"{a0['balanced_accuracy']:.3f} → {a3['balanced_accuracy']:.3f}.",
         ]
+    if res.get("referral_gain"):
+        lines += ["", referral_gain_words(res["referral_gain"])]
     lines += ["", "| fold | images | kept epoch | train s | fold QWK / AUC | screened triage |"]
     lines += ["|---|---|---|---|---|---|"]
     for r in rows:

@@ -351,6 +351,11 @@ def _print_evaluation(out: dict, spec) -> None:  # noqa: ANN001
                 f"   {f(pt.get('sensitivity'))}       {f(pt.get('specificity'))}"
                 f"       {f(pt.get('disease_found'))}"
             )
+        gain = out.get("referral_gain")
+        if gain:
+            from .intervals import referral_gain_words
+
+            print("  " + referral_gain_words(gain))
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:

@@ -31,7 +31,7 @@ def evaluate_model_on(
     from .calibration import sigmoid, softmax
     from .findings import finding_labels, negative_indices, positive_label
     from .inference import predict_logits
-    from .intervals import ece_if_calibrated, metric_intervals
+    from .intervals import ece_if_calibrated, metric_intervals, referral_gain_interval
     from .metrics import evaluate_predictions, predicted_labels
     from .referral import referral_curve
     from .uncertainty_stats import entropy
@@ -83,6 +83,9 @@ def evaluate_model_on(
     if spec.task != "multilabel" and len(y):
         out["referral_curve"] = referral_curve(
             y, probs, entropy(probs), spec.task, negative_index=negative_indices(spec)
+        )
+        out["referral_gain"] = referral_gain_interval(
+            y, probs, entropy(probs), spec.task, negative_indices(spec), groups
         )
         out["disease_classes"] = finding_labels(spec)
         if plot:

@@ -107,6 +107,14 @@ def test_evaluate_json_reports_metrics_and_referral_curve(capsys, synth_fundus, 
     for p in res["referral_curve"]:
         for k in ("accuracy", "balanced_accuracy", "sensitivity", "specificity"):
             assert k in p
+    # the lift at 30 % referred is the curve's own, with how far it could move on 48 images
+    at30 = min(res["referral_curve"], key=lambda p: abs(p["referred"] - 0.3))
+    gain = res["referral_gain"]
+    assert gain["referred"] == at30["referred"]
+    lift = at30["accuracy"] - res["referral_curve"][0]["accuracy"]
+    assert gain["gain"]["accuracy"] == pytest.approx(lift)
+    lo, hi = gain["interval"]["accuracy"]
+    assert lo <= lift <= hi and hi - lo > 0
 
 
 def test_evaluate_writes_each_images_answer_for_pooling(capsys, tmp_path, synth_fundus, tiny_model):

@@ -84,3 +84,48 @@ def test_a_calibrated_models_ece_lies_in_the_floor_and_an_overconfident_one_abov
 def test_describe_interval():
     assert describe_interval("qwk", 0.5858, [0.136, 0.844]) == "qwk 0.586 (95% CI 0.14-0.84)"
     assert describe_interval("auc", 0.9, None) == "auc 0.900"
+
+
+def test_referral_gain_comes_with_an_interval_that_holds_it_and_says_when_it_is_noise():
+    from engine.intervals import referral_gain_interval
+    from engine.uncertainty_stats import entropy
+
+    y, p = _predictions(400, seed=5, skill=1.5)
+    informative = referral_gain_interval(y, p, entropy(p), "ordinal", negative_index=0)
+    assert informative["fraction"] == 0.3 and 0.29 <= informative["referred"] <= 0.31
+    for k in ("accuracy", "balanced_accuracy"):
+        lo, hi = informative["interval"][k]
+        assert lo <= informative["gain"][k] <= hi
+    assert informative["interval"]["accuracy"][0] > 0  # entropy ranks the wrong answers first
+    # an uncertainty unrelated to the answers: the gain is noise and the interval says so
+    noise = np.random.default_rng(1).random(len(y))
+    blind = referral_gain_interval(y, p, noise, "ordinal", negative_index=0)
+    lo, hi = blind["interval"]["accuracy"]
+    assert lo < 0 < hi
+    # the same answers read as more images of fewer patients: resampled by patient
+    groups = [str(i // 4) for i in range(len(y))]
+    by_patient = referral_gain_interval(y, p, entropy(p), "ordinal", 0, groups)
+    assert by_patient["resampled"] == "patients" and informative["resampled"] == "images"
+    assert by_patient["gain"] == informative["gain"]
+    with pytest.raises(ValueError, match="groups"):
+        referral_gain_interval(y, p, entropy(p), "ordinal", 0, groups[:-1])
+
+
+def test_referral_gain_reads_as_points_with_its_interval():
+    from engine.intervals import referral_gain_words
+
+    line = referral_gain_words(
+        {
+            "referred": 0.3,
+            "resampled": "patients",
+            "n_boot": 1000,
+            "gain": {"accuracy": 0.0953, "balanced_accuracy": 0.0371},
+            "interval": {"accuracy": [0.059, 0.138], "balanced_accuracy": [-0.031, 0.115]},
+        }
+    )
+    assert line == (
+        "Referring the 30% least certain changes the kept images' accuracy by +9.5 points (95% "
+        "interval +5.9 to +13.8), balanced accuracy by +3.7 points (95% interval -3.1 to "
+        "+11.5); "
+        "bootstrap over the patients, 1000 resamples."
+    )
