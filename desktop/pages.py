@@ -149,6 +149,14 @@ def preload_page_modules() -> None:
     """
     import importlib
 
-    for name in ("desktop.review", "desktop.dashboard", "engine.overlay"):
+    # the engine modules the first image's evidence reads too: imported on the window's
+    # thread, each first import also had PySide read its source (4 ms, bench_gui)
+    for name in (
+        "desktop.review",
+        "desktop.dashboard",
+        "engine.overlay",
+        "engine.metrics",
+        "engine.uncertainty_stats",
+    ):
         importlib.import_module(name)
     PRELOADED.set()
