@@ -158,11 +158,12 @@ def pooled(out: Path, k: int) -> dict:
     res["intervals"] = metric_intervals(y_arr, p_arr, spec.task, labels, pos, groups)
     yp = predicted_labels(p_arr, spec.task)
     res["ece_if_calibrated"] = ece_if_calibrated(p_arr[np.arange(len(yp)), yp])
+    ranking = entropy(p_arr)
     res["referral_curve"] = referral_curve(
-        y_arr, p_arr, entropy(p_arr), spec.task, negative_index=negative_indices(spec)
+        y_arr, p_arr, ranking, spec.task, negative_index=negative_indices(spec)
     )
     res["referral_gain"] = referral_gain_interval(
-        y_arr, p_arr, entropy(p_arr), spec.task, negative_indices(spec), groups
+        y_arr, p_arr, ranking, spec.task, negative_indices(spec), groups
     )
     res["disease_classes"] = finding_labels(spec)
     res["n_patients"] = len(set(groups))

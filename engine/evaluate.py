@@ -81,11 +81,12 @@ def evaluate_model_on(
     out["n_errors"] = int((~ok).sum())
     out["errors"] = [{"path": str(paths[i]), "error": e} for i, e in sorted(errors.items())][:50]
     if spec.task != "multilabel" and len(y):
+        ranking = entropy(probs)  # the least certain first, as triage refers them
         out["referral_curve"] = referral_curve(
-            y, probs, entropy(probs), spec.task, negative_index=negative_indices(spec)
+            y, probs, ranking, spec.task, negative_index=negative_indices(spec)
         )
         out["referral_gain"] = referral_gain_interval(
-            y, probs, entropy(probs), spec.task, negative_indices(spec), groups
+            y, probs, ranking, spec.task, negative_indices(spec), groups
         )
         out["disease_classes"] = finding_labels(spec)
         if plot:
