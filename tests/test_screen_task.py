@@ -208,8 +208,9 @@ def test_the_child_runs_below_the_windows_priority():
         assert niceness == min(mine + BACKGROUND_NICENESS, 19)
         ours = Path("/proc/self/autogroup")
         before = ours.read_text() if ours.is_file() else ""
-        # Linux autogroups: the child's own group is lowered too. The file is empty where a
-        # cgroup, not an autogroup, schedules this process (containers, some systemd setups)
+        # Linux autogroups: the child's own group is lowered too. The file is empty for a
+        # process in the kernel's default group (its session never made a group of its own,
+        # as for a service started without a new session): then there is nothing to compare
         if before.strip():
             theirs = Path(f"/proc/{spare.pid}/autogroup")
             group = theirs.read_text().split()
