@@ -12,7 +12,7 @@ that prints one number hides both. This module is the one place that says how un
 - :func:`ece_if_calibrated`: the ECE a perfectly calibrated model with the same confidences
   would show on this many images (each prediction right with exactly its stated
   probability): the floor below which a measured ECE says nothing.
-- :func:`referral_gain_interval`: how much referring the least certain images lifts the
+- :func:`referral_gain_interval`: how much referring the least certain images changes the
   kept images' accuracy and balanced accuracy, with the same bootstrap interval. A
   three-grade balanced accuracy on a few dozen images of the rarest grade moves by several
   points from one draw to the next; the gain alone would hide that.
@@ -48,6 +48,21 @@ def _cluster_draws(groups: Sequence[str] | None, n: int, n_boot: int, rng) -> li
     return out
 
 
+def _resampled(groups: Sequence[str] | None, n: int) -> str:
+    """What the bootstrap draws: whole patients when the images name fewer patients."""
+    return "patients" if groups and len(set(groups)) < n else "images"
+
+
+def _percentile_intervals(values: dict[str, list[float]], n_boot: int) -> dict[str, list[float]]:
+    """The 95 % percentile interval of each figure defined in at least half the draws."""
+    a = (1 - LEVEL) / 2
+    return {
+        k: [float(np.quantile(v, a)), float(np.quantile(v, 1 - a))]
+        for k, v in values.items()
+        if len(v) >= n_boot // 2
+    }
+
+
 def metric_intervals(
     y_true: Any,
     probs: Any,
@@ -68,8 +83,7 @@ def metric_intervals(
     y = np.asarray(y_true)
     p = np.asarray(probs, dtype=np.float64)
     n = int(y.shape[0])
-    resampled = "patients" if groups and len(set(groups)) < n else "images"
-    out: dict[str, Any] = {"level": LEVEL, "resampled": resampled, "n_boot": n_boot}
+    out: dict[str, Any] = {"level": LEVEL, "resampled": _resampled(groups, n), "n_boot": n_boot}
     if task == "multilabel" or n < 2:
         out["metrics"] = {}
         return out
@@ -83,12 +97,7 @@ def metric_intervals(
             v = r.get(k)
             if isinstance(v, float) and math.isfinite(v):
                 values[k].append(v)
-    a = (1 - LEVEL) / 2
-    out["metrics"] = {
-        k: [float(np.quantile(v, a)), float(np.quantile(v, 1 - a))]
-        for k, v in values.items()
-        if len(v) >= n_boot // 2
-    }
+    out["metrics"] = _percentile_intervals(values, n_boot)
     return out
 
 
@@ -160,7 +169,6 @@ def referral_gain_interval(
         return out, float(c[1]["referred"])
 
     gain, referred = gains(np.arange(n))
-    resampled = "patients" if groups and len(set(groups)) < n else "images"
     values: dict[str, list[float]] = {k: [] for k in keys}
     rng = np.random.default_rng(seed)
     for idx in _cluster_draws(list(groups) if groups else None, n, n_boot, rng):
@@ -169,18 +177,13 @@ def referral_gain_interval(
             v = g[k]
             if v is not None and math.isfinite(v):
                 values[k].append(v)
-    a = (1 - LEVEL) / 2
     return {
         "fraction": fraction,
         "referred": referred,
-        "resampled": resampled,
+        "resampled": _resampled(groups, n),
         "n_boot": n_boot,
         "gain": gain,
-        "interval": {
-            k: [float(np.quantile(v, a)), float(np.quantile(v, 1 - a))]
-            for k, v in values.items()
-            if len(v) >= n_boot // 2
-        },
+        "interval": _percentile_intervals(values, n_boot),
     }
 
 
