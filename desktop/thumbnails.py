@@ -11,10 +11,11 @@ from collections import OrderedDict, deque
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QObject, QThreadPool, Signal
+from PySide6.QtCore import QObject, QThreadPool, QTimer, Signal
 from PySide6.QtGui import QIcon, QPixmap
 
 THUMB_SIDE = 96  # stored thumbnail size (crisp at 200% scaling of a 48 px cell)
+WORKER_START_DELAY_MS = 100  # see ThumbnailCache._request
 
 
 def make_thumbnail(
@@ -64,6 +65,7 @@ class ThumbnailCache(QObject):
         self._failed: set[int] = set()
         self._lock = threading.Lock()
         self._running = False
+        self._starting = False  # a worker is due to start (see _request)
         self._stop = threading.Event()
         self._idle = threading.Event()
         self._idle.set()
@@ -123,12 +125,21 @@ class ThumbnailCache(QObject):
             start = not self._running
             if start:
                 self._running = True
+                self._starting = True
                 self._idle.clear()
         if start:
-            self._start_worker()
+            # requests come from a repaint of the worklist: the worker starts after it, so
+            # the repaint's many calls into Python do not take turns with the worker's
+            QTimer.singleShot(WORKER_START_DELAY_MS, self, self._start_worker)
 
     def _start_worker(self) -> None:
         from superqt.utils import create_worker
+
+        with self._lock:
+            self._starting = False
+            if self._stop.is_set():  # shut down before the worker started (idle already)
+                self._running = False
+                return
 
         worker = create_worker(
             self._work, _start_thread=False, _connect={"errored": self._on_error}
@@ -184,4 +195,8 @@ class ThumbnailCache(QObject):
         self._stop.set()
         with self._lock:
             self._queue.clear()
+            if self._starting:  # the worker was due to start: it never will
+                self._starting = False
+                self._running = False
+                self._idle.set()
         return self._idle.wait(timeout_s)

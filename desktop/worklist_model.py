@@ -320,6 +320,20 @@ class WorklistModel(QAbstractTableModel):
     def columnCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
         return 0 if parent.isValid() else len(HEADERS)
 
+    def index(
+        self,
+        row: int,
+        column: int,
+        parent: QModelIndex | QPersistentModelIndex = QModelIndex(),  # noqa: B008
+    ) -> QModelIndex:
+        # one call into Python where the inherited index() makes two (rowCount and
+        # columnCount): the filter asks for an index for every value it reads, so a repaint
+        # of the table made some 2,500 calls into Python instead of some 3,700; each call
+        # waits its turn for the interpreter while a background thread holds it
+        if parent.isValid() or not (0 <= row < len(self._rows) and 0 <= column < len(HEADERS)):
+            return QModelIndex()
+        return self.createIndex(row, column)
+
     def headerData(
         self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
     ) -> Any:

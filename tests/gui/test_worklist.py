@@ -213,6 +213,36 @@ def test_thumbnails_are_made_in_background_and_cached(qtbot, synth_fundus, tmp_p
     panel.shutdown()
 
 
+def test_thumbnail_cache_shut_down_before_its_worker_started_makes_nothing(
+    qtbot, synth_fundus, tmp_path
+):
+    # the worker starts a moment after the first request (after the repaint that asked)
+    from desktop.thumbnails import WORKER_START_DELAY_MS, ThumbnailCache
+    from engine.images import discover_images
+    from engine.store import sha256_file
+
+    path = discover_images(synth_fundus)[0]
+    row = {"image_id": 1, "path": str(path), "sha256": sha256_file(path)}
+    cache = ThumbnailCache(tmp_path / "thumbs")
+    assert cache.get(row) is None  # queued, not made yet
+    assert cache.shutdown(timeout_s=5)
+    qtbot.wait(WORKER_START_DELAY_MS + 200)
+    assert not list((tmp_path / "thumbs").glob("*.jpg"))
+    assert cache.shutdown(timeout_s=1)
+
+
+def test_model_index_answers_only_for_cells_it_has():
+    model = WorklistModel()
+    model.set_rows(synthetic_rows(3, seed=2))
+    last = model.columnCount() - 1
+    assert model.index(2, last).isValid()
+    assert (model.index(2, last).row(), model.index(2, last).column()) == (2, last)
+    for row, col in ((3, 0), (-1, 0), (0, last + 1), (0, -1)):
+        assert not model.index(row, col).isValid()
+    assert not model.index(0, 0, model.index(0, 0)).isValid()  # a table: no children
+    assert model.index(1, 0).data(ImageIdRole) == model.row(1)["image_id"]
+
+
 def test_selection_emits_image_and_queue_follows_filter(qtbot):
     panel = WorklistPanel()
     qtbot.addWidget(panel)
