@@ -57,7 +57,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -192,10 +192,22 @@ class QualityResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (for the store and reports); measures at the top level."""
-        d = asdict(self)
-        measures = d.pop("measures")
-        d.update({k: round(float(v), 4) for k, v in measures.items()})
+        # the fields hold strings, lists and dicts of strings: copying each list and dict
+        # is a full copy; dataclasses.asdict's recursive deep copy of some 70 values cost
+        # 0.4 ms per screened photograph, an eighth of the gate
+        d: dict[str, Any] = {
+            f.name: _copied(getattr(self, f.name)) for f in fields(self) if f.name != "measures"
+        }
+        d.update({k: round(float(v), 4) for k, v in self.measures.items()})
         return d
+
+
+def _copied(value: Any) -> Any:
+    if isinstance(value, list):
+        return list(value)
+    if isinstance(value, dict):
+        return dict(value)
+    return value
 
 
 def _check_image(img: np.ndarray, what: str) -> None:
