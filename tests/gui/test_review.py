@@ -213,6 +213,35 @@ def test_blind_mode_hides_the_answer_until_the_reviewer_commits(qtbot, page, ws_
     assert not page.evidence.answer_label.isVisible()
 
 
+def test_page_keys_follow_the_focus_to_any_widget_of_its_window(qtbot, page, image_ids):
+    # the page watches the focused widget and its window, not every event of the
+    # application: a key still reaches it wherever the focus moves in the window
+    from PySide6.QtWidgets import QApplication, QPushButton
+
+    page.show_image(image_ids[0])
+    held: list[bool] = []
+    page.viewer.hold_original = held.append
+    elsewhere = QPushButton("elsewhere", page)
+    elsewhere.show()
+    elsewhere.setFocus()
+    qtbot.waitUntil(lambda: QApplication.focusWidget() is elsewhere)
+    clicked: list[bool] = []
+    elsewhere.clicked.connect(lambda: clicked.append(True))
+    qtbot.keyPress(elsewhere, Qt.Key.Key_Space)
+    qtbot.keyRelease(elsewhere, Qt.Key.Key_Space)
+    assert held == [True, False]  # the original while Space was down
+    assert clicked == []  # the page took the key: the button did not
+    # a key sent to a widget without the focus is not the reader's key
+    other = QPushButton("not focused", page)
+    other.show()
+    qtbot.keyPress(other, Qt.Key.Key_Space)
+    assert held == [True, False]
+    elsewhere.setFocus()
+    qtbot.waitUntil(lambda: QApplication.focusWidget() is elsewhere)
+    key(qtbot, page, "j")  # and the page's shortcuts too
+    assert page.current_image_id() == image_ids[1]
+
+
 def test_gradcam_overlay_appears_and_holding_space_shows_the_original(qtbot, page, image_ids):
     page.show_image(image_ids[0])
     key(qtbot, page, Qt.Key.Key_G)
