@@ -645,7 +645,8 @@ class MarksPanel(QWidget):
         self.types_grid = QGridLayout(self.types)
         self.types_grid.setContentsMargins(0, 0, 0, 0)
         self.types_grid.setSpacing(3)
-        self.type_buttons: dict[str, AnswerButton] = {}
+        self.type_buttons: dict[str, AnswerButton] = {}  # the types offered now, by key
+        self._made: dict[Lesion, AnswerButton] = {}  # every button made (see set_lesions)
         self.count_label = QLabel()
         self.count_label.setObjectName("marksCount")
         self.count_label.setWordWrap(True)
@@ -667,25 +668,36 @@ class MarksPanel(QWidget):
         self._on_mode(layer.is_marking())
 
     def set_lesions(self, lesions: Sequence[Lesion]) -> None:
-        """One button per lesion type, its colour and key on it."""
+        """One button per lesion type, its colour and key on it.
+
+        A button once made is kept (hidden when its type is not offered): the first image
+        of a workspace changes the offer from every type to its modality's, and making the
+        buttons anew, each with its own style sheet, cost that opening some 10 ms."""
         for button in self.type_buttons.values():
             self.types_grid.removeWidget(button)
-            button.deleteLater()
-        self.type_buttons.clear()
+            button.hide()
+        self.type_buttons = {}
         for i, t in enumerate(lesions):
-            key = t.hotkey or ""
-            button = AnswerButton(f"{key}  {t.label}" if key else t.label)
-            button.setObjectName(f"lesion_{t.key}")
-            button.setCheckable(True)
-            button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
-            button.setMinimumHeight(22)
-            button.setStyleSheet(f"QPushButton {{ border-left: 6px solid {t.colour}; }}")
-            button.setToolTip(f"Mark {t.label}" + (f" (key {key} in marking mode)" if key else ""))
-            button.clicked.connect(lambda _=False, k=t.key: self._choose(k))
+            button = self._made.get(t)
+            if button is None:
+                button = self._made[t] = self._lesion_button(t)
             self.type_buttons[t.key] = button
             self.types_grid.addWidget(button, i // 2, i % 2)
+            button.show()
         self._on_lesion(self._layer.lesion() or "")
         self.update_count()
+
+    def _lesion_button(self, t: Lesion) -> AnswerButton:
+        key = t.hotkey or ""
+        button = AnswerButton(f"{key}  {t.label}" if key else t.label, self.types)
+        button.setObjectName(f"lesion_{t.key}")
+        button.setCheckable(True)
+        button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        button.setMinimumHeight(22)
+        button.setStyleSheet(f"QPushButton {{ border-left: 6px solid {t.colour}; }}")
+        button.setToolTip(f"Mark {t.label}" + (f" (key {key} in marking mode)" if key else ""))
+        button.clicked.connect(lambda _=False, k=t.key: self._choose(k))
+        return button
 
     def _choose(self, key: str) -> None:
         self._layer.set_lesion(key)

@@ -347,3 +347,30 @@ def test_an_image_stored_without_its_size_gets_it_from_the_file(qtbot, tmp_path)
         assert np.allclose(mark["points"][0], [2500, 1500], atol=tolerance)
     finally:
         page.shutdown()
+
+
+def test_lesion_buttons_follow_the_types_offered_and_are_made_once(qtbot, page):
+    # a workspace offers every type until its first image, then that modality's types
+    from desktop.marks_layer import Lesion
+
+    panel = page.marks_panel
+
+    def offer(lesions: list[Lesion]) -> None:  # as the page does for each image's modality
+        page.marks.set_lesions(lesions)
+        panel.set_lesions(lesions)
+
+    fundus = [Lesion("ma", "Microaneurysm", "#d81b60", "A"), Lesion("he", "Haemorrhage", "#1e88e5")]
+    oct_only = [Lesion("fluid", "Fluid", "#43a047", "F")]
+    offer(fundus + oct_only)
+    made = dict(panel.type_buttons)
+    assert [b.text() for b in made.values()] == ["A  Microaneurysm", "Haemorrhage", "F  Fluid"]
+    offer(oct_only)
+    assert list(panel.type_buttons) == ["fluid"]
+    assert [b.isHidden() for b in made.values()] == [True, True, False]
+    offer(fundus)
+    assert list(panel.type_buttons) == ["ma", "he"]
+    assert panel.type_buttons["ma"] is made["ma"]  # shown again, not made anew
+    assert [b.isHidden() for b in made.values()] == [False, False, True]
+    panel.type_buttons["he"].click()  # a button shown again still chooses its type
+    assert page.marks.lesion() == "he" and page.marks.is_marking()
+    assert panel.type_buttons["he"].isChecked() and not panel.type_buttons["ma"].isChecked()
