@@ -72,6 +72,14 @@ class MarkStore(Protocol):
     def marks(self, image_id: int, slice_index: int | None = None) -> list[Any]: ...
 
 
+LESION_BUTTON_STYLE = (
+    "QPushButton { border: 1px solid palette(mid); border-left: 6px solid COLOUR;"
+    " border-radius: 3px; padding: 2px 6px; background: palette(button); }"
+    " QPushButton:hover { background: palette(light); }"
+    " QPushButton:checked { background: palette(highlight); color: palette(highlighted-text); }"
+)
+
+
 @dataclass(frozen=True)
 class Lesion:
     """A lesion type as the layer shows it."""
@@ -694,7 +702,9 @@ class MarksPanel(QWidget):
         button.setCheckable(True)
         button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
         button.setMinimumHeight(22)
-        button.setStyleSheet(f"QPushButton {{ border-left: 6px solid {t.colour}; }}")
+        # the colour the type's marks are drawn in, as the button's left edge (a border on
+        # one side alone left the style's own frame in place, and no colour showed)
+        button.setStyleSheet(LESION_BUTTON_STYLE.replace("COLOUR", t.colour))
         button.setToolTip(f"Mark {t.label}" + (f" (key {key} in marking mode)" if key else ""))
         button.clicked.connect(lambda _=False, k=t.key: self._choose(k))
         return button

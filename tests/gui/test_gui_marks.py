@@ -374,3 +374,9 @@ def test_lesion_buttons_follow_the_types_offered_and_are_made_once(qtbot, page):
     panel.type_buttons["he"].click()  # a button shown again still chooses its type
     assert page.marks.lesion() == "he" and page.marks.is_marking()
     assert panel.type_buttons["he"].isChecked() and not panel.type_buttons["ma"].isChecked()
+    # each button shows the colour its type's marks are drawn in, on its left edge
+    qtbot.waitUntil(lambda: panel.type_buttons["ma"].isVisible())
+    for key, colour in (("ma", "#d81b60"), ("he", "#1e88e5")):
+        button = panel.type_buttons[key]
+        edge = button.grab().toImage().pixelColor(3, button.height() // 2)
+        assert edge.name() == colour, (key, edge.name())
