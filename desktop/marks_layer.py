@@ -680,7 +680,8 @@ class MarksPanel(QWidget):
 
         A button once made is kept (hidden when its type is not offered): the first image
         of a workspace changes the offer from every type to its modality's, and making the
-        buttons anew, each with its own style sheet, cost that opening some 10 ms."""
+        buttons anew there, each with its own style sheet, lengthened that opening's pause
+        (bench_gui: shorter in each of 5 alternated runs without it)."""
         for button in self.type_buttons.values():
             self.types_grid.removeWidget(button)
             button.hide()

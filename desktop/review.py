@@ -231,7 +231,7 @@ class ReviewPage(QWidget):
             app.focusChanged.connect(self._watch_keys)
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt override
-        kind = event.type()  # every event of the application passes here: cheapest test first
+        kind = event.type()  # every event of the watched objects passes here: cheapest test first
         if kind not in _KEY_EVENTS or not self._page_key(watched, event):
             return super().eventFilter(watched, event)
         if kind in (QEvent.Type.ShortcutOverride, QEvent.Type.KeyPress) and self.marks.is_marking():

@@ -194,7 +194,7 @@ class QualityResult:
         """Plain JSON-able dict (for the store and reports); measures at the top level."""
         # the fields hold strings, lists and dicts of strings: copying each list and dict
         # is a full copy; dataclasses.asdict's recursive deep copy of some 70 values cost
-        # 0.4 ms per screened photograph, an eighth of the gate
+        # 0.22 ms per screened photograph, this 0.05 ms
         d: dict[str, Any] = {
             f.name: _copied(getattr(self, f.name)) for f in fields(self) if f.name != "measures"
         }
