@@ -328,8 +328,9 @@ class WorklistModel(QAbstractTableModel):
     ) -> QModelIndex:
         # one call into Python where the inherited index() makes two (rowCount and
         # columnCount): the filter asks for an index for every value it reads, so a repaint
-        # of the table made some 2,500 calls into Python instead of some 3,700; each call
-        # waits its turn for the interpreter while a background thread holds it
+        # of 13 rows of the worklist makes some 1,450 calls into Python instead of some
+        # 2,200; each call waits its turn for the interpreter while a background thread
+        # holds it
         if parent.isValid() or not (0 <= row < len(self._rows) and 0 <= column < len(HEADERS)):
             return QModelIndex()
         return self.createIndex(row, column)
