@@ -381,7 +381,7 @@ def decode(path: Path, modality: str, size: int) -> tuple[np.ndarray, dict]:
         "fov": None if f is None else [f.cx, f.cy, f.r, f.found, f.coverage, f.aspect],
         "visible": d.fov_visible,
     }
-    return d.analysis, meta
+    return np.asarray(d.analysis), meta  # a PIL image for fundus photographs
 
 
 def collect(

@@ -122,7 +122,10 @@ class Decoded:
 
     array: np.ndarray  # (size, size, 3) uint8, preprocessed
     original_size: tuple[int, int]  # (width, height) after EXIF orientation
-    analysis: np.ndarray | None = None  # the cropped image at <= ANALYSIS_SIZE px, for quality
+    # for the quality gate: the OCT scan as the model sees it (an array), or the fundus crop
+    # at <= ANALYSIS_SIZE px (a PIL image: the gate works on one, and converting it to an
+    # array and back cost 0.3 ms a photograph)
+    analysis: np.ndarray | Image.Image | None = None
     fov_found: bool | None = None  # fundus only
     fov_coverage: float | None = None
     quality: dict | None = None  # filled by the screener's quality gate (fundus)
@@ -344,8 +347,7 @@ def _decode_fundus(path: Source, size: int, prep: Preprocessing, want_analysis: 
     full_box = tuple(float(v) * k for v in box)
     analysis = analysis_fov = visible = None
     if want_analysis:
-        small = _fit(crop, ANALYSIS_SIZE)
-        analysis = np.asarray(small)
+        analysis = small = _fit(crop, ANALYSIS_SIZE)
         if fov is not None and fov.found:
             shrink = small.width / crop.width  # the crop is centred on the FOV
             analysis_fov = fundus.FOV(

@@ -25,6 +25,7 @@ from engine.quality import (
     SOFT_FOCUS,
     QualityModel,
     QualityThresholds,
+    _percentiles,
     assess_oct_quality,
     assess_quality,
     load_model,
@@ -184,6 +185,34 @@ def test_bad_input_gets_a_clear_error():
         assess_quality(np.zeros((64, 64, 3), np.float64))
     with pytest.raises(ValueError, match="too small"):
         assess_oct_quality(np.zeros((4, 64), np.uint8))
+    with pytest.raises(ValueError, match="mode I;16"):
+        assess_quality(Image.new("I;16", (64, 64)))
+    with pytest.raises(ValueError, match="too small"):
+        assess_quality(Image.new("RGB", (64, 6)))
+
+
+@pytest.mark.parametrize(
+    "degrade",
+    [None, blur(3.0), exposure(0.2), exposure(4.0), fov_cut, eyelid(0.45)],
+    ids=["sharp", "blurred", "dark", "bright", "cut", "eyelid"],
+)
+def test_the_decoders_image_and_its_array_are_judged_alike(fundus, degrade):
+    # screening hands the gate the decoder's PIL image, `eyetriage quality` and the
+    # calibration an array: every measure and every call must be the same
+    im = fundus if degrade is None else degrade(fundus, _rng())
+    as_image = assess_quality(im).to_dict()
+    assert as_image == assess_quality(np.asarray(im)).to_dict()
+    grey = im.convert("L")
+    assert assess_quality(grey).to_dict() == assess_quality(np.asarray(grey)).to_dict()
+
+
+def test_percentiles_are_numpys_to_the_last_bit():
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 5, 97, 4000):
+        for values in (rng.random(n) * 255, np.round(rng.random(n) * 20)):
+            a = values.astype(np.float32)
+            qs = (5, 25, 50, 75, 95)
+            assert _percentiles(a, qs) == [float(v) for v in np.percentile(a, qs)]
 
 
 def test_shipped_model_has_the_learned_checks_and_scores_a_photograph(fundus):
