@@ -25,6 +25,8 @@ from engine.quality import (
     SOFT_FOCUS,
     QualityModel,
     QualityThresholds,
+    _erode,
+    _mean,
     _percentiles,
     assess_oct_quality,
     assess_quality,
@@ -213,6 +215,35 @@ def test_percentiles_are_numpys_to_the_last_bit():
             a = values.astype(np.float32)
             qs = (5, 25, 50, 75, 95)
             assert _percentiles(a, qs) == [float(v) for v in np.percentile(a, qs)]
+
+
+def test_means_are_numpys_to_the_last_bit():
+    rng = np.random.default_rng(4)
+    for n in (1, 3, 257, 5000):
+        for a in (
+            (rng.random(n) * 255).astype(np.float32),
+            (rng.random(n) * 0.01).astype(np.float32),
+            rng.integers(0, 4081, n).astype(np.int32),
+        ):
+            got, want = _mean(a), a.mean()
+            assert type(got) is type(want) and got == want
+
+
+def test_erosion_keeps_cells_whose_whole_cross_neighbourhood_is_set():
+    rng = np.random.default_rng(5)
+    mask = rng.random((12, 15)) < 0.85
+    for steps in (1, 2, 3):
+        want = np.zeros_like(mask)
+        for y in range(12):
+            for x in range(15):
+                near = [
+                    (y + dy, x + dx)
+                    for dy in range(-steps, steps + 1)
+                    for dx in range(-steps, steps + 1)
+                    if abs(dy) + abs(dx) <= steps
+                ]
+                want[y, x] = all(0 <= v < 12 and 0 <= u < 15 and mask[v, u] for v, u in near)
+        assert np.array_equal(_erode(mask, steps), want)
 
 
 def test_shipped_model_has_the_learned_checks_and_scores_a_photograph(fundus):
