@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QEvent, QObject, Qt
 
 from desktop.review import ReviewPage
 from desktop.style import triage_style
@@ -102,6 +102,30 @@ def test_showing_an_image_fills_the_evidence_panel(qtbot, page, ws_folder, image
     assert [b.text() for b in page.panel.label_buttons] == ["1  diabetic retinopathy", "2  normal"]
     qtbot.waitUntil(page.viewer.has_image, timeout=WAIT_MS)
     assert page.viewer.message() == ""
+
+
+def test_an_opened_image_is_painted_a_turn_later_and_never_left_unpainted(qtbot, page, image_ids):
+    class Paints(QObject):
+        count = 0
+
+        def eventFilter(self, _obj, event):  # noqa: N802 - Qt override
+            if event.type() == QEvent.Type.Paint:
+                Paints.count += 1
+            return False
+
+    paints = Paints()
+    page.evidence.installEventFilter(paints)
+    page.show_image(image_ids[0])
+    # filled now and laid out in the next turn of the event loop; painted in a later one
+    assert not page.updatesEnabled()
+    for image_id in image_ids[1:4]:  # a held key: images opened in quick succession
+        page.show_image(image_id)
+    assert not page.updatesEnabled()
+    Paints.count = 0
+    qtbot.waitUntil(page.updatesEnabled, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: Paints.count > 0, timeout=WAIT_MS)
+    assert page.current_image_id() == image_ids[3]
+    assert page.evidence.texts()["answer"]
 
 
 def test_label_key_saves_a_review_and_advances(qtbot, page, ws_folder, image_ids):
