@@ -8,6 +8,7 @@ temperature) plus the pooled features of the plain pass for the OOD score; the s
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Iterator
 
@@ -19,6 +20,10 @@ from .models import LoadedModel, autocast_for, penultimate_and_logits, probabili
 
 METHODS = ("none", "mc", "mc-full", "tta", "ensemble")
 DROPOUT_METHODS = ("mc", "mc-full")
+# MC dropout draws its masks from this seed, so an image screened again with the same model
+# gets the same answer, whatever else is in its batch (unseeded, 2 of 60 images changed
+# their label between two runs of the same command and 42 their confidence)
+MC_SEED = 1234
 
 
 class UncertaintyError(ValueError):
@@ -70,12 +75,21 @@ def plain(lm: LoadedModel, x: torch.Tensor, amp: bool) -> tuple[torch.Tensor, to
     return probabilities(lm.spec, logits).unsqueeze(0), feats.float()
 
 
+@functools.lru_cache(maxsize=8)
+def _dropout_masks(k: int, width: int, p: float) -> torch.Tensor:
+    """K dropout masks over ``width`` features (scaled by 1/(1-p)), shaped (K, 1, width)."""
+    g = torch.Generator().manual_seed(MC_SEED)
+    return (torch.rand(k, 1, width, generator=g) >= p).float() / (1 - p)
+
+
 def mc_fast(
-    lm: LoadedModel, x: torch.Tensor, k: int, amp: bool, generator: torch.Generator | None = None
+    lm: LoadedModel, x: torch.Tensor, k: int, amp: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Backbone once, dropout on the pooled features K times before the classifier.
 
-    Costs one forward pass plus K tiny matrix products, so uncertainty is nearly free.
+    Costs one forward pass plus K tiny matrix products, so uncertainty is nearly free. The
+    K masks are the same for every image (K fixed sub-networks of the head, drawn from
+    :data:`MC_SEED`): an image's answer depends on the image and the model alone.
     """
     check_method([lm], "mc")
     p = lm.spec.head_dropout
@@ -84,11 +98,7 @@ def mc_fast(
         feats, _ = penultimate_and_logits(lm.net, x)
         pre = feats.float()
         rep = pre.unsqueeze(0).expand(k, *pre.shape)
-        if generator is not None:
-            keep = torch.rand(rep.shape, generator=generator, device="cpu").to(rep.device) >= p
-            dropped = rep * keep / (1 - p)
-        else:
-            dropped = F.dropout(rep, p=p, training=True)
+        dropped = rep * _dropout_masks(k, pre.shape[1], float(p)).to(rep.device)
         logits = head.float()(dropped.reshape(-1, pre.shape[1])).reshape(k, pre.shape[0], -1)
     return probabilities(lm.spec, logits.reshape(-1, logits.shape[-1])).reshape(logits.shape), pre
 
@@ -96,13 +106,20 @@ def mc_fast(
 def mc_full(
     lm: LoadedModel, x: torch.Tensor, k: int, amp: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """K full passes with every dropout module active (BatchNorm stays in eval mode)."""
+    """K full passes with every dropout module active (BatchNorm stays in eval mode).
+
+    The passes draw from :data:`MC_SEED` (the caller's random state is left as it was), so
+    a run repeated with the same batches gives the same answers; an image in another batch
+    gets other masks."""
     check_method([lm], "mc-full")
     _, feats = plain(lm, x, amp)
     outs = []
-    with dropout_only(lm.net), torch.inference_mode(), autocast_for(lm.device, amp):
-        for _ in range(k):
-            outs.append(probabilities(lm.spec, lm.net(x)))
+    devices = [x.device.index or 0] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(MC_SEED)
+        with dropout_only(lm.net), torch.inference_mode(), autocast_for(lm.device, amp):
+            for _ in range(k):
+                outs.append(probabilities(lm.spec, lm.net(x)))
     return torch.stack(outs), feats
 
 
